@@ -1,0 +1,26 @@
+// Registers the hepms torch ops: schemas and CPU kernels. The CUDA kernels register themselves
+// from csrc/cuda/ when the extension is built with CUDA; autograd and fake (meta) kernels are
+// registered from Python (hepms/ops.py), where torch.library provides them for torch.compile.
+#include <torch/library.h>
+
+#include "segment.h"
+
+TORCH_LIBRARY(hepms, m) {
+  m.def("segment_sum(Tensor values, Tensor offsets) -> Tensor");
+  m.def("segment_mean(Tensor values, Tensor offsets) -> Tensor");
+  m.def("segment_max(Tensor values, Tensor offsets) -> (Tensor, Tensor)");
+  // Backward of sum (mean=False) and mean (mean=True): each row receives its segment's value.
+  m.def("segment_gather(Tensor src, Tensor offsets, SymInt num_rows, bool mean) -> Tensor");
+  // Backward of max: the gradient goes to the arg-max row, every other row gets 0.
+  m.def(
+      "segment_max_backward(Tensor grad, Tensor argmax, Tensor offsets, SymInt num_rows) -> "
+      "Tensor");
+}
+
+TORCH_LIBRARY_IMPL(hepms, CPU, m) {
+  m.impl("segment_sum", &hepms::segment_sum_cpu);
+  m.impl("segment_mean", &hepms::segment_mean_cpu);
+  m.impl("segment_max", &hepms::segment_max_cpu);
+  m.impl("segment_gather", &hepms::segment_gather_cpu);
+  m.impl("segment_max_backward", &hepms::segment_max_backward_cpu);
+}

@@ -1,0 +1,71 @@
+// Segment (CSR) reductions shared declarations.
+//
+// values: [N, ...] (any trailing shape, treated as [N, F] with F = prod(trailing))
+// offsets: int64 [B + 1]; segment b covers rows [offsets[b], offsets[b + 1]).
+//
+// The kernels clamp every segment to [0, N) and treat end < begin as empty, so malformed offsets
+// (when the Python-side validation is switched off) can give meaningless numbers but never an
+// out-of-bounds access.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace hepms {
+
+// Shape of the pooled output: [B, trailing...].
+inline std::vector<int64_t> pooled_shape(const at::Tensor& values, int64_t num_segments) {
+  std::vector<int64_t> shape(values.sizes().begin(), values.sizes().end());
+  shape[0] = num_segments;
+  return shape;
+}
+
+// Shape of a per-row output (backward): [num_rows, trailing...] of `like`.
+inline std::vector<int64_t> row_shape(const at::Tensor& like, int64_t num_rows) {
+  std::vector<int64_t> shape(like.sizes().begin(), like.sizes().end());
+  shape[0] = num_rows;
+  return shape;
+}
+
+// Number of features per row (product of trailing dims); 1 for 1-D values.
+inline int64_t row_width(const at::Tensor& t) {
+  int64_t width = 1;
+  for (int64_t d = 1; d < t.dim(); ++d) width *= t.size(d);
+  return width;
+}
+
+// Argument checks common to every op (cheap metadata only; content is checked in Python).
+inline void check_pool_args(const char* op, const at::Tensor& values, const at::Tensor& offsets) {
+  TORCH_CHECK(values.dim() >= 1, op, ": values must have at least 1 dimension, got a scalar");
+  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1, op,
+              ": offsets must be 1-D with at least one entry, got shape ", offsets.sizes());
+  TORCH_CHECK(offsets.scalar_type() == at::kLong, op, ": offsets must be int64, got ",
+              offsets.scalar_type());
+  TORCH_CHECK(values.device() == offsets.device(), op, ": values on ", values.device(),
+              " but offsets on ", offsets.device());
+  TORCH_CHECK(at::isFloatingType(values.scalar_type()), op,
+              ": values must be floating point, got ", values.scalar_type());
+}
+
+// Clamp a segment to the valid row range: malformed offsets can never index out of bounds.
+template <typename index_t>
+inline void clamp_segment(index_t& begin, index_t& end, index_t num_rows) {
+  begin = begin < 0 ? 0 : (begin > num_rows ? num_rows : begin);
+  end = end < begin ? begin : (end > num_rows ? num_rows : end);
+}
+
+// CPU kernels (csrc/cpu/).
+at::Tensor segment_sum_cpu(const at::Tensor& values, const at::Tensor& offsets);
+at::Tensor segment_mean_cpu(const at::Tensor& values, const at::Tensor& offsets);
+at::Tensor segment_gather_cpu(const at::Tensor& src, const at::Tensor& offsets, int64_t num_rows,
+                              bool mean);
+std::tuple<at::Tensor, at::Tensor> segment_max_cpu(const at::Tensor& values,
+                                                   const at::Tensor& offsets);
+at::Tensor segment_max_backward_cpu(const at::Tensor& grad, const at::Tensor& argmax,
+                                    const at::Tensor& offsets, int64_t num_rows);
+
+}  // namespace hepms

@@ -1,0 +1,73 @@
+"""Pure-PyTorch segment reductions over CSR offsets.
+
+These are the semantic reference for the compiled kernels (tests compare against them) and the
+fallback when the extension ``hepms._C`` is not available. They follow the package conventions:
+empty segments pool to 0, max returns the arg-max row (first one on ties, -1 for empty segments)
+and its backward routes the whole gradient to that row.
+
+They are written with ``index_add_``/``scatter_reduce`` so autograd handles the backward, except
+for max, whose tie rule needs the explicit arg-max.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _segment_ids(offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Segment index of each row, e.g. offsets [0, 2, 2, 3] -> [0, 0, 2]."""
+    counts = offsets[1:] - offsets[:-1]
+    return torch.repeat_interleave(
+        torch.arange(counts.numel(), device=offsets.device), counts, output_size=num_rows
+    )
+
+
+def _counts_like(offsets: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    counts = (offsets[1:] - offsets[:-1]).to(values.dtype)
+    return counts.view(-1, *([1] * (values.dim() - 1)))
+
+
+def segment_sum_reference(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    num_segments = offsets.numel() - 1
+    ids = _segment_ids(offsets, values.shape[0])
+    # Accumulate 16-bit inputs in float32, as the kernels do.
+    acc_dtype = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else values.dtype
+    out = values.new_zeros((num_segments, *values.shape[1:]), dtype=acc_dtype)
+    out = out.index_add(0, ids, values.to(acc_dtype))
+    return out.to(values.dtype)
+
+
+def segment_mean_reference(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    total = segment_sum_reference(values, offsets)
+    counts = _counts_like(offsets, total).clamp_min(1)
+    return total / counts
+
+
+def segment_max_reference(
+    values: torch.Tensor, offsets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (max, argmax); argmax holds global row indices, -1 for empty segments."""
+    num_segments = offsets.numel() - 1
+    num_rows = values.shape[0]
+    ids = _segment_ids(offsets, num_rows)
+    shape = (num_segments, *values.shape[1:])
+    index = ids.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
+    with torch.no_grad():
+        maxima = values.new_full(shape, float("-inf")).scatter_reduce(
+            0, index, values, reduce="amax", include_self=True
+        )
+        # First row (lowest index) that attains the maximum: ties go to one element only.
+        # NaN compares unequal to itself, so a NaN maximum is matched with isnan.
+        rows = torch.arange(num_rows, device=values.device).view(
+            -1, *([1] * (values.dim() - 1))
+        ).expand_as(values)
+        gathered = maxima.gather(0, index)
+        hit = (values == gathered) | (values.isnan() & gathered.isnan())
+        candidate = torch.where(hit, rows, torch.full_like(rows, num_rows))
+        argmax = torch.full(shape, num_rows, dtype=torch.long, device=values.device)
+        argmax = argmax.scatter_reduce(0, index, candidate, reduce="amin", include_self=True)
+        empty = argmax == num_rows
+        argmax = argmax.masked_fill(empty, -1)
+    safe = argmax.clamp_min(0)
+    out = values.gather(0, safe) if num_rows > 0 else values.new_zeros(shape)
+    out = out.masked_fill(empty, 0)
+    return out, argmax

@@ -1,0 +1,370 @@
+"""Segment (CSR) pooling: sum, mean and max over variable-length sets.
+
+``values`` holds the elements of all sets stacked along dimension 0 (shape ``[N]`` or ``[N, F]``);
+``offsets`` (int64, shape ``[B + 1]``) marks where each set starts: set ``b`` is
+``values[offsets[b]:offsets[b + 1]]``. Each function returns one row per set.
+
+Example:
+    >>> import torch, hepms
+    >>> values = torch.tensor([[1.0], [2.0], [5.0]])
+    >>> offsets = torch.tensor([0, 2, 2, 3])          # sets of length 2, 0 and 1
+    >>> hepms.segment_sum(values, offsets).flatten().tolist()
+    [3.0, 0.0, 5.0]
+    >>> out, arg = hepms.segment_max(values, offsets)
+    >>> out.flatten().tolist(), arg.flatten().tolist()
+    ([2.0, 0.0, 5.0], [1, -1, 2])
+
+Conventions: empty sets pool to 0 and get zero gradient; max returns the arg-max row index
+(the first one on ties, -1 for an empty set) and its backward sends the whole gradient to that row.
+16-bit inputs accumulate in float32.
+
+The computation runs in the compiled extension ``hepms._C`` (C++ on CPU, CUDA on GPU), registered as
+the torch ops ``torch.ops.hepms.*`` with autograd and fake kernels, so ``torch.compile`` and
+TorchScript see through them. Without the extension the same ops are registered with a pure-PyTorch
+implementation (slower, same results).
+
+Argument checks (shapes, dtypes, devices, offsets well-formed) run by default. The offsets checks read
+the offsets, which on a GPU means a device synchronisation: switch them off with
+``validate=False`` per call or ``hepms.set_validation(False)`` once you trust your data. Even
+unvalidated, the kernels never read or write out of bounds.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from hepms import _reference
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "segment_sum",
+    "segment_mean",
+    "segment_max",
+    "set_validation",
+    "validation",
+    "extension_available",
+]
+
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _load_extension() -> bool:
+    """Import ``hepms._C`` (which registers the ops); fall back to Python ops if it is missing.
+
+    ``HEPMS_DISABLE_EXTENSION=1`` forces the fallback (used to test it); ``HEPMS_REQUIRE_EXTENSION=1``
+    turns a missing extension into an error (used by CI, so a broken build cannot pass silently).
+    """
+    if os.environ.get("HEPMS_DISABLE_EXTENSION", "") not in ("", "0"):
+        _define_python_ops()
+        return False
+    try:
+        from hepms import _C  # noqa: F401
+    except ImportError as error:
+        if os.environ.get("HEPMS_REQUIRE_EXTENSION", "") not in ("", "0"):
+            raise ImportError(
+                "HEPMS_REQUIRE_EXTENSION is set but the compiled extension hepms._C could not be "
+                f"imported ({error}). Build it with: pip install --no-build-isolation -e ."
+            ) from error
+        log.warning(
+            "hepms._C is not available (%s); using the pure-PyTorch segment ops (slower). "
+            "Build it with: pip install --no-build-isolation -e .",
+            error,
+        )
+        _define_python_ops()
+        return False
+    return True
+
+
+def _define_python_ops() -> None:
+    """Register the hepms op schemas with reference kernels, mirroring csrc/ops.cpp."""
+    lib = torch.library.Library("hepms", "DEF")
+    _define_python_ops.lib = lib  # keep the registration alive for the process lifetime
+    lib.define("segment_sum(Tensor values, Tensor offsets) -> Tensor")
+    lib.define("segment_mean(Tensor values, Tensor offsets) -> Tensor")
+    lib.define("segment_max(Tensor values, Tensor offsets) -> (Tensor, Tensor)")
+    lib.define("segment_gather(Tensor src, Tensor offsets, SymInt num_rows, bool mean) -> Tensor")
+    lib.define(
+        "segment_max_backward(Tensor grad, Tensor argmax, Tensor offsets, SymInt num_rows) -> Tensor"
+    )
+
+    def gather(src: Tensor, offsets: Tensor, num_rows: int, mean: bool) -> Tensor:
+        ids = _reference._segment_ids(offsets, num_rows)
+        out = src.index_select(0, ids)
+        if mean:
+            counts = _reference._counts_like(offsets, src).clamp_min(1)
+            out = out / counts.index_select(0, ids)
+        return out
+
+    def max_backward(grad: Tensor, argmax: Tensor, offsets: Tensor, num_rows: int) -> Tensor:
+        out = grad.new_zeros((num_rows, *grad.shape[1:]))
+        valid = argmax >= 0
+        # scatter_add, not scatter: empty sets (argmax -1 -> row 0) add zeros instead of
+        # overwriting row 0's real gradient.
+        return out.scatter_add(0, argmax.clamp_min(0), torch.where(valid, grad, out.new_zeros(())))
+
+    for name, fn in (
+        ("segment_sum", _reference.segment_sum_reference),
+        ("segment_mean", _reference.segment_mean_reference),
+        ("segment_max", _reference.segment_max_reference),
+        ("segment_gather", gather),
+        ("segment_max_backward", max_backward),
+    ):
+        lib.impl(name, fn, "CompositeExplicitAutograd")
+
+
+HAS_EXTENSION: bool = _load_extension()
+
+
+def extension_available() -> bool:
+    """True when the compiled kernels (``hepms._C``) are in use, False for the Python fallback."""
+    return HAS_EXTENSION
+
+
+# --------------------------------------------------------------------------------------------
+# Fake (meta) kernels: output shapes only, so torch.compile / torch.export can trace the ops.
+# --------------------------------------------------------------------------------------------
+def _pooled_shape(values: Tensor, offsets: Tensor) -> list:
+    return [offsets.shape[0] - 1, *values.shape[1:]]
+
+
+@torch.library.register_fake("hepms::segment_sum")
+def _segment_sum_fake(values: Tensor, offsets: Tensor) -> Tensor:
+    return values.new_empty(_pooled_shape(values, offsets))
+
+
+@torch.library.register_fake("hepms::segment_mean")
+def _segment_mean_fake(values: Tensor, offsets: Tensor) -> Tensor:
+    return values.new_empty(_pooled_shape(values, offsets))
+
+
+@torch.library.register_fake("hepms::segment_max")
+def _segment_max_fake(values: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+    shape = _pooled_shape(values, offsets)
+    return values.new_empty(shape), values.new_empty(shape, dtype=torch.long)
+
+
+@torch.library.register_fake("hepms::segment_gather")
+def _segment_gather_fake(src: Tensor, offsets: Tensor, num_rows: int, mean: bool) -> Tensor:
+    return src.new_empty([num_rows, *src.shape[1:]])
+
+
+@torch.library.register_fake("hepms::segment_max_backward")
+def _segment_max_backward_fake(
+    grad: Tensor, argmax: Tensor, offsets: Tensor, num_rows: int
+) -> Tensor:
+    return grad.new_empty([num_rows, *grad.shape[1:]])
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd: sum backward = gather by offsets, mean = gather / count, max = scatter to arg-max.
+# The backward ops are differentiable too (their adjoints are the forward ops), so double
+# backward works.
+# --------------------------------------------------------------------------------------------
+def _setup_pool(ctx, inputs, output) -> None:
+    values, offsets = inputs
+    ctx.save_for_backward(offsets)
+    ctx.num_rows = values.shape[0]
+
+
+def _segment_sum_backward(ctx, grad: Tensor):
+    (offsets,) = ctx.saved_tensors
+    return torch.ops.hepms.segment_gather(grad.contiguous(), offsets, ctx.num_rows, False), None
+
+
+def _segment_mean_backward(ctx, grad: Tensor):
+    (offsets,) = ctx.saved_tensors
+    return torch.ops.hepms.segment_gather(grad.contiguous(), offsets, ctx.num_rows, True), None
+
+
+def _setup_max(ctx, inputs, output) -> None:
+    values, offsets = inputs
+    _, argmax = output
+    ctx.save_for_backward(argmax, offsets)
+    ctx.num_rows = values.shape[0]
+    ctx.mark_non_differentiable(argmax)
+
+
+def _segment_max_autograd(ctx, grad: Tensor, _grad_argmax: Optional[Tensor]):
+    argmax, offsets = ctx.saved_tensors
+    return (
+        torch.ops.hepms.segment_max_backward(grad.contiguous(), argmax, offsets, ctx.num_rows),
+        None,
+    )
+
+
+def _setup_gather(ctx, inputs, output) -> None:
+    _, offsets, _, mean = inputs
+    ctx.save_for_backward(offsets)
+    ctx.mean = mean
+
+
+def _segment_gather_autograd(ctx, grad: Tensor):
+    (offsets,) = ctx.saved_tensors
+    adjoint = torch.ops.hepms.segment_mean if ctx.mean else torch.ops.hepms.segment_sum
+    return adjoint(grad.contiguous(), offsets), None, None, None
+
+
+def _setup_max_backward(ctx, inputs, output) -> None:
+    _, argmax, _, _ = inputs
+    ctx.save_for_backward(argmax)
+
+
+def _segment_max_backward_autograd(ctx, grad: Tensor):
+    (argmax,) = ctx.saved_tensors
+    picked = grad.gather(0, argmax.clamp_min(0))
+    return torch.where(argmax >= 0, picked, torch.zeros_like(picked)), None, None, None
+
+
+torch.library.register_autograd(
+    "hepms::segment_sum", _segment_sum_backward, setup_context=_setup_pool
+)
+torch.library.register_autograd(
+    "hepms::segment_mean", _segment_mean_backward, setup_context=_setup_pool
+)
+torch.library.register_autograd(
+    "hepms::segment_max", _segment_max_autograd, setup_context=_setup_max
+)
+torch.library.register_autograd(
+    "hepms::segment_gather", _segment_gather_autograd, setup_context=_setup_gather
+)
+torch.library.register_autograd(
+    "hepms::segment_max_backward",
+    _segment_max_backward_autograd,
+    setup_context=_setup_max_backward,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument validation
+# --------------------------------------------------------------------------------------------
+_validate_by_default = os.environ.get("HEPMS_VALIDATE", "1") not in ("0", "false", "False")
+
+
+def set_validation(enabled: bool) -> None:
+    """Switch the argument checks of the segment ops on or off for the whole process."""
+    global _validate_by_default
+    _validate_by_default = bool(enabled)
+
+
+@contextlib.contextmanager
+def validation(enabled: bool) -> Iterator[None]:
+    """Context manager: ``with hepms.validation(False): ...`` skips the checks inside the block."""
+    global _validate_by_default
+    previous = _validate_by_default
+    _validate_by_default = bool(enabled)
+    try:
+        yield
+    finally:
+        _validate_by_default = previous
+
+
+def _check_arguments(
+    name: str, values: Tensor, offsets: Tensor, validate: Optional[bool]
+) -> tuple[Tensor, Tensor]:
+    """Type/shape/device checks (always) and offsets content checks (unless disabled).
+
+    Returns ``offsets`` as int64 (int32 and other integer offsets are accepted and converted).
+    """
+    if not isinstance(values, Tensor):
+        raise TypeError(f"{name}: values must be a torch.Tensor, got {type(values).__name__}")
+    if not isinstance(offsets, Tensor):
+        raise TypeError(f"{name}: offsets must be a torch.Tensor, got {type(offsets).__name__}")
+    if values.dtype not in _FLOATING:
+        raise TypeError(
+            f"{name}: values must be floating point (float32, float64, float16, bfloat16), "
+            f"got {values.dtype}"
+        )
+    if values.dim() not in (1, 2):
+        raise ValueError(
+            f"{name}: values must be 1-D [N] or 2-D [N, F], got shape {tuple(values.shape)}"
+        )
+    if offsets.dtype.is_floating_point or offsets.dtype.is_complex or offsets.dtype == torch.bool:
+        raise TypeError(f"{name}: offsets must be an integer tensor, got {offsets.dtype}")
+    if offsets.dim() != 1:
+        raise ValueError(f"{name}: offsets must be 1-D [B + 1], got shape {tuple(offsets.shape)}")
+    if offsets.numel() == 0:
+        raise ValueError(f"{name}: offsets must have at least one entry (B + 1 >= 1), got none")
+    if offsets.device != values.device:
+        raise ValueError(
+            f"{name}: offsets are on {offsets.device} but values are on {values.device}; "
+            "move both to the same device"
+        )
+    if offsets.dtype != torch.long:
+        offsets = offsets.long()
+    if validate is None:
+        validate = _validate_by_default
+    if validate and not torch.compiler.is_compiling():
+        _check_offsets_content(name, offsets, values.shape[0])
+    return values, offsets
+
+
+def _check_offsets_content(name: str, offsets: Tensor, num_rows: int) -> None:
+    # One small host transfer for all three conditions (a single sync on GPU).
+    first = offsets[0]
+    last = offsets[-1]
+    decreasing = (offsets[1:] < offsets[:-1]).any() if offsets.numel() > 1 else first.new_zeros(())
+    first_v, last_v, decreasing_v = torch.stack([first, last, decreasing.long()]).tolist()
+    if first_v != 0:
+        raise ValueError(f"{name}: offsets[0] must be 0, got {first_v}")
+    if decreasing_v:
+        steps = offsets[1:] - offsets[:-1]
+        bad = int(torch.nonzero(steps < 0)[0, 0])
+        raise ValueError(
+            f"{name}: offsets must be non-decreasing, but offsets[{bad + 1}] = "
+            f"{int(offsets[bad + 1])} < offsets[{bad}] = {int(offsets[bad])}"
+        )
+    if last_v != num_rows:
+        raise ValueError(
+            f"{name}: offsets[-1] must equal the number of rows of values ({num_rows}), "
+            f"got {last_v}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Public API. The `torch.jit.is_scripting()` branches keep these functions scriptable: inside
+# TorchScript only the op call remains (offsets are still converted to int64).
+# --------------------------------------------------------------------------------------------
+def segment_sum(values: Tensor, offsets: Tensor, validate: Optional[bool] = None) -> Tensor:
+    """Sum of each set: ``out[b] = values[offsets[b]:offsets[b+1]].sum(0)`` (0 for empty sets).
+
+    Args:
+        values: ``[N]`` or ``[N, F]`` floating tensor (float32/64, float16, bfloat16).
+        offsets: ``[B + 1]`` integer tensor on the same device, ``offsets[0] == 0``,
+            non-decreasing, ``offsets[-1] == N``.
+        validate: check the offsets content (None: the process-wide default, see
+            :func:`set_validation`).
+
+    Returns:
+        ``[B]`` or ``[B, F]`` tensor of the dtype of ``values``.
+    """
+    if not torch.jit.is_scripting():
+        values, offsets = _check_arguments("segment_sum", values, offsets, validate)
+    return torch.ops.hepms.segment_sum(values, offsets.long())
+
+
+def segment_mean(values: Tensor, offsets: Tensor, validate: Optional[bool] = None) -> Tensor:
+    """Mean of each set (0 for empty sets). Arguments as :func:`segment_sum`."""
+    if not torch.jit.is_scripting():
+        values, offsets = _check_arguments("segment_mean", values, offsets, validate)
+    return torch.ops.hepms.segment_mean(values, offsets.long())
+
+
+def segment_max(
+    values: Tensor, offsets: Tensor, validate: Optional[bool] = None
+) -> tuple[Tensor, Tensor]:
+    """Element-wise maximum of each set and its arg-max row.
+
+    Returns:
+        ``(max, argmax)``: ``max`` has shape ``[B]``/``[B, F]`` (0 for empty sets, NaN if the set
+        holds a NaN); ``argmax`` (int64, same shape) is the global row index into ``values`` of the
+        first maximal element, -1 for empty sets. The gradient flows to that row only.
+    """
+    if not torch.jit.is_scripting():
+        values, offsets = _check_arguments("segment_max", values, offsets, validate)
+    return torch.ops.hepms.segment_max(values, offsets.long())

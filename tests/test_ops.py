@@ -1,0 +1,498 @@
+"""Segment pooling ops: agreement with PyTorch references, gradients, compile/TorchScript, errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hepms
+from hepms import _reference
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# (rtol, atol) for sums/means against a float64 reference of the same (rounded) inputs: 16-bit
+# outputs are rounded once from a float32 accumulator, so one output ulp dominates.
+TOLERANCES = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float64: (1e-12, 1e-12),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1e-2, 1e-2),
+}
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+
+def make_offsets(counts, dtype=torch.long, device="cpu") -> torch.Tensor:
+    counts = torch.as_tensor(counts, dtype=torch.long)
+    offsets = torch.zeros(counts.numel() + 1, dtype=torch.long)
+    offsets[1:] = counts.cumsum(0)
+    return offsets.to(dtype=dtype, device=device)
+
+
+def torch_reference(values: torch.Tensor, offsets: torch.Tensor, reduce: str) -> torch.Tensor:
+    """torch.segment_reduce in float64, with empty segments set to 0 (our convention)."""
+    offsets = offsets.long().cpu()
+    data = values.detach().double().cpu()
+    if offsets.numel() == 1:
+        return data.new_zeros((0, *data.shape[1:]))
+    out = torch.segment_reduce(data, reduce, offsets=offsets, axis=0, unsafe=False)
+    empty = (offsets[1:] == offsets[:-1]).view(-1, *([1] * (data.dim() - 1)))
+    return torch.where(empty, torch.zeros_like(out), out)
+
+
+def assert_pools_match(values: torch.Tensor, offsets: torch.Tensor) -> None:
+    rtol, atol = TOLERANCES[values.dtype]
+    scale = max(1.0, float(values.detach().double().abs().max())) if values.numel() else 1.0
+    for name in ("sum", "mean"):
+        ours = getattr(hepms, f"segment_{name}")(values, offsets)
+        assert ours.dtype == values.dtype
+        assert ours.shape == (offsets.numel() - 1, *values.shape[1:])
+        # sums of up to ~60 elements: allow the tolerance to grow with the magnitude of the sum
+        expected = torch_reference(values, offsets, name)
+        torch.testing.assert_close(
+            ours.double().cpu(), expected, rtol=rtol, atol=atol * scale * 60
+        )
+    maxima, argmax = hepms.segment_max(values, offsets)
+    expected = torch_reference(values, offsets, "max")
+    # max is exact: it returns one of the inputs
+    assert torch.equal(maxima.double().cpu(), expected)
+    # arg-max points at a row holding the maximum, the first such row
+    ref_max, ref_arg = _reference.segment_max_reference(values.cpu(), offsets.long().cpu())
+    assert torch.equal(argmax.cpu(), ref_arg)
+    nonempty = argmax >= 0
+    if values.numel():
+        picked = values.gather(0, argmax.clamp_min(0))
+        assert torch.equal(picked[nonempty], maxima[nonempty])
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward agreement
+# ----------------------------------------------------------------------------------------------
+def test_extension_is_used_when_required():
+    if os.environ.get("HEPMS_REQUIRE_EXTENSION"):
+        assert hepms.extension_available()
+        assert torch.ops.hepms.segment_sum.default._schema.name == "hepms::segment_sum"
+
+
+def test_docstring_example():
+    values = torch.tensor([[1.0], [2.0], [5.0]])
+    offsets = torch.tensor([0, 2, 2, 3])
+    assert hepms.segment_sum(values, offsets).flatten().tolist() == [3.0, 0.0, 5.0]
+    assert hepms.segment_mean(values, offsets).flatten().tolist() == [1.5, 0.0, 5.0]
+    out, arg = hepms.segment_max(values, offsets)
+    assert out.flatten().tolist() == [2.0, 0.0, 5.0]
+    assert arg.flatten().tolist() == [1, -1, 2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 60), min_size=0, max_size=30),
+    width=st.sampled_from([1, 2, 3, 16, 33, 64, 130]),
+    dtype=st.sampled_from(DTYPES),
+    one_dim=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_matches_torch_segment_reduce(counts, width, dtype, one_dim, seed):
+    generator = torch.Generator().manual_seed(seed)
+    offsets = make_offsets(counts)
+    n = int(offsets[-1])
+    shape = (n,) if one_dim else (n, width)
+    values = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+    assert_pools_match(values, offsets)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_dtype_with_empty_long_and_tied_segments(dtype):
+    counts = [0, 1, 5, 0, 0, 300, 2, 1000, 0]
+    offsets = make_offsets(counts)
+    values = torch.randn(int(offsets[-1]), 24, dtype=torch.float64).to(dtype)
+    values[6:11] = values[6]  # a whole segment of ties
+    assert_pools_match(values, offsets)
+
+
+def test_matches_index_add_and_scatter_reduce():
+    counts = torch.randint(0, 50, (400,), generator=torch.Generator().manual_seed(1))
+    offsets = make_offsets(counts)
+    values = torch.randn(int(offsets[-1]), 48)
+    ids = torch.repeat_interleave(torch.arange(400), counts)
+    expected_sum = torch.zeros(400, 48).index_add_(0, ids, values)
+    torch.testing.assert_close(hepms.segment_sum(values, offsets), expected_sum)
+    index = ids[:, None].expand_as(values)
+    expected_max = torch.full((400, 48), float("-inf")).scatter_reduce(0, index, values, "amax")
+    expected_max[counts == 0] = 0
+    assert torch.equal(hepms.segment_max(values, offsets)[0], expected_max)
+
+
+def test_zero_segments_and_zero_rows():
+    values = torch.randn(0, 5)
+    out = hepms.segment_sum(values, torch.zeros(1, dtype=torch.long))
+    assert out.shape == (0, 5)
+    maxima, argmax = hepms.segment_max(values, torch.zeros(1, dtype=torch.long))
+    assert maxima.shape == (0, 5) and argmax.shape == (0, 5)
+    # segments that exist but are all empty
+    offsets = torch.zeros(4, dtype=torch.long)
+    assert torch.equal(hepms.segment_mean(values, offsets), torch.zeros(3, 5))
+    maxima, argmax = hepms.segment_max(values, offsets)
+    assert torch.equal(maxima, torch.zeros(3, 5)) and torch.equal(argmax, torch.full((3, 5), -1))
+
+
+def test_int32_offsets_are_accepted():
+    offsets64 = make_offsets([3, 0, 4])
+    values = torch.randn(7, 3)
+    for fn in (hepms.segment_sum, hepms.segment_mean):
+        assert torch.equal(fn(values, offsets64.int()), fn(values, offsets64))
+    assert torch.equal(hepms.segment_max(values, offsets64.int())[1], hepms.segment_max(values, offsets64)[1])
+
+
+def test_non_contiguous_values():
+    offsets = make_offsets([4, 0, 9, 1])
+    base = torch.randn(14, 20)
+    strided = base[:, ::2]  # every other feature
+    transposed = torch.randn(10, 14).t()  # column-major
+    for values in (strided, transposed):
+        assert not values.is_contiguous()
+        assert_pools_match(values, offsets)
+        assert torch.equal(hepms.segment_sum(values, offsets), hepms.segment_sum(values.contiguous(), offsets))
+
+
+def test_many_threads_few_segments_many_features():
+    # few segments, wide rows: the CPU kernel splits over feature blocks as well
+    offsets = make_offsets([5000, 7000])
+    values = torch.randn(12000, 1000, dtype=torch.float64)
+    assert_pools_match(values, offsets)
+
+
+def test_nan_propagates_through_max_and_sum():
+    values = torch.tensor([[1.0], [float("nan")], [3.0], [float("nan")]])
+    offsets = make_offsets([4])
+    maxima, argmax = hepms.segment_max(values, offsets)
+    assert torch.isnan(maxima).all() and argmax.item() == 1  # the first NaN
+    assert torch.isnan(hepms.segment_sum(values, offsets)).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["sum", "mean", "max"])
+def test_gradcheck(name):
+    offsets = make_offsets([3, 0, 1, 5, 0])
+    values = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+
+    def pooled(x):
+        out = getattr(hepms, f"segment_{name}")(x, offsets)
+        return out[0] if isinstance(out, tuple) else out
+
+    assert torch.autograd.gradcheck(pooled, (values,))
+    assert torch.autograd.gradgradcheck(pooled, (values,))
+
+
+def test_empty_segments_get_zero_gradient_and_rows_their_segment_gradient():
+    offsets = make_offsets([2, 0, 3])
+    values = torch.randn(5, 2, requires_grad=True)
+    upstream = torch.tensor([[1.0, 2.0], [7.0, 7.0], [3.0, 4.0]])
+    hepms.segment_sum(values, offsets).backward(upstream)
+    assert torch.equal(values.grad, torch.tensor([[1.0, 2.0]] * 2 + [[3.0, 4.0]] * 3))
+    values.grad = None
+    hepms.segment_mean(values, offsets).backward(upstream)
+    torch.testing.assert_close(values.grad, torch.tensor([[0.5, 1.0]] * 2 + [[1.0, 4 / 3]] * 3))
+
+
+def test_max_ties_route_whole_gradient_to_first_row():
+    values = torch.ones(4, 3, requires_grad=True)
+    offsets = make_offsets([4])
+    maxima, argmax = hepms.segment_max(values, offsets)
+    assert argmax.tolist() == [[0, 0, 0]]
+    maxima.backward(torch.tensor([[2.0, -3.0, 5.0]]))
+    expected = torch.zeros(4, 3)
+    expected[0] = torch.tensor([2.0, -3.0, 5.0])
+    # unlike torch.segment_reduce, the gradient is not split between tied rows, whatever its sign
+    assert torch.equal(values.grad, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_backward_in_low_precision_matches_float64(dtype):
+    offsets = make_offsets([7, 0, 30, 2])
+    values = torch.randn(39, 16, dtype=torch.float64)
+    upstream = torch.randn(4, 16, dtype=torch.float64)
+    for name in ("sum", "mean", "max"):
+        results = []
+        for dt in (dtype, torch.float64):
+            x = values.to(dt).detach().clone().requires_grad_()
+            out = getattr(hepms, f"segment_{name}")(x, offsets)
+            out = out[0] if isinstance(out, tuple) else out
+            out.backward(upstream.to(dt))
+            results.append(x.grad.double())
+        rtol, atol = TOLERANCES[dtype]
+        torch.testing.assert_close(results[0], results[1], rtol=rtol, atol=atol * 10)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.compile and TorchScript
+# ----------------------------------------------------------------------------------------------
+class Pool(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.phi = torch.nn.Linear(3, 8)
+        self.rho = torch.nn.Linear(24, 1)
+
+    def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.phi(values))
+        pooled = torch.cat(
+            [
+                hepms.segment_sum(h, offsets),
+                hepms.segment_mean(h, offsets),
+                hepms.segment_max(h, offsets)[0],
+            ],
+            dim=1,
+        )
+        return self.rho(pooled)
+
+
+def _pool_inputs():
+    offsets = make_offsets([3, 0, 5, 1, 7])
+    values = torch.randn(16, 3)
+    return values, offsets
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph_matches_eager(backend):
+    torch.manual_seed(0)
+    model = Pool()
+    values, offsets = _pool_inputs()
+    eager = model(values, offsets)
+    eager.sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    out = compiled(values, offsets)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager)
+    for p, g in zip(model.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_fake_kernels_give_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        values = torch.empty(10, 4)
+        offsets = torch.empty(4, dtype=torch.long)
+        assert torch.ops.hepms.segment_sum(values, offsets).shape == (3, 4)
+        out, arg = torch.ops.hepms.segment_max(values, offsets)
+        assert out.shape == (3, 4) and arg.dtype == torch.long
+        assert torch.ops.hepms.segment_gather(out, offsets, 10, True).shape == (10, 4)
+        assert torch.ops.hepms.segment_max_backward(out, arg, offsets, 10).shape == (10, 4)
+
+
+def test_opcheck():
+    values = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    offsets = make_offsets([3, 0, 1, 5])
+    for op in (torch.ops.hepms.segment_sum, torch.ops.hepms.segment_mean, torch.ops.hepms.segment_max):
+        torch.library.opcheck(op, (values, offsets))
+
+
+def test_torchscript_module_matches_eager():
+    torch.manual_seed(0)
+    model = Pool()
+    values, offsets = _pool_inputs()
+    scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted(values, offsets), model(values, offsets))
+    # int32 offsets are converted inside the scripted function too
+    torch.testing.assert_close(scripted(values, offsets.int()), model(values, offsets))
+    out = scripted(values, offsets)
+    out.sum().backward()
+    assert model.phi.weight.grad is not None and model.phi.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one test each, every message names the problem
+# ----------------------------------------------------------------------------------------------
+GOOD_VALUES = torch.randn(5, 2)
+GOOD_OFFSETS = torch.tensor([0, 2, 5])
+
+
+@pytest.mark.parametrize("fn", [hepms.segment_sum, hepms.segment_mean, hepms.segment_max])
+def test_values_must_be_a_tensor(fn):
+    with pytest.raises(TypeError, match="values must be a torch.Tensor"):
+        fn([[1.0]], GOOD_OFFSETS)
+
+
+def test_offsets_must_be_a_tensor():
+    with pytest.raises(TypeError, match="offsets must be a torch.Tensor"):
+        hepms.segment_sum(GOOD_VALUES, [0, 2, 5])
+
+
+def test_values_must_be_floating():
+    with pytest.raises(TypeError, match="values must be floating point.*torch.int64"):
+        hepms.segment_sum(torch.ones(5, 2, dtype=torch.long), GOOD_OFFSETS)
+
+
+def test_values_must_be_1d_or_2d():
+    with pytest.raises(ValueError, match=r"1-D \[N\] or 2-D \[N, F\].*\(5, 2, 1\)"):
+        hepms.segment_max(torch.randn(5, 2, 1), GOOD_OFFSETS)
+
+
+def test_offsets_must_be_integer():
+    with pytest.raises(TypeError, match="offsets must be an integer tensor, got torch.float32"):
+        hepms.segment_mean(GOOD_VALUES, GOOD_OFFSETS.float())
+
+
+def test_offsets_must_be_1d():
+    with pytest.raises(ValueError, match=r"offsets must be 1-D.*\(1, 3\)"):
+        hepms.segment_sum(GOOD_VALUES, GOOD_OFFSETS[None])
+
+
+def test_offsets_must_not_be_empty():
+    with pytest.raises(ValueError, match="at least one entry"):
+        hepms.segment_sum(GOOD_VALUES, torch.zeros(0, dtype=torch.long))
+
+
+def test_offsets_must_start_at_zero():
+    with pytest.raises(ValueError, match=r"offsets\[0\] must be 0, got 1"):
+        hepms.segment_sum(GOOD_VALUES, torch.tensor([1, 2, 5]))
+
+
+def test_offsets_must_be_non_decreasing():
+    with pytest.raises(ValueError, match=r"non-decreasing.*offsets\[2\] = 1 < offsets\[1\] = 3"):
+        hepms.segment_sum(GOOD_VALUES, torch.tensor([0, 3, 1, 5]))
+
+
+def test_offsets_must_end_at_number_of_rows():
+    with pytest.raises(ValueError, match=r"offsets\[-1\] must equal the number of rows of values \(5\), got 4"):
+        hepms.segment_max(GOOD_VALUES, torch.tensor([0, 2, 4]))
+
+
+def test_offsets_must_be_on_the_values_device():
+    with pytest.raises(ValueError, match="offsets are on cpu but values are on meta"):
+        hepms.segment_sum(torch.empty(5, 2, device="meta"), GOOD_OFFSETS)
+
+
+def test_validation_can_be_switched_off_and_kernels_stay_in_bounds():
+    bad = torch.tensor([0, 9, -4, 2])  # decreasing, out of range, wrong end
+    for fn in (hepms.segment_sum, hepms.segment_mean):
+        out = fn(GOOD_VALUES, bad, validate=False)
+        assert out.shape == (3, 2)
+    with hepms.validation(False):
+        maxima, argmax = hepms.segment_max(GOOD_VALUES, bad)
+    assert ((argmax >= -1) & (argmax < 5)).all()
+    values = GOOD_VALUES.clone().requires_grad_()
+    out = hepms.segment_sum(values, bad, validate=False)
+    out.sum().backward()  # backward with malformed offsets: finite, no crash
+    assert torch.isfinite(values.grad).all()
+    # the process-wide switch is restored after the block
+    with pytest.raises(ValueError):
+        hepms.segment_sum(GOOD_VALUES, bad)
+
+
+def test_raw_op_rejects_int32_offsets_with_a_clear_error():
+    with pytest.raises(RuntimeError, match="offsets must be int64"):
+        torch.ops.hepms.segment_sum(GOOD_VALUES, GOOD_OFFSETS.int())
+
+
+# ----------------------------------------------------------------------------------------------
+# The pure-PyTorch fallback (extension disabled) gives the same results
+# ----------------------------------------------------------------------------------------------
+FALLBACK_SCRIPT = r"""
+import json, torch, hepms
+assert not hepms.extension_available()
+torch.manual_seed(3)
+counts = torch.tensor([3, 0, 7, 1, 0, 12])
+offsets = torch.zeros(7, dtype=torch.long); offsets[1:] = counts.cumsum(0)
+values = torch.randn(23, 5, dtype=torch.float64, requires_grad=True)
+for name in ("sum", "mean", "max"):
+    f = lambda x: (lambda o: o[0] if isinstance(o, tuple) else o)(getattr(hepms, f"segment_{name}")(x, offsets))
+    assert torch.autograd.gradcheck(f, (values,)), name
+    assert torch.autograd.gradgradcheck(f, (values,)), name
+maxima, argmax = hepms.segment_max(values, offsets)
+print(json.dumps({
+    "sum": hepms.segment_sum(values, offsets).tolist(),
+    "mean": hepms.segment_mean(values, offsets).tolist(),
+    "max": maxima.tolist(),
+    "argmax": argmax.tolist(),
+}))
+"""
+
+
+def test_fallback_without_extension_matches_compiled_ops():
+    import json
+
+    env = dict(os.environ, HEPMS_DISABLE_EXTENSION="1")
+    env.pop("HEPMS_REQUIRE_EXTENSION", None)
+    result = subprocess.run(
+        [sys.executable, "-c", FALLBACK_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    fallback = json.loads(result.stdout.strip().splitlines()[-1])
+    torch.manual_seed(3)
+    offsets = make_offsets([3, 0, 7, 1, 0, 12])
+    values = torch.randn(23, 5, dtype=torch.float64)
+    maxima, argmax = hepms.segment_max(values, offsets)
+    torch.testing.assert_close(torch.tensor(fallback["sum"], dtype=torch.float64), hepms.segment_sum(values, offsets))
+    torch.testing.assert_close(torch.tensor(fallback["mean"], dtype=torch.float64), hepms.segment_mean(values, offsets))
+    assert torch.equal(torch.tensor(fallback["max"], dtype=torch.float64), maxima)
+    assert torch.equal(torch.tensor(fallback["argmax"]), argmax)
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+# ----------------------------------------------------------------------------------------------
+@CUDA
+def test_cuda_extension_was_built_with_cuda():
+    from hepms import _C
+
+    assert _C.with_cuda
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [1, 3, 16, 32, 64, 130])
+def test_cuda_matches_cpu(dtype, width):
+    counts = torch.randint(0, 200, (300,), generator=torch.Generator().manual_seed(width))
+    counts[::5] = 0
+    offsets = make_offsets(counts)
+    values = torch.randn(int(offsets[-1]), width, dtype=torch.float64).to(dtype)
+    values[offsets[2] : offsets[3]] = 1.0  # ties
+    assert_pools_match(values.cuda(), offsets.cuda())
+    upstream = torch.randn(300, width, dtype=torch.float64).to(dtype)
+    for name in ("sum", "mean", "max"):
+        grads = []
+        for device in ("cpu", "cuda"):
+            x = values.to(device).requires_grad_()
+            out = getattr(hepms, f"segment_{name}")(x, offsets.to(device))
+            out = out[0] if isinstance(out, tuple) else out
+            out.backward(upstream.to(device))
+            grads.append(x.grad.cpu().double())
+        rtol, atol = TOLERANCES[dtype]
+        torch.testing.assert_close(grads[1], grads[0], rtol=rtol, atol=atol)
+
+
+@CUDA
+def test_cuda_gradcheck_and_determinism():
+    offsets = make_offsets([3, 0, 1, 5, 0, 40]).cuda()
+    values = torch.randn(49, 7, dtype=torch.float64, device="cuda", requires_grad=True)
+    for name in ("sum", "mean", "max"):
+        def pooled(x, name=name):
+            out = getattr(hepms, f"segment_{name}")(x, offsets)
+            return out[0] if isinstance(out, tuple) else out
+
+        assert torch.autograd.gradcheck(pooled, (values,))
+        assert torch.equal(pooled(values), pooled(values))
+
+
+@CUDA
+def test_cuda_device_mismatch_is_reported():
+    with pytest.raises(ValueError, match="offsets are on cpu but values are on cuda"):
+        hepms.segment_sum(torch.randn(5, 2, device="cuda"), GOOD_OFFSETS)
+
+
+@CUDA
+def test_cuda_torch_compile():
+    torch.manual_seed(0)
+    model = Pool().cuda()
+    values, offsets = _pool_inputs()
+    values, offsets = values.cuda(), offsets.cuda()
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(values, offsets), model(values, offsets))
