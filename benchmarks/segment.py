@@ -20,46 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from typing import Callable, Optional
 
 import torch
 
 import hepms
-
-
-# ----------------------------------------------------------------------------------------------
-# Machine description
-# ----------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine(device: torch.device) -> dict:
-    description = {
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "hepms_extension": hepms.extension_available(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        description["gpu"] = props.name
-        description["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-        description["cuda"] = torch.version.cuda
-    return description
+from hepms._machine import describe as machine
 
 
 # ----------------------------------------------------------------------------------------------

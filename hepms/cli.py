@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import torch
 
 import hepms
+from hepms._machine import cpu_model
 
 
 def _median_ms(fn, repeats: int = 7) -> float:
@@ -22,6 +23,10 @@ def _median_ms(fn, repeats: int = 7) -> float:
     return 1e3 * sorted(times)[len(times) // 2]
 
 
+def _rounded(tensor: torch.Tensor) -> list:
+    return torch.round(tensor.double(), decimals=2).tolist()
+
+
 def demo(args: argparse.Namespace) -> int:
     """Pool jet constituents of different lengths without padding, with gradients, and time it."""
     torch.manual_seed(args.seed)
@@ -29,17 +34,17 @@ def demo(args: argparse.Namespace) -> int:
     print("Three jets with 3, 0 and 2 constituents, two features each (log pT, charge):")
     values = torch.tensor([[3.2, 1.0], [2.1, -1.0], [1.5, 0.0], [4.0, 1.0], [0.7, -1.0]])
     offsets = torch.tensor([0, 3, 3, 5])
-    print(f"  values  = {values.tolist()}")
+    print(f"  values  = {_rounded(values)}")
     print(f"  offsets = {offsets.tolist()}   (jet b owns rows offsets[b]:offsets[b+1])")
-    print(f"  segment_sum  -> {hepms.segment_sum(values, offsets).tolist()}")
-    print(f"  segment_mean -> {hepms.segment_mean(values, offsets).tolist()}")
+    print(f"  segment_sum  -> {_rounded(hepms.segment_sum(values, offsets))}")
+    print(f"  segment_mean -> {_rounded(hepms.segment_mean(values, offsets))}")
     maxima, argmax = hepms.segment_max(values, offsets)
-    print(f"  segment_max  -> {maxima.tolist()}, arg-max rows {argmax.tolist()}")
+    print(f"  segment_max  -> {_rounded(maxima)}, arg-max rows {argmax.tolist()}")
     print("  (the empty jet pools to 0 and its arg-max is -1)\n")
 
     leaf = values.clone().requires_grad_()
     hepms.segment_max(leaf, offsets)[0].sum().backward()
-    print(f"Gradient of sum(max) w.r.t. the constituents: {leaf.grad.tolist()}")
+    print(f"Gradient of sum(max) w.r.t. the constituents: {_rounded(leaf.grad)}")
     print("  (each maximum sends its gradient to exactly one row)\n")
 
     counts = torch.poisson(torch.full((args.jets,), 30.0)).long().clamp(max=200)
@@ -48,7 +53,7 @@ def demo(args: argparse.Namespace) -> int:
     values = torch.randn(int(offsets[-1]), args.features)
     print(
         f"Timing on {args.jets} jets, {int(offsets[-1])} constituents, {args.features} features "
-        f"({torch.get_num_threads()} threads, {platform.processor() or platform.machine()}):"
+        f"({torch.get_num_threads()} threads, {cpu_model()}):"
     )
     with hepms.validation(False):
         ours_sum = _median_ms(lambda: hepms.segment_sum(values, offsets))

@@ -1,0 +1,41 @@
+"""Description of the machine a timing ran on (benchmarks and the demo print it with numbers)."""
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(device: torch.device | str = "cpu") -> dict:
+    """Platform, CPU, thread count, torch version and (for CUDA) the GPU."""
+    import hepms
+
+    device = torch.device(device)
+    description = {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "hepms_extension": hepms.extension_available(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        description["gpu"] = props.name
+        description["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        description["cuda"] = torch.version.cuda
+    return description
