@@ -14,3 +14,6 @@ from hepms.ops import (  # noqa: F401
     set_validation,
     validation,
 )
+
+from hepms import physics  # noqa: F401,E402
+from hepms.jagged import Jagged, from_jagged, to_jagged  # noqa: F401,E402
