@@ -1,0 +1,302 @@
+"""ROOT output (NanoAOD-like flat TTree written with uproot) and the reader ``read_events``.
+
+The schema is documented in ``hepms/generate/README.md`` and mirrored by :data:`SCHEMA`.
+Files are written under a hidden temporary name and renamed only when complete, so an
+interrupted run never leaves a file that looks finished.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import awkward as ak
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+TREE_NAME = "Events"
+MANIFEST_NAME = "manifest.json"
+
+#: Branch types.  Collections become ``n<Name>`` (int32 counts) plus ``<Name>_<field>`` branches.
+SCHEMA: dict[str, Any] = {
+    "run": np.uint32,
+    "luminosityBlock": np.uint32,
+    "event": np.uint64,
+    "label": np.int32,
+    "nPU": np.int32,
+    "rho": np.float32,
+    "Jet": {
+        "pt": np.float32,
+        "eta": np.float32,
+        "phi": np.float32,
+        "mass": np.float32,
+        "rawPt": np.float32,
+        "nConstituents": np.int32,
+        "isTau": np.bool_,
+        "tauIdx": np.int32,
+        "tauDecayMode": np.int32,
+        "visTauPt": np.float32,
+        "visTauEta": np.float32,
+        "visTauPhi": np.float32,
+        "visTauMass": np.float32,
+    },
+    "PFCand": {
+        "pt": np.float32,
+        "eta": np.float32,
+        "phi": np.float32,
+        "mass": np.float32,
+        "charge": np.int32,
+        "pdgId": np.int32,
+        "jetIdx": np.int32,
+        "isPileup": np.bool_,
+    },
+    "Tau": {
+        "pt": np.float32,
+        "eta": np.float32,
+        "phi": np.float32,
+        "mass": np.float32,
+        "visPt": np.float32,
+        "visEta": np.float32,
+        "visPhi": np.float32,
+        "visMass": np.float32,
+        "charge": np.int32,
+        "nCharged": np.int32,
+        "nPi0": np.int32,
+        "decayMode": np.int32,
+        "jetIdx": np.int32,
+    },
+}
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def to_branches(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """Cast a chunk of events to :data:`SCHEMA` (collections as zipped ``[events][objects]`` records)."""
+    out: dict[str, Any] = {}
+    for name, spec in SCHEMA.items():
+        if isinstance(spec, dict):
+            coll = columns[name]
+            missing = set(spec) - set(ak.fields(coll))
+            if missing:
+                raise KeyError(f"collection {name} lacks fields {sorted(missing)}")
+            out[name] = ak.zip(
+                {field: ak.values_astype(coll[field], dtype) for field, dtype in spec.items()},
+                depth_limit=2,
+            )
+        else:
+            out[name] = np.asarray(columns[name], dtype=spec)
+    return out
+
+
+class EventsWriter:
+    """Append chunks of events to one ROOT file; the file appears under its name only on commit.
+
+    Use as a context manager; leaving the block by an exception removes the partial file::
+
+        with EventsWriter(path) as writer:
+            writer.extend(chunk)
+            writer.commit()
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        # hidden and without the .root suffix: a leftover from a killed run does not look like data
+        self.partial_path = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self.entries = 0
+        self._file: Any = None
+        self._tree: Any = None
+
+    def __enter__(self) -> "EventsWriter":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None or self._file is not None:
+            self.abort()
+
+    def open(self) -> None:
+        import uproot
+
+        self._file = uproot.recreate(self.partial_path)
+
+    def extend(self, columns: Mapping[str, Any]) -> None:
+        """Append events (a mapping as produced by the pipeline; cast with :func:`to_branches`)."""
+        if self._file is None:
+            raise RuntimeError("EventsWriter is not open")
+        branches = to_branches(columns)
+        if self._tree is None:
+            types = {
+                name: (value.type.content if isinstance(value, ak.Array) else value.dtype)
+                for name, value in branches.items()
+            }
+            # mktree (not file[name] = ...) so that the result is a TTree, not an RNTuple
+            self._tree = self._file.mktree(TREE_NAME, types, title="hepms generated events")
+        n = len(branches["event"])
+        if n:
+            self._tree.extend(branches)
+            self.entries += n
+
+    def close(self) -> None:
+        """Close the partial file (flushes ROOT metadata)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def commit(self) -> Path:
+        """Close and rename the partial file to its final name (atomic on POSIX)."""
+        self.close()
+        if not self.partial_path.exists():
+            raise RuntimeError(f"nothing to commit for {self.path}")
+        os.replace(self.partial_path, self.path)
+        logger.info("wrote %s (%d events)", self.path, self.entries)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the partial file, if any."""
+        try:
+            self.close()
+        except Exception:  # closing a broken file must not hide the original error
+            logger.debug("closing partial file %s failed", self.partial_path, exc_info=True)
+        self._file = None
+        if self.partial_path.exists():
+            self.partial_path.unlink()
+
+
+def write_json_atomic(path: PathLike, data: Mapping[str, Any]) -> Path:
+    """Write JSON to a temporary name in the same folder, then rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _resolve_paths(path: PathLike | Sequence[PathLike]) -> list[Path]:
+    if isinstance(path, (str, os.PathLike)):
+        p = Path(path)
+        if p.is_dir():
+            manifest = p / MANIFEST_NAME
+            if manifest.exists():
+                files = json.loads(manifest.read_text())["files"]
+                return [p / entry["path"] for entry in files]
+            found = sorted(p.glob("*.root"))
+            if not found:
+                raise FileNotFoundError(f"no ROOT files in {p}")
+            return found
+        if not p.exists():
+            raise FileNotFoundError(f"no such file: {p}")
+        return [p]
+    paths = [Path(x) for x in path]
+    if not paths:
+        raise ValueError("path: empty list of files")
+    return [q for p in paths for q in _resolve_paths(p)]
+
+
+def _vector_behavior() -> Mapping[str, Any] | None:
+    try:
+        import vector
+
+        return vector.backends.awkward.behavior
+    except Exception:  # vector is optional for reading
+        return None
+
+
+def read_events(
+    path: PathLike | Sequence[PathLike],
+    max_jets: int | None = 8,
+    max_constituents: int | None = 50,
+    entry_start: int | None = None,
+    entry_stop: int | None = None,
+) -> ak.Array:
+    """Read generated events as ``Events[jets[constituents]]``.
+
+    Args:
+        path: a ROOT file, a list of files, or an output folder of :func:`hepms.generate.generate`
+            (its ``manifest.json`` lists the files).
+        max_jets: keep the leading ``max_jets`` jets by pT (None: all).
+        max_constituents: keep the leading ``max_constituents`` constituents of each jet by pT
+            (None: all).  ``jets.nConstituents`` still holds the full count.
+        entry_start, entry_stop: entry range read from each file.
+
+    Returns:
+        An awkward array of event records with fields ``jets`` (``Momentum4D`` records with ``pt,
+        eta, phi, mass``, the truth fields ``isTau, tauIdx, tauDecayMode, visTau*``,
+        ``nConstituents`` and ``constituents``: ``Momentum4D`` records with ``pt, eta, phi, mass,
+        charge, pdgId, isPileup``), ``taus`` (truth taus), ``label`` (1 = H, 0 = Z), ``event``,
+        ``run``, ``luminosityBlock`` and ``nPU``.
+
+    Example:
+        >>> events = read_events("data/htautau")                        # doctest: +SKIP
+        >>> events.jets.constituents.pt                                 # doctest: +SKIP
+        <Array [[[45.1, 3.2, ...], [...]], ...] type='N * var * var * float32'>
+    """
+    for name, value in (("max_jets", max_jets), ("max_constituents", max_constituents)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
+            raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+    import uproot
+
+    behavior = _vector_behavior()
+    parts = []
+    for file in _resolve_paths(path):
+        with uproot.open(file) as root_file:
+            arrays = root_file[TREE_NAME].arrays(entry_start=entry_start, entry_stop=entry_stop, library="ak")
+        parts.append(_build_events(arrays, max_jets, max_constituents, behavior))
+    return parts[0] if len(parts) == 1 else ak.concatenate(parts)
+
+
+def _collection(arrays: ak.Array, name: str) -> dict[str, ak.Array]:
+    prefix = name + "_"
+    return {f[len(prefix):]: arrays[f] for f in arrays.fields if f.startswith(prefix)}
+
+
+def _build_events(
+    arrays: ak.Array, max_jets: int | None, max_constituents: int | None, behavior: Mapping[str, Any] | None
+) -> ak.Array:
+    n_events = len(arrays)
+    with_name = "Momentum4D" if behavior is not None else None
+    n_jet = np.asarray(arrays["nJet"], dtype=np.int64)
+
+    # constituents: flat per event -> [events][jets][constituents] via the jet-index branch
+    pf = _collection(arrays, "PFCand")
+    pf_counts = np.asarray(arrays["nPFCand"], dtype=np.int64)
+    flat_pf = {k: ak.to_numpy(ak.flatten(v)) for k, v in pf.items()}
+    event_of = np.repeat(np.arange(n_events), pf_counts)
+    jet_idx = flat_pf["jetIdx"].astype(np.int64)
+    valid = (jet_idx >= 0) & (jet_idx < n_jet[event_of])  # defensive: drop dangling constituents
+    jet_first = np.zeros(n_events + 1, dtype=np.int64)
+    np.cumsum(n_jet, out=jet_first[1:])
+    global_jet = (jet_first[event_of] + jet_idx)[valid]
+    order = np.lexsort((-flat_pf["pt"][valid], global_jet))
+    rows = np.flatnonzero(valid)[order]
+    per_jet = np.bincount(global_jet, minlength=int(jet_first[-1]))
+    const_fields = ("pt", "eta", "phi", "mass", "charge", "pdgId", "isPileup")
+    constituents = ak.zip(
+        {k: flat_pf[k][rows] for k in const_fields if k in flat_pf}, with_name=with_name, behavior=behavior
+    )
+    constituents = ak.unflatten(ak.unflatten(constituents, per_jet), n_jet)
+
+    jet_cols = {k: v for k, v in _collection(arrays, "Jet").items()}
+    jet_cols["constituents"] = constituents
+    jets = ak.zip(jet_cols, depth_limit=2, with_name=with_name, behavior=behavior)
+    if max_jets is not None:
+        jets = jets[:, : int(max_jets)]
+    if max_constituents is not None:
+        jets = ak.with_field(jets, jets["constituents"][:, :, : int(max_constituents)], "constituents")
+
+    taus = ak.zip(_collection(arrays, "Tau"), depth_limit=2, with_name=with_name, behavior=behavior)
+    fields: dict[str, Any] = {"jets": jets, "taus": taus}
+    for name in ("label", "event", "run", "luminosityBlock", "nPU", "rho"):
+        if name in arrays.fields:
+            fields[name] = arrays[name]
+    return ak.zip(fields, depth_limit=1, behavior=behavior)
+
