@@ -17,3 +17,9 @@ from hepms.ops import (  # noqa: F401
 
 from hepms import physics  # noqa: F401,E402
 from hepms.jagged import Jagged, from_jagged, to_jagged  # noqa: F401,E402
+
+# Multi-step model, data, training and metrics (issue 5).
+from hepms import data, metrics, nn, train  # noqa: F401,E402
+from hepms.data import Standardizer, TauEventData, build_dataset, split  # noqa: F401,E402
+from hepms.nn import DeepSets, EventClassifier, MultiStep, TauID  # noqa: F401,E402
+from hepms.train import Trainer, TrainConfig  # noqa: F401,E402

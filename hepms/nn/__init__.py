@@ -1,0 +1,36 @@
+"""Neural networks on jagged sets: DeepSets, the tau-ID and event models, their connection.
+
+* :class:`DeepSets`, :class:`EquivariantBlock`, :class:`Pooling`: set networks on flat values +
+  CSR offsets, pooled with the hepms segment ops (no padding).
+* :class:`TauID` (upstream, per jet), :class:`EventClassifier` (downstream, per event),
+  :class:`MultiStep` (the two connected, ``"direct"`` or ``"additional"`` NN), :func:`run`.
+* :mod:`hepms.nn.padded`: the padded + masked reference of the same modules.
+"""
+from __future__ import annotations
+
+from hepms.nn.deepsets import DeepSets, EquivariantBlock
+from hepms.nn.layers import POOLING_MODES, Pooling, mlp
+from hepms.nn.models import (
+    CONNECTIONS,
+    EventClassifier,
+    MultiStep,
+    MultiStepOutput,
+    TauID,
+    run,
+)
+from hepms.nn import padded  # noqa: E402
+
+__all__ = [
+    "DeepSets",
+    "EquivariantBlock",
+    "Pooling",
+    "POOLING_MODES",
+    "mlp",
+    "TauID",
+    "EventClassifier",
+    "MultiStep",
+    "MultiStepOutput",
+    "CONNECTIONS",
+    "run",
+    "padded",
+]

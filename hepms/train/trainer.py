@@ -1,0 +1,756 @@
+"""The trainer: batches of events, strategies, balancers, early stopping, checkpoints, logs.
+
+Batches are ranges of events sliced from a :class:`~hepms.data.TauEventData` (views, no per-event
+Python loop). Shuffling: at the start of every epoch the training events are permuted once with a
+seeded ``randperm`` and gathered into fresh storage by :meth:`TauEventData.take` (one vectorised
+``index_select`` per level); the batches are then consecutive slices of the permuted copy. We chose
+this over permuting fixed blocks of events because block permutation keeps the same events
+together in every epoch and inherits the file order inside each block (the generator writes all
+H events, then all Z events), while the gather costs one pass over the training data per epoch, a
+small fraction of one forward + backward pass over the same data. The permutation of epoch ``e``
+of phase ``p`` depends on ``(seed, p, e)`` only, so a resumed run draws the same batches.
+
+Determinism: on CPU, the same model seed, data and config give bit-identical weights, and resuming
+from a checkpoint gives the same weights as the uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import hepms
+from hepms import metrics
+from hepms.data import TauEventData
+from hepms.nn.models import MultiStep
+from hepms.train.balancers import BALANCERS, Balancer, FixedWeights, GradNorm, make_balancer
+from hepms.train.losses import CLASSIFICATION_LOSSES, bce_loss, classification_loss, momentum_loss
+from hepms.train.strategies import STRATEGIES, Phase, monitor_key, phases_for
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "Trainer", "History", "EarlyStopping"]
+
+CHECKPOINT_FORMAT = 1
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Training settings (defaults: the study's Adam lr 1e-3, early stopping with patience 10).
+
+    Args:
+        strategy: ``"simultaneous"``, ``"step_by_step"``, ``"w1_zero"`` or ``"pretrain_truth"``
+            (see :mod:`hepms.train.strategies`).
+        balancer: ``"fixed"``, ``"uncertainty"``, ``"gradnorm"`` or ``"dwa"``: how the losses of
+            the joint phase combine.
+        balancer_options: keyword arguments of the balancer, e.g. ``{"weights": {"tau": 1.0,
+            "event": 1.0}}`` for ``"fixed"``, ``{"alpha": 1.5}`` for GradNorm, ``{"temperature":
+            2.0}`` for DWA.
+        upstream_loss: ``"bce"`` (cross-entropy) or ``"mse"`` (squared error of the probability).
+        lr: Adam learning rate.
+        batch_size: events per training batch.
+        eval_batch_size: events per evaluation batch.
+        max_epochs: epochs per phase at most.
+        patience: epochs without a validation improvement before a phase stops.
+        monitor: validation quantity for early stopping: ``"total"`` (the phase's combined loss)
+            or a task name (``"event"``, ``"tau"``; phases without that task use the total).
+        seed: seed of the per-epoch shuffles.
+        device: ``"cpu"``, ``"cuda"``, ...
+        progress: show a tqdm progress bar per epoch.
+        log_dir: folder for ``metrics.csv`` and ``metrics.json`` (None: no files).
+        checkpoint_dir: folder for ``checkpoint.pt`` written after every epoch (None: none).
+    """
+
+    strategy: str = "simultaneous"
+    balancer: str = "fixed"
+    balancer_options: dict = field(default_factory=dict)
+    upstream_loss: str = "bce"
+    lr: float = 1e-3
+    batch_size: int = 128
+    eval_batch_size: int = 2048
+    max_epochs: int = 100
+    patience: int = 10
+    monitor: str = "total"
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+    log_dir: Optional[str] = None
+    checkpoint_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {STRATEGIES}")
+        if self.balancer not in BALANCERS:
+            raise ValueError(f"unknown balancer {self.balancer!r}; choose from {sorted(BALANCERS)}")
+        if self.upstream_loss not in CLASSIFICATION_LOSSES:
+            raise ValueError(
+                f"unknown upstream loss {self.upstream_loss!r}; choose from "
+                f"{sorted(CLASSIFICATION_LOSSES)}"
+            )
+        if not isinstance(self.balancer_options, Mapping):
+            raise ValueError(f"balancer_options must be a dict, got {self.balancer_options!r}")
+        if self.strategy == "w1_zero" and (self.balancer != "fixed" or self.balancer_options):
+            raise ValueError(
+                "strategy 'w1_zero' fixes the weights to (0, 1): leave balancer='fixed' without "
+                "balancer_options"
+            )
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("batch_size", "eval_batch_size", "max_epochs", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        torch.device(self.device)  # raises on a malformed device string
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+# ----------------------------------------------------------------------------------------------
+# Early stopping
+# ----------------------------------------------------------------------------------------------
+class EarlyStopping:
+    """Stops after ``patience`` epochs without a strictly lower validation loss and keeps a copy
+    of the best model (and balancer) state to restore.
+
+    Args:
+        patience: epochs without improvement that end the phase.
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best = math.inf
+        self.best_epoch = -1
+        self.wait = 0
+        self.best_state: Optional[dict] = None
+
+    def update(self, value: float, epoch: int, state: dict) -> bool:
+        """Record epoch ``epoch``'s validation value; True when it is a new best."""
+        if value < self.best:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            self.best_state = copy.deepcopy(state)
+            return True
+        self.wait += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.wait >= self.patience
+
+    def state_dict(self) -> dict:
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.wait = int(state["wait"])
+        self.best_state = state["best_state"]
+
+
+def _cpu_state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, Tensor) else copy.deepcopy(v)
+            for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# History
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class History:
+    """What :meth:`Trainer.fit` returns.
+
+    Attributes:
+        epochs: one dict per epoch: ``phase``, ``epoch`` (within the phase), ``train_loss``,
+            ``train_<task>``, ``val_loss``, ``val_<task>``, ``val_auc_tau``, ``val_auc_event``,
+            ``weight_<task>`` (balancer weights at the end of the epoch), ``lr``, ``seconds``,
+            ``best`` (a new best validation value).
+        step_weights: per phase, the balancer weights after every training step
+            (``[[w_task1, w_task2, ...], ...]`` in the order of ``weight_tasks[phase]``).
+        weight_tasks: per phase, the task order of ``step_weights``.
+        best: per phase, ``{"epoch": ..., "value": ...}`` of the restored best epoch.
+        interrupted: the call returned early (``stop_after``); resume from the checkpoint.
+    """
+
+    epochs: list = field(default_factory=list)
+    step_weights: dict = field(default_factory=dict)
+    weight_tasks: dict = field(default_factory=dict)
+    best: dict = field(default_factory=dict)
+    interrupted: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Outputs:
+    tau_logit: Optional[Tensor]
+    intermediate: Optional[Tensor]
+    momentum: Optional[Tensor]
+    event_logit: Optional[Tensor]
+
+
+class Trainer:
+    """Trains a :class:`~hepms.nn.MultiStep` model with a strategy and a loss balancer.
+
+    Args:
+        model: the multi-step model (its weights are trained in place).
+        config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields.
+
+    Example::
+
+        model = hepms.nn.MultiStep(train.constituents.num_features, train.jet_features.shape[1],
+                                   seed=1)
+        trainer = hepms.train.Trainer(model, strategy="simultaneous", balancer="uncertainty",
+                                      log_dir="runs/uw", checkpoint_dir="runs/uw")
+        history = trainer.fit(train, val)
+        trainer.evaluate(test)          # {"loss_tau": ..., "auc_tau": ..., "auc_event": ...}
+    """
+
+    def __init__(
+        self, model: MultiStep, config: Optional[TrainConfig] = None, **overrides: Any
+    ) -> None:
+        if not isinstance(model, MultiStep):
+            raise TypeError(f"Trainer trains a hepms.nn.MultiStep, got {type(model).__name__}")
+        config = config or TrainConfig()
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
+        self.device = torch.device(config.device)
+        self.model = model.to(self.device)
+        self.regression = model.tau.regression_outputs > 0
+        self.phases = phases_for(config.strategy, self.regression)
+        if config.strategy == "pretrain_truth":
+            model.truth_intermediate(torch.zeros(1))  # raises for the additional-NN connection
+        self._upstream_loss = classification_loss(config.upstream_loss)
+        self.balancer: Optional[Balancer] = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.history = History()
+
+    # -- public API -----------------------------------------------------------------------------
+    def fit(
+        self,
+        train: TauEventData,
+        val: TauEventData,
+        resume_from: Optional[PathLike] = None,
+        stop_after: Optional[int] = None,
+    ) -> History:
+        """Train on ``train``, select and stop on ``val``.
+
+        Args:
+            train: training events.
+            val: validation events (early stopping and model selection).
+            resume_from: a checkpoint file (or a folder holding ``checkpoint.pt``) to continue
+                from; the result equals the uninterrupted run.
+            stop_after: return after this many epochs in this call (for time-limited jobs),
+                with ``history.interrupted`` set; resume later from the checkpoint.
+
+        Returns:
+            The :class:`History` (also in ``self.history``).
+        """
+        cfg = self.config
+        self._check_data(train, "train")
+        self._check_data(val, "validation")
+        if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
+            raise ValueError(f"stop_after must be a positive integer, got {stop_after!r}")
+        train = train.to(self.device)
+        val = val.to(self.device)
+        start_phase, start_epoch, stopper = 0, 0, None
+        if resume_from is not None:
+            start_phase, start_epoch, stopper = self._load_checkpoint(resume_from)
+        else:
+            self.history = History()
+        epochs_run = 0
+        # The data were validated above: skip the per-call offsets checks (a GPU sync each).
+        with hepms.validation(False):
+            for phase_index in range(start_phase, len(self.phases)):
+                phase = self.phases[phase_index]
+                resumed = phase_index == start_phase and resume_from is not None
+                if not resumed:
+                    self._start_phase(phase)
+                    stopper = EarlyStopping(cfg.patience)
+                    first_epoch = 0
+                else:
+                    first_epoch = start_epoch
+                assert stopper is not None
+                log.info("phase %s (%s): epochs %d..%d", phase.name, cfg.strategy,
+                         first_epoch, cfg.max_epochs - 1)
+                epoch = first_epoch
+                finished = stopper.should_stop or first_epoch >= cfg.max_epochs
+                while not finished:
+                    if stop_after is not None and epochs_run >= stop_after:
+                        self.history.interrupted = True
+                        for p in self.model.parameters():
+                            p.requires_grad_(True)
+                        return self.history
+                    self._run_epoch(phase_index, phase, epoch, train, val, stopper)
+                    epochs_run += 1
+                    epoch += 1
+                    finished = stopper.should_stop or epoch >= cfg.max_epochs
+                    if not finished:
+                        self._save_checkpoint(phase_index, epoch, stopper)
+                self._end_phase(phase_index, phase, stopper)
+        self.history.interrupted = False
+        self._write_logs()
+        return self.history
+
+    @torch.no_grad()
+    def predict(self, data: TauEventData, batch_size: Optional[int] = None) -> dict[str, Tensor]:
+        """Full model outputs on ``data`` (CPU tensors): ``tau_logit [B]``, ``intermediate
+        [B, k]``, ``momentum [B, R]``, ``event_logit [E]``."""
+        self._check_data(data, "data")
+        data = data.to(self.device)
+        self.model.eval()
+        parts: dict[str, list[Tensor]] = {k: [] for k in ("tau_logit", "intermediate",
+                                                           "momentum", "event_logit")}
+        with hepms.validation(False):
+            for batch in _batches(data, batch_size or self.config.eval_batch_size):
+                out = self.model(batch.constituents.values, batch.constituents.offsets,
+                                 batch.jet_offsets, batch.jet_features)
+                for key in parts:
+                    parts[key].append(getattr(out, key).detach().cpu())
+        return {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
+
+    def evaluate(self, data: TauEventData, batch_size: Optional[int] = None) -> dict[str, float]:
+        """Losses and metrics of the full connected model (no truth) on ``data``.
+
+        Returns:
+            ``loss_tau``, ``loss_event`` (and ``loss_momentum``), ``auc_tau``, ``auc_event``,
+            ``rejection_tau_50`` / ``rejection_event_50`` (background rejection at 50 % signal
+            efficiency).
+        """
+        out = self.predict(data, batch_size)
+        cpu = data.to("cpu")
+        result = {
+            "loss_tau": float(self._upstream_loss(out["tau_logit"], cpu.jet_labels.to(out["tau_logit"].dtype), cpu.jet_weights)),
+            "loss_event": float(bce_loss(out["event_logit"], cpu.event_labels.to(out["event_logit"].dtype))),
+        }
+        if self.regression and cpu.jet_targets is not None:
+            result["loss_momentum"] = float(
+                momentum_loss(out["momentum"], cpu.jet_targets, cpu.jet_labels > 0.5)
+            )
+        for task, labels, scores in (("tau", cpu.jet_labels, out["tau_logit"]),
+                                     ("event", cpu.event_labels, out["event_logit"])):
+            result[f"auc_{task}"] = _safe_auc(labels, scores)
+            try:
+                result[f"rejection_{task}_50"] = metrics.background_rejection(labels, scores, 0.5)
+            except ValueError:
+                result[f"rejection_{task}_50"] = math.nan
+        return result
+
+    # -- phases ---------------------------------------------------------------------------------
+    def _make_balancer(self, phase: Phase) -> Balancer:
+        if phase.balancer == "unit":
+            return FixedWeights({t: 1.0 for t in phase.tasks})
+        if phase.balancer == "w1_zero":
+            return FixedWeights({t: (1.0 if t == "event" else 0.0) for t in phase.tasks})
+        balancer = make_balancer(self.config.balancer, phase.tasks, **self.config.balancer_options)
+        if isinstance(balancer, GradNorm) and balancer._shared is None:
+            balancer.bind(self.model.shared_layer().weight)
+        return balancer
+
+    def _set_trainable(self, phase: Phase) -> list[torch.nn.Parameter]:
+        model = self.model
+        upstream = model.upstream_parameters()
+        downstream = model.downstream_parameters()
+        for p in upstream:
+            p.requires_grad_(phase.train_upstream)
+        for p in downstream:
+            p.requires_grad_(phase.train_downstream)
+        trainable = (upstream if phase.train_upstream else []) + (
+            downstream if phase.train_downstream else []
+        )
+        return trainable
+
+    def _start_phase(self, phase: Phase) -> None:
+        trainable = self._set_trainable(phase)
+        self.balancer = self._make_balancer(phase).to(self.device)
+        groups = [{"params": trainable}]
+        extra = self.balancer.trainable_parameters()
+        if extra:
+            groups.append({"params": extra})
+        self.optimizer = torch.optim.Adam(groups, lr=self.config.lr)
+        self.history.weight_tasks[phase.name] = list(self.balancer.tasks)
+        self.history.step_weights.setdefault(phase.name, [])
+
+    def _end_phase(self, phase_index: int, phase: Phase, stopper: EarlyStopping) -> None:
+        assert self.balancer is not None
+        if stopper.best_state is not None:
+            self.model.load_state_dict(stopper.best_state["model"])
+            self.balancer.load_state_dict(stopper.best_state["balancer"])
+        self.history.best[phase.name] = {"epoch": stopper.best_epoch, "value": stopper.best}
+        log.info("phase %s done: best epoch %d, validation %s = %.5f", phase.name,
+                 stopper.best_epoch, monitor_key(phase, self.config.monitor), stopper.best)
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        self._save_checkpoint(phase_index + 1, 0, None)
+        self._write_logs()
+
+    # -- one epoch ------------------------------------------------------------------------------
+    def _forward(self, phase: Phase, batch: TauEventData) -> _Outputs:
+        model = self.model
+        tau_logit = intermediate = momentum = event_logit = None
+        if phase.run_upstream:
+            frozen = contextlib.nullcontext() if phase.train_upstream else torch.no_grad()
+            with frozen:
+                tau_logit, intermediate, momentum = model.upstream(
+                    batch.constituents.values, batch.constituents.offsets, batch.jet_features
+                )
+        if phase.run_downstream:
+            feed = model.truth_intermediate(batch.jet_labels) if phase.truth_intermediate else intermediate
+            assert feed is not None
+            event_logit = model.downstream(batch.jet_features, batch.jet_offsets, feed)
+        return _Outputs(tau_logit, intermediate, momentum, event_logit)
+
+    def _losses(self, phase: Phase, out: _Outputs, batch: TauEventData) -> dict[str, Tensor]:
+        losses: dict[str, Tensor] = {}
+        if "tau" in phase.tasks:
+            assert out.tau_logit is not None
+            losses["tau"] = self._upstream_loss(
+                out.tau_logit, batch.jet_labels.to(out.tau_logit.dtype), batch.jet_weights
+            )
+        if "momentum" in phase.tasks:
+            assert out.momentum is not None and batch.jet_targets is not None
+            losses["momentum"] = momentum_loss(out.momentum, batch.jet_targets, batch.jet_labels > 0.5)
+        if "event" in phase.tasks:
+            assert out.event_logit is not None
+            losses["event"] = bce_loss(out.event_logit, batch.event_labels.to(out.event_logit.dtype))
+        return losses
+
+    def _set_modes(self, phase: Phase, training: bool) -> None:
+        self.model.train(training)
+        if training and not phase.train_upstream:
+            # A frozen upstream stays in eval mode (matters for dropout / batch-norm variants).
+            self.model.tau.eval()
+            self.model.aux.eval()
+        assert self.balancer is not None
+        self.balancer.train(training)
+
+    def _run_epoch(
+        self,
+        phase_index: int,
+        phase: Phase,
+        epoch: int,
+        train: TauEventData,
+        val: TauEventData,
+        stopper: EarlyStopping,
+    ) -> None:
+        cfg = self.config
+        assert self.optimizer is not None and self.balancer is not None
+        started = time.perf_counter()
+        self._set_modes(phase, True)
+        generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, phase_index, epoch))
+        order = torch.randperm(len(train), generator=generator).to(self.device)
+        shuffled = train.take(order)
+        n_batches = max(1, math.ceil(len(shuffled) / cfg.batch_size))
+        sums = {t: torch.zeros((), dtype=torch.float64, device=self.device) for t in phase.tasks}
+        total_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        step_weights: list[Tensor] = []
+        bar = _progress(n_batches, f"{phase.name} {epoch}", cfg.progress)
+        try:
+            for batch in _batches(shuffled, cfg.batch_size):
+                out = self._forward(phase, batch)
+                losses = self._losses(phase, out, batch)
+                total = self.balancer.combine(losses)
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                self.optimizer.step()
+                weights = self.balancer.weight_vector()
+                step_weights.append(weights)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s epoch %d step weights %s", phase.name, epoch,
+                              dict(zip(self.balancer.tasks, weights.tolist())))
+                for t, value in losses.items():
+                    sums[t] += value.detach()
+                total_sum += total.detach()
+                bar.update(1)
+        finally:
+            bar.close()
+        self.balancer.epoch_end()
+        self._set_modes(phase, False)
+        val_result = self._validate(phase, val)
+        key = monitor_key(phase, cfg.monitor)
+        monitored = val_result["val_loss"] if key == "total" else val_result[f"val_{key}"]
+        state = {"model": _cpu_state(self.model), "balancer": _cpu_state(self.balancer)}
+        improved = stopper.update(monitored, epoch, state)
+        row: dict[str, Any] = {"phase": phase.name, "epoch": epoch}
+        row["train_loss"] = float(total_sum) / n_batches
+        for t in phase.tasks:
+            row[f"train_{t}"] = float(sums[t]) / n_batches
+        row.update(val_result)
+        for t, w in self.balancer.weights().items():
+            row[f"weight_{t}"] = w
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row["seconds"] = time.perf_counter() - started
+        row["best"] = improved
+        self.history.epochs.append(row)
+        self.history.step_weights[phase.name].extend(
+            torch.stack(step_weights).tolist() if step_weights else []
+        )
+        log.info(
+            "%s epoch %d: train %.4f, val %.4f, AUC tau %.4f event %.4f, weights %s%s",
+            phase.name, epoch, row["train_loss"], row["val_loss"],
+            row.get("val_auc_tau", math.nan), row.get("val_auc_event", math.nan),
+            {t: round(w, 4) for t, w in self.balancer.weights().items()},
+            " *" if improved else "",
+        )
+        self._write_logs()
+
+    @torch.no_grad()
+    def _validate(self, phase: Phase, val: TauEventData) -> dict[str, float]:
+        assert self.balancer is not None
+        outs: list[_Outputs] = [self._forward(phase, b) for b in _batches(val, self.config.eval_batch_size)]
+
+        def cat(name: str) -> Optional[Tensor]:
+            parts = [getattr(o, name) for o in outs]
+            return None if not parts or parts[0] is None else torch.cat(parts)
+
+        out = _Outputs(cat("tau_logit"), cat("intermediate"), cat("momentum"), cat("event_logit"))
+        losses = self._losses(phase, out, val)
+        result = {"val_loss": float(self.balancer.combine(losses))}
+        for t, value in losses.items():
+            result[f"val_{t}"] = float(value)
+        result["val_auc_tau"] = (
+            _safe_auc(val.jet_labels, out.tau_logit) if out.tau_logit is not None else math.nan
+        )
+        result["val_auc_event"] = (
+            _safe_auc(val.event_labels, out.event_logit) if out.event_logit is not None else math.nan
+        )
+        return result
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _check_data(self, data: TauEventData, name: str) -> None:
+        if not isinstance(data, TauEventData):
+            raise TypeError(f"{name} must be a hepms.data.TauEventData, got {type(data).__name__}")
+        model = self.model
+        if data.constituents.num_features != model.tau.constituent_features:
+            raise ValueError(
+                f"{name} has {data.constituents.num_features} constituent features but the model "
+                f"expects {model.tau.constituent_features}"
+            )
+        if data.jet_features.shape[1] != model.tau.jet_features:
+            raise ValueError(
+                f"{name} has {data.jet_features.shape[1]} jet features but the model expects "
+                f"{model.tau.jet_features}"
+            )
+        if self.regression and data.jet_targets is None:
+            raise ValueError(
+                f"the model has a momentum regression head but {name} has no jet_targets"
+            )
+        if self.regression and data.jet_targets.shape[1] != model.tau.regression_outputs:
+            raise ValueError(
+                f"{name} has {data.jet_targets.shape[1]} regression targets, the model "
+                f"{model.tau.regression_outputs} outputs"
+            )
+        if len(data) == 0:
+            raise ValueError(f"{name} has no events")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_path(self) -> Optional[Path]:
+        if self.config.checkpoint_dir is None:
+            return None
+        return Path(self.config.checkpoint_dir) / "checkpoint.pt"
+
+    def _save_checkpoint(
+        self, phase_index: int, epoch: int, stopper: Optional[EarlyStopping]
+    ) -> None:
+        path = self.checkpoint_path()
+        if path is None:
+            return
+        assert self.optimizer is not None and self.balancer is not None
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "model_config": self.model.config,
+            "phase": phase_index,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "early_stopping": stopper.state_dict() if stopper is not None else None,
+            "history": self.history.to_dict(),
+            "rng": _rng_state(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a killed run never leaves half a checkpoint
+
+    def _load_checkpoint(self, source: PathLike) -> tuple[int, int, Optional[EarlyStopping]]:
+        path = Path(source)
+        if path.is_dir():
+            path = path / "checkpoint.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: unsupported checkpoint format {state.get('format')!r}")
+        mine = self.config.to_dict()
+        for key in ("strategy", "balancer", "balancer_options", "upstream_loss", "lr",
+                    "batch_size", "seed", "max_epochs", "patience", "monitor"):
+            if state["config"].get(key) != mine.get(key):
+                raise ValueError(
+                    f"{path}: checkpoint has {key}={state['config'].get(key)!r}, this trainer "
+                    f"{mine.get(key)!r}; resume with the same configuration"
+                )
+        phase_index, epoch = int(state["phase"]), int(state["epoch"])
+        self.model.load_state_dict(state["model"])
+        self.history = History(**state["history"])
+        stopper = None
+        if phase_index < len(self.phases):
+            phase = self.phases[phase_index]
+            self._start_phase(phase)
+            if state["early_stopping"] is not None:
+                # Mid-phase: optimizer, balancer and early stopping continue where they were.
+                assert self.optimizer is not None and self.balancer is not None
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.balancer.load_state_dict(state["balancer"])
+                stopper = EarlyStopping(self.config.patience)
+                stopper.load_state_dict(state["early_stopping"])
+            else:
+                stopper = EarlyStopping(self.config.patience)
+        _set_rng_state(state["rng"])
+        log.info("resumed from %s: phase %d, epoch %d", path, phase_index, epoch)
+        return phase_index, epoch, stopper
+
+    # -- logs -----------------------------------------------------------------------------------
+    def _write_logs(self) -> None:
+        if self.config.log_dir is None:
+            return
+        folder = Path(self.config.log_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = self.history.epochs
+        columns: list[str] = []
+        for row in rows:
+            for key in row:
+                if key not in columns:
+                    columns.append(key)
+        _atomic_write(folder / "metrics.csv", _csv_text(columns, rows))
+        payload = {"config": self.config.to_dict(), "model": self.model.config,
+                   **self.history.to_dict()}
+        text = json.dumps(_finite(payload), indent=1, default=str, allow_nan=False)
+        _atomic_write(folder / "metrics.json", text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+def _batches(data: TauEventData, batch_size: int) -> Iterator[TauEventData]:
+    for start in range(0, len(data), batch_size):
+        yield data.slice(start, min(len(data), start + batch_size))
+
+
+def _epoch_seed(seed: int, phase: int, epoch: int) -> int:
+    # SeedSequence mixes the three numbers into independent, well-spread streams.
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, phase, epoch]).generate_state(1)[0])
+
+
+def _safe_auc(labels: Tensor, scores: Optional[Tensor]) -> float:
+    if scores is None:
+        return math.nan
+    try:
+        return metrics.roc_auc(labels, scores)
+    except ValueError as error:
+        log.warning("AUC undefined: %s", error)
+        return math.nan
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        enabled = False
+    if not enabled:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [t.tolist() if isinstance(t, np.ndarray) else t for t in np.random.get_state()],
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _to_lists(x: Any) -> Any:
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuples(x: Any) -> Any:
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _csv_text(columns: list[str], rows: list[dict]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def _finite(x: Any) -> Any:
+    """NaN / inf -> None, so the JSON log is strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Mapping):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
