@@ -1,0 +1,603 @@
+"""Self-contained exports of trained multi-step models, input preprocessing included.
+
+A trained :class:`~hepms.nn.MultiStep` expects *standardised* features, and the statistics live in
+a :class:`~hepms.data.Standardizer` next to it, not in the model. :class:`InferenceModel` puts
+them together: it takes the raw features that :func:`hepms.data.build_dataset` computes (same
+names, same order), standardises them with buffers, and runs the tau and event models. It carries
+its metadata (feature names, ``max_jets``, ``max_constituents``, the intermediate size ``k``, the
+hepms version) as a JSON string, so an export file is all a consumer needs:
+
+* :func:`export_torchscript` writes a TorchScript archive (``torch.jit.script``) with the metadata
+  also stored as the extra file ``hepms.json`` (``unzip -p model.pt '*/extra/hepms.json'``);
+* :func:`export_program` writes a ``torch.export`` program (``.pt2``) of ``forward`` with dynamic
+  sizes for the constituents, jets and events, the metadata as the extra file ``hepms.json``;
+* :func:`load_model` loads either, or a training checkpoint (:class:`hepms.train.Trainer`'s
+  ``checkpoint.pt`` plus the preprocessing, or one written by :func:`save_checkpoint`), and returns
+  a ready model in eval mode; :func:`model_metadata` reads the metadata of any of them.
+
+Loading a TorchScript or ``torch.export`` file needs the hepms segment ops to be registered
+(``import hepms``), since the graphs call ``torch.ops.hepms.segment_*``; no other hepms code (no
+training code, no ``hepms.nn``) is needed.
+
+Example:
+    >>> import tempfile, torch, hepms
+    >>> from hepms.data import Standardizer
+    >>> from hepms.nn import MultiStep
+    >>> from hepms.export import InferenceModel, export_torchscript, load_model
+    >>> net = MultiStep(constituent_features=2, jet_features=1, connection="additional", k=3,
+    ...                 seed=1)
+    >>> scaler = Standardizer(torch.zeros(2), torch.ones(2), torch.zeros(1), torch.ones(1))
+    >>> model = InferenceModel(net, scaler, ["deta", "dphi"], ["log_pt"], max_jets=8)
+    >>> path = export_torchscript(model, tempfile.mkdtemp() + "/model.pt")
+    >>> loaded = load_model(path)
+    >>> x, jf = torch.randn(5, 2), torch.randn(2, 1)        # 5 constituents, 2 jets
+    >>> co, jo = torch.tensor([0, 2, 5]), torch.tensor([0, 2])  # 1 event
+    >>> all(torch.equal(a, b) for a, b in zip(loaded(x, co, jo, jf), model(x, co, jo, jf)))
+    True
+    >>> model_metadata(loaded)["k"], model_metadata(loaded)["jet_features"]
+    (3, ['log_pt'])
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+import hepms
+from hepms.data import (
+    DEFAULT_CONSTITUENT_FEATURES,
+    DEFAULT_JET_FEATURES,
+    JET_FEATURES,
+    Standardizer,
+)
+from hepms.nn.models import MultiStep
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "InferenceModel",
+    "export_torchscript",
+    "export_program",
+    "save_checkpoint",
+    "load_model",
+    "model_metadata",
+    "METADATA_FILE",
+    "FORMAT",
+    "FORMAT_VERSION",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Name of the metadata entry in TorchScript / torch.export archives.
+METADATA_FILE = "hepms.json"
+#: ``format`` value of the metadata and of :func:`save_checkpoint` files.
+FORMAT = "hepms.inference"
+FORMAT_VERSION = 1
+#: Checkpoint format written by :class:`hepms.train.Trainer` (its ``CHECKPOINT_FORMAT``).
+_TRAINER_CHECKPOINT_FORMAT = 1
+_OUTPUTS = ("tau_logit", "intermediate", "event_logit", "momentum")
+
+
+# ----------------------------------------------------------------------------------------------
+# The model with its preprocessing
+# ----------------------------------------------------------------------------------------------
+class InferenceModel(nn.Module):
+    """A :class:`~hepms.nn.MultiStep` with its feature standardisation and its metadata.
+
+    All inputs are *raw* features (as :func:`hepms.data.build_dataset` computes them, before the
+    :class:`~hepms.data.Standardizer`); standardisation runs inside, from float32 buffers, with the
+    same arithmetic as ``Standardizer.__call__``, so results equal the training-time pipeline
+    bit for bit.
+
+    Args:
+        model: the trained multi-step model (copied, put in eval mode).
+        scaler: the standardisation fitted on the training split.
+        constituent_features: names of the constituent columns, in order (see
+            :data:`hepms.data.DEFAULT_CONSTITUENT_FEATURES`).
+        jet_features: names of the jet columns, in order (keys of :data:`hepms.data.JET_FEATURES`).
+        max_jets: jets per event the event model was trained on (the leading ones by pT).
+        max_constituents: constituents per jet the tau model was trained on (leading by pT).
+        extra_metadata: JSON-serialisable entries added to the metadata (e.g. a training summary).
+
+    Raises:
+        ValueError: feature names that do not match the model's input widths or the scaler, or
+            unknown feature names.
+    """
+
+    # TorchScript compiles properties unless told otherwise; this one is Python-only (json).
+    __jit_unused_properties__ = ["metadata"]
+
+    def __init__(
+        self,
+        model: MultiStep,
+        scaler: Standardizer,
+        constituent_features: Sequence[str],
+        jet_features: Sequence[str],
+        max_jets: int = 8,
+        max_constituents: int = 50,
+        extra_metadata: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, MultiStep):
+            raise TypeError(f"model must be a hepms.nn.MultiStep, got {type(model).__name__}")
+        if not isinstance(scaler, Standardizer):
+            raise TypeError(
+                f"scaler must be a hepms.data.Standardizer, got {type(scaler).__name__}"
+            )
+        constituent_features = _names("constituent_features", constituent_features)
+        jet_features = _names("jet_features", jet_features)
+        _check_feature_names(constituent_features, jet_features)
+        _check_width("constituent", constituent_features, model.tau.constituent_features,
+                     scaler.constituent_mean.shape[0])
+        _check_width("jet", jet_features, model.tau.jet_features, scaler.jet_mean.shape[0])
+        for name, value in (("max_jets", max_jets), ("max_constituents", max_constituents)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        # A copy: exporting must not change (or be changed by) a model that keeps training.
+        self.model = copy.deepcopy(model).eval()
+        # float32 buffers cast from the float64 statistics, exactly as Standardizer does on
+        # float32 data, so standardised values are identical.
+        self.register_buffer("constituent_mean", scaler.constituent_mean.to(torch.float32).clone())
+        self.register_buffer("constituent_std", scaler.constituent_std.to(torch.float32).clone())
+        self.register_buffer("jet_mean", scaler.jet_mean.to(torch.float32).clone())
+        self.register_buffer("jet_std", scaler.jet_std.to(torch.float32).clone())
+        self.k = int(model.k)
+        self.max_jets = int(max_jets)
+        self.max_constituents = int(max_constituents)
+        metadata = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "hepms_version": hepms.__version__,
+            "torch_version": torch.__version__,
+            "constituent_features": constituent_features,
+            "jet_features": jet_features,
+            "max_jets": self.max_jets,
+            "max_constituents": self.max_constituents,
+            "k": self.k,
+            "connection": model.connection,
+            "regression_outputs": int(model.tau.regression_outputs),
+            "model_config": model.config,
+            "inputs": {
+                "constituents": "[N, F_c] float32 raw constituent features (constituent_features)",
+                "constituent_offsets": "[B + 1] int64 CSR offsets of the constituents per jet",
+                "jet_offsets": "[E + 1] int64 CSR offsets of the jets per event",
+                "jet_features": "[B, F_j] float32 raw jet features (jet_features)",
+            },
+            "outputs": {
+                "tau_logit": "[B] tau logit per jet",
+                "intermediate": "[B, k] what the event model receives per jet",
+                "event_logit": "[E] H (1) vs Z (0) logit per event",
+                "momentum": "[B, R] visible tau (px, py, pz) / 100 GeV (R = 0: no regression)",
+            },
+            "jet_selection": (
+                "forward() feeds every given jet to the event model: give it at most max_jets "
+                "jets per event (the leading ones by pT), as in training; upstream() scores "
+                "any jets"
+            ),
+        }
+        if extra_metadata:
+            metadata["extra"] = dict(extra_metadata)
+        self.metadata_json = json.dumps(metadata, sort_keys=True)
+
+    @property
+    def metadata(self) -> dict:
+        """The metadata as a dict (also :func:`model_metadata`)."""
+        return json.loads(self.metadata_json)
+
+    def _standardize(self, x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        return (x - mean.to(x.dtype)) / std.to(x.dtype)
+
+    @torch.jit.export
+    def upstream(
+        self, constituents: Tensor, constituent_offsets: Tensor, jet_features: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Tau model on raw features: ``(tau_logit [B], intermediate [B, k], momentum [B, R])``."""
+        x = self._standardize(constituents, self.constituent_mean, self.constituent_std)
+        j = self._standardize(jet_features, self.jet_mean, self.jet_std)
+        return self.model.upstream(x, constituent_offsets, j)
+
+    @torch.jit.export
+    def downstream(self, jet_features: Tensor, jet_offsets: Tensor, intermediate: Tensor) -> Tensor:
+        """Event model on raw jet features and the upstream ``intermediate``: ``[E]`` logits."""
+        j = self._standardize(jet_features, self.jet_mean, self.jet_std)
+        return self.model.downstream(j, jet_offsets, intermediate)
+
+    def forward(
+        self,
+        constituents: Tensor,
+        constituent_offsets: Tensor,
+        jet_offsets: Tensor,
+        jet_features: Tensor,
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Both steps on raw features, every given jet feeding the event model.
+
+        Returns:
+            ``(tau_logit [B], intermediate [B, k], event_logit [E], momentum [B, R])``.
+        """
+        tau_logit, intermediate, momentum = self.upstream(
+            constituents, constituent_offsets, jet_features
+        )
+        event_logit = self.downstream(jet_features, jet_offsets, intermediate)
+        return tau_logit, intermediate, event_logit, momentum
+
+
+def _names(what: str, names: Sequence[str]) -> list[str]:
+    if isinstance(names, str):
+        raise TypeError(f"{what} must be a sequence of names, not the string {names!r}")
+    names = [str(n) for n in names]
+    if not names:
+        raise ValueError(f"{what} is empty")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} has repeated names: {names}")
+    return names
+
+
+def _check_feature_names(constituent_features: Sequence[str], jet_features: Sequence[str]) -> None:
+    unknown = [n for n in constituent_features if n not in DEFAULT_CONSTITUENT_FEATURES]
+    if unknown:
+        raise ValueError(
+            f"unknown constituent feature(s) {unknown}: hepms computes "
+            f"{list(DEFAULT_CONSTITUENT_FEATURES)}"
+        )
+    unknown = [n for n in jet_features if n not in JET_FEATURES]
+    if unknown:
+        raise ValueError(f"unknown jet feature(s) {unknown}: hepms computes {sorted(JET_FEATURES)}")
+
+
+def _check_width(what: str, names: Sequence[str], model_width: int, scaler_width: int) -> None:
+    if len(names) != model_width:
+        raise ValueError(
+            f"feature mismatch: the model takes {model_width} {what} features but "
+            f"{len(names)} {what} feature names were given: {list(names)}"
+        )
+    if scaler_width != model_width:
+        raise ValueError(
+            f"feature mismatch: the scaler was fitted on {scaler_width} {what} features, the "
+            f"model takes {model_width} ({list(names)})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+def export_torchscript(model: InferenceModel, path: PathLike) -> Path:
+    """Script ``model`` (``torch.jit.script``) and save it with its metadata.
+
+    The archive holds the weights, the standardisation buffers, the metadata (attribute
+    ``metadata_json`` and extra file ``hepms.json``) and three methods: ``forward``,
+    ``upstream`` and ``downstream``. The file is written under a temporary name and renamed.
+
+    Returns:
+        The path written.
+    """
+    if not isinstance(model, InferenceModel):
+        raise TypeError(
+            f"export_torchscript needs an InferenceModel (model + preprocessing), got "
+            f"{type(model).__name__}; build one with InferenceModel(model, scaler, ...)"
+        )
+    path = Path(path)
+    with _quiet_jit():
+        scripted = torch.jit.script(model.eval())
+    tmp = _partial(path)
+    try:
+        with _quiet_jit():
+            torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: model.metadata_json})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    log.info("exported TorchScript model to %s", path)
+    return path
+
+
+def export_program(model: InferenceModel, path: PathLike) -> Path:
+    """Export ``model.forward`` with ``torch.export`` (dynamic N, B, E) and save it (``.pt2``).
+
+    The program takes the four inputs of :meth:`InferenceModel.forward` and returns its four
+    outputs; sizes ``N`` (constituents), ``B`` (jets) and ``E`` (events) are dynamic. Only
+    ``forward`` is exported (every given jet feeds the event model): select the leading
+    ``max_jets`` jets per event before calling it.
+
+    Returns:
+        The path written.
+    """
+    if not isinstance(model, InferenceModel):
+        raise TypeError(f"export_program needs an InferenceModel, got {type(model).__name__}")
+    from torch.export import Dim
+
+    path = Path(path)
+    args = _example_inputs(model)
+    n, b, e = Dim("constituents"), Dim("jets"), Dim("events")
+    dynamic_shapes = {
+        "constituents": {0: n},
+        "constituent_offsets": {0: b + 1},
+        "jet_offsets": {0: e + 1},
+        "jet_features": {0: b},
+    }
+    # Size-oblivious tracing: without it the program guards on sizes >= 2 (torch's 0/1
+    # specialisation) and refuses a partition with one event or one jet.
+    from torch.fx.experimental import _config as fx_config
+
+    with fx_config.patch(backed_size_oblivious=True):
+        program = torch.export.export(
+            model.eval(), args, dynamic_shapes=dynamic_shapes, strict=False
+        )
+    tmp = _partial(path)
+    try:
+        torch.export.save(program, str(tmp), extra_files={METADATA_FILE: model.metadata_json})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    log.info("exported torch.export program to %s", path)
+    return path
+
+
+def _example_inputs(model: InferenceModel) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Small inputs with distinct sizes N != B != E, an empty jet and an event without jets."""
+    meta = model.metadata
+    f_c, f_j = len(meta["constituent_features"]), len(meta["jet_features"])
+    device = model.constituent_mean.device
+    constituent_offsets = torch.tensor([0, 3, 3, 7, 9, 12], device=device)
+    jet_offsets = torch.tensor([0, 2, 2, 5], device=device)
+    generator = torch.Generator().manual_seed(0)
+    constituents = torch.randn(12, f_c, generator=generator).to(device)
+    jet_features = torch.randn(5, f_j, generator=generator).to(device)
+    return constituents, constituent_offsets, jet_offsets, jet_features
+
+
+def save_checkpoint(
+    path: PathLike,
+    model: MultiStep,
+    scaler: Standardizer,
+    constituent_features: Sequence[str],
+    jet_features: Sequence[str],
+    max_jets: int = 8,
+    max_constituents: int = 50,
+) -> Path:
+    """Save a training-style checkpoint that also records the preprocessing.
+
+    The file has the keys of :class:`hepms.train.Trainer`'s ``checkpoint.pt`` that inference
+    needs (``format``, ``model_config``, ``model``) plus ``preprocessing`` (scaler statistics,
+    feature names, ``max_jets``, ``max_constituents``), so :func:`load_model` needs no extra
+    arguments. It loads with ``torch.load(..., weights_only=True)``.
+    """
+    # Validates names, widths and the scaler before anything is written.
+    InferenceModel(model, scaler, constituent_features, jet_features, max_jets, max_constituents)
+    state = {
+        "format": _TRAINER_CHECKPOINT_FORMAT,
+        "model_config": model.config,
+        "model": model.state_dict(),
+        "preprocessing": _preprocessing(
+            scaler, constituent_features, jet_features, max_jets, max_constituents
+        ),
+        "hepms_version": hepms.__version__,
+    }
+    path = Path(path)
+    tmp = _partial(path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _preprocessing(
+    scaler: Standardizer,
+    constituent_features: Sequence[str],
+    jet_features: Sequence[str],
+    max_jets: int,
+    max_constituents: int,
+) -> dict:
+    return {
+        "scaler": {k: v.detach().cpu() for k, v in scaler.state_dict().items()},
+        "constituent_features": list(constituent_features),
+        "jet_features": list(jet_features),
+        "max_jets": int(max_jets),
+        "max_constituents": int(max_constituents),
+    }
+
+
+def _partial(path: Path) -> Path:
+    # Hidden, and keeping the suffix: torch.export.save warns about names not ending in .pt2.
+    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """Silence torch's TorchScript deprecation warnings (torch >= 2.9) inside hepms' own calls.
+
+    TorchScript is still what coffea's torch_wrapper and C++ (libtorch) consumers load, so we keep
+    writing it; torch.export is offered next to it (:func:`export_program`).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit.*")
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+def load_model(
+    path: PathLike,
+    *,
+    scaler: Optional[Standardizer] = None,
+    constituent_features: Optional[Sequence[str]] = None,
+    jet_features: Optional[Sequence[str]] = None,
+    max_jets: Optional[int] = None,
+    max_constituents: Optional[int] = None,
+    map_location: Union[str, torch.device] = "cpu",
+) -> nn.Module:
+    """A ready model (eval mode) from an export or a training checkpoint.
+
+    ``path`` may be
+
+    * a TorchScript export (:func:`export_torchscript`): returns the ``ScriptModule``;
+    * a ``torch.export`` program (:func:`export_program`): returns its module (``forward`` only);
+    * a checkpoint with preprocessing (:func:`save_checkpoint`): returns an :class:`InferenceModel`;
+    * a :class:`hepms.train.Trainer` checkpoint (``checkpoint.pt``, or the folder holding it),
+      which stores the model but not the preprocessing: pass ``scaler`` (required),
+      and ``constituent_features`` / ``jet_features`` unless the defaults of
+      :func:`hepms.data.build_dataset` were used; returns an :class:`InferenceModel`.
+
+    Keyword arguments given for an export or a checkpoint that already records them must agree
+    with it (a mismatch raises rather than silently picking one).
+
+    Every returned model has a ``metadata_json`` attribute (see :func:`model_metadata`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unknown file format, missing preprocessing, or a model/feature mismatch
+            (the message names the features).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no model file at {path}")
+    kind = _file_kind(path)
+    given = {
+        "constituent_features": constituent_features,
+        "jet_features": jet_features,
+        "max_jets": max_jets,
+        "max_constituents": max_constituents,
+    }
+    if kind in ("torchscript", "program"):
+        if scaler is not None:
+            raise ValueError(f"{path} is an export with its own standardisation: drop scaler=")
+        module = _load_export(path, kind, map_location)
+        _check_agrees(path, json.loads(module.metadata_json), given)
+        return module
+    return _load_checkpoint(path, scaler, given, map_location)
+
+
+def _file_kind(path: Path) -> str:
+    """``torchscript``, ``program`` (torch.export) or ``checkpoint`` (torch.save), from the zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        raise ValueError(
+            f"{path} is not a PyTorch archive (TorchScript, torch.export or torch.save zip file)"
+        ) from None
+    parts = [name.split("/") for name in names]
+    if any(len(p) >= 2 and p[1] == "code" for p in parts) and any(
+        p[-1] == "constants.pkl" for p in parts
+    ):
+        return "torchscript"
+    if any(p[-1] == "archive_format" for p in parts) or any(
+        len(p) >= 2 and p[1] == "models" for p in parts
+    ):
+        return "program"
+    if any(p[-1] == "data.pkl" for p in parts):
+        return "checkpoint"
+    raise ValueError(f"{path}: unrecognised PyTorch archive (entries: {names[:5]} ...)")
+
+
+def _load_export(path: Path, kind: str, map_location: Union[str, torch.device]) -> nn.Module:
+    extra = {METADATA_FILE: ""}
+    if kind == "torchscript":
+        with _quiet_jit():
+            module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    else:
+        program = torch.export.load(str(path), extra_files=extra)
+        module = program.module()
+        module.to(map_location)  # the program holds the weights as parameters and buffers
+    text = extra[METADATA_FILE]
+    if not text:
+        raise ValueError(
+            f"{path} has no {METADATA_FILE} metadata: not a hepms export (use hepms.export)"
+        )
+    metadata = json.loads(text)
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path}: metadata format {metadata.get('format')!r}, expected {FORMAT!r}")
+    if kind == "program":
+        # GraphModules take plain attributes: give it the same handle as the other model kinds.
+        # (Exported programs are traced in inference mode and refuse .eval().)
+        module.metadata_json = text
+    else:
+        module.eval()
+    return module
+
+
+def _check_agrees(path: Path, metadata: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+    for key, value in given.items():
+        if value is None:
+            continue
+        stored = metadata.get(key)
+        wanted = list(value) if isinstance(value, (list, tuple)) else value
+        if stored != wanted:
+            raise ValueError(f"feature mismatch: {path} was exported with {key}={stored!r}, "
+                             f"but {key}={wanted!r} was requested")
+
+
+def _load_checkpoint(
+    path: Path,
+    scaler: Optional[Standardizer],
+    given: Mapping[str, Any],
+    map_location: Union[str, torch.device],
+) -> InferenceModel:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or "model_config" not in state or "model" not in state:
+        raise ValueError(
+            f"{path} is not a hepms checkpoint (expected the keys 'model_config' and 'model')"
+        )
+    if state.get("format") != _TRAINER_CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: unsupported checkpoint format {state.get('format')!r}")
+    stored = state.get("preprocessing")
+    # build_dataset's defaults: what a Trainer checkpoint was trained on unless told otherwise.
+    settings: dict[str, Any] = {
+        "constituent_features": list(DEFAULT_CONSTITUENT_FEATURES),
+        "jet_features": list(DEFAULT_JET_FEATURES),
+        "max_jets": 8,
+        "max_constituents": 50,
+    }
+    if stored is not None:
+        _check_agrees(path, stored, given)
+        if scaler is not None:
+            raise ValueError(f"{path} records its standardisation: drop scaler=")
+        scaler = Standardizer.from_state_dict(stored["scaler"])
+        settings.update({k: stored[k] for k in settings})
+    else:
+        if scaler is None:
+            raise ValueError(
+                f"{path} is a training checkpoint without the input standardisation: pass "
+                "scaler= (the Standardizer fitted on the training split), or save the model with "
+                "hepms.export.save_checkpoint"
+            )
+        settings.update({k: v for k, v in given.items() if v is not None})
+    model = MultiStep(**state["model_config"])
+    model.load_state_dict(state["model"])
+    inference = InferenceModel(model, scaler, **settings)
+    return inference.to(map_location).eval()
+
+
+def model_metadata(model_or_path: Union[nn.Module, PathLike]) -> dict:
+    """The metadata dict of a model from :func:`load_model` / :class:`InferenceModel`, or of an
+    export file (read from its ``hepms.json`` entry without loading the weights)."""
+    if isinstance(model_or_path, (nn.Module, torch.jit.ScriptModule)):
+        text = getattr(model_or_path, "metadata_json", None)
+        if not isinstance(text, str):
+            raise ValueError(
+                f"{type(model_or_path).__name__} has no hepms metadata: load it with "
+                "hepms.export.load_model or wrap it in InferenceModel"
+            )
+        return json.loads(text)
+    path = Path(model_or_path)
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith(f"/{METADATA_FILE}") or name == METADATA_FILE:
+                return json.loads(archive.read(name).decode("utf-8"))
+    raise ValueError(f"{path} holds no {METADATA_FILE}: export it with hepms.export")
