@@ -267,7 +267,9 @@ def constituent_features(jets: ak.Array, constituents: ak.Array) -> ak.Array:
         "log_e_rel": np.log(part_e / jet_v.E),
         "delta_r": np.sqrt(d_eta**2 + d_phi**2),
     }
-    charge = None if _is_vector(constituents) else _find_field(_as_array(constituents), "charge")
+    # Records with vector behaviour (e.g. from hepms.generate.read_events) keep their other
+    # fields, so the charge is looked up on the input itself, vector or not.
+    charge = _find_field(_as_array(constituents), "charge")
     if charge is not None:
         features["charge"] = constituents[charge]
     return ak.zip(features)

@@ -302,3 +302,18 @@ def test_match_by_delta_r():
     assert loose.to_list() == [[True, True, False], [False], []]
     with pytest.raises(ValueError, match="max_dr must be positive"):
         physics.match_by_delta_r(jets, taus, max_dr=0.0)
+
+
+def test_constituent_features_keep_charge_of_vector_records():
+    import vector
+
+    vector.register_awkward()
+    jets = ak.zip({"pt": [[40.0]], "eta": [[0.1]], "phi": [[0.2]], "mass": [[5.0]]}, with_name="Momentum4D")
+    parts = ak.zip(
+        {"pt": [[[30.0, 10.0]]], "eta": [[[0.1, 0.2]]], "phi": [[[0.2, 0.3]]],
+         "mass": [[[0.14, 0.0]]], "charge": [[[-1, 0]]]},
+        with_name="Momentum4D",
+    )
+    features = physics.constituent_features(jets, parts)
+    assert "charge" in features.fields
+    assert ak.to_list(features.charge) == [[[-1, 0]]]
