@@ -144,9 +144,8 @@ at::Tensor segment_max_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
   const int64_t num_segments = offsets.numel() - 1;
   const int64_t width = row_width(grad);
   const auto shape = row_shape(grad, num_rows);
-  at::Tensor out = covers_all_rows(offsets.const_data_ptr<int64_t>(), num_segments, num_rows)
-                       ? at::empty(shape, grad.options())
-                       : at::zeros(shape, grad.options());
+  at::Tensor out = allocate_row_output(offsets.const_data_ptr<int64_t>(), num_segments, num_rows,
+                                       shape, grad.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "segment_max_backward", [&] {

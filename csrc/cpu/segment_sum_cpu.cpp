@@ -118,10 +118,8 @@ at::Tensor segment_gather_cpu(const at::Tensor& src_in, const at::Tensor& offset
   const int64_t num_segments = offsets.numel() - 1;
   const int64_t width = row_width(src);
   const auto shape = row_shape(src, num_rows);
-  // Rows outside every segment (only possible with malformed offsets) must read 0, not garbage.
-  at::Tensor out = covers_all_rows(offsets.const_data_ptr<int64_t>(), num_segments, num_rows)
-                       ? at::empty(shape, src.options())
-                       : at::zeros(shape, src.options());
+  at::Tensor out = allocate_row_output(offsets.const_data_ptr<int64_t>(), num_segments, num_rows,
+                                       shape, src.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "segment_gather",
                                   [&] {
