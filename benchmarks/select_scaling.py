@@ -1,0 +1,120 @@
+"""Scalability of model selection: wall time of grid search, DARTS and SPOS-NAS versus the number
+of candidate models per task (the MSNAS paper's section 4.4.3, Fig. 7a), with fitted power laws.
+
+Workload: generated H/Z->tautau events (Pythia 8 + FastJet via ``hepms.generate``, mu = 5), Task 1
+= tau momentum calibration, base candidates 3 per task as in the paper (Task 1: DeepSets, MLP,
+scale factor; Task 2: MLP on two candidates, LSTM, Mass), replicated ``copies`` times with
+independent initialisation, so ``N = 3 * copies`` models per task. Each method runs end to end
+(pre-training of every candidate, search, post-training) with a fixed number of epochs per phase
+(no early stopping: the time then measures the algorithm, not when a noisy validation curve
+stopped). Fit: ``t = C * N^a`` by least squares in log-log, per method over all runs, and per
+dominant phase (grid: re-optimisation of the N^2 pairs; DARTS / SPOS: the search).
+
+Prints one JSON document (machine, settings, rows, fits) and writes a log-log plot.
+
+    python benchmarks/select_scaling.py                                  # small CPU defaults
+    python benchmarks/select_scaling.py --copies 1 2 4 8 --repeats 3 --epochs 3 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hepms._machine import describe
+
+BASE = {
+    "upstream": {
+        "deepsets": {"kind": "deepsets", "phi": [16, 16], "blocks": 0, "pool": ["mean", "max"],
+                     "post_pool": [16], "embedding": [32, 16], "head": [16]},
+        "mlp": {"kind": "mlp", "hidden": [32, 32]},
+        "sf": {"kind": "sf"},
+    },
+    "downstream": {
+        "mlp2": {"kind": "mlp2", "hidden": [32, 32, 32]},
+        "lstm": {"kind": "lstm", "hidden": 16, "layers": 2},
+        "mass": {"kind": "mass", "hidden": [32, 32]},
+    },
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", help="generated events (file or folder); default: generate")
+    parser.add_argument("--generate-dir", default="/tmp/hepms_select_scaling_events",
+                        help="where to generate (a sub-folder per sample size and seed)")
+    parser.add_argument("--events-per-process", type=int, default=1000)
+    parser.add_argument("--copies", type=int, nargs="+", default=[1, 2, 3, 4, 6])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of every phase")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--task", default="calibration", choices=("calibration", "tau_id"))
+    parser.add_argument("--methods", nargs="+", default=["grid", "darts", "spos"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", help="also write the JSON document here")
+    parser.add_argument("--plot", default="select_scaling.png", help="log-log figure")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+
+    from hepms import select
+    from hepms.generate import generate, read_events
+    from hepms.select.plots import plot_scaling
+    from hepms.select.scaling import fit_all, fit_phase, time_methods
+
+    if args.events:
+        events = read_events(args.events)
+    else:
+        # One folder per sample size and seed, so a cached sample is never silently reused for
+        # another configuration.
+        folder = Path(args.generate_dir) / f"n{args.events_per_process}_seed{args.seed}"
+        if not (folder / "manifest.json").is_file():
+            generate(folder, events_per_process=args.events_per_process, mu=5, seed=args.seed,
+                     workers=1, progress=False, pileup_pool=200, block_size=args.events_per_process,
+                     pileup_process="nondiffractive")
+        events = read_events(folder)
+    data = select.prepare_data(events, seed=args.seed)
+    base = select.SearchSpace.create(data, args.task, BASE["upstream"], BASE["downstream"])
+    settings = select.SearchSettings(
+        pretrain_epochs=args.epochs, search_epochs=args.epochs, posttrain_epochs=args.epochs,
+        batch_size=args.batch_size, device=args.device, progress=False, alpha_lr=0.01,
+    )
+    started = time.perf_counter()
+    rows = time_methods(base, data.train, data.val, settings, args.copies, args.methods, args.repeats)
+    fits = fit_all(rows)
+    phases = {
+        "grid/reoptimise": fit_phase([r for r in rows if r["method"] == "grid"], "reoptimise"),
+        "darts/search": fit_phase([r for r in rows if r["method"] == "darts"], "search"),
+        "spos/search": fit_phase([r for r in rows if r["method"] == "spos"], "search"),
+        "spos/evaluate": fit_phase([r for r in rows if r["method"] == "spos"], "evaluate"),
+    }
+    machine = describe(args.device)
+    document = {
+        "benchmark": "select_scaling",
+        "machine": machine,
+        "settings": {**vars(args), "train_events": len(data.train), "val_events": len(data.val),
+                     "base_candidates": {k: list(v) for k, v in BASE.items()}},
+        "seconds": time.perf_counter() - started,
+        "rows": rows,
+        "fits": fits,
+        "phase_fits": phases,
+    }
+    text = json.dumps(document, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    if args.plot:
+        plot_scaling(rows, fits, args.plot, title=f"{machine['cpu']}, {machine['torch_threads']} thread(s)")
+        print(f"plot: {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Figures of the selection study (matplotlib with the Agg backend, mplhep style).
+
+* :func:`plot_alpha_history`: DARTS architecture weights per epoch, one panel per task
+  (paper Fig. 4);
+* :func:`plot_selected_pairs`: how often each pair is selected versus ``v1``, one panel per
+  method (paper Fig. 5);
+* :func:`plot_metric_vs_v1`: a metric (AUC, MSE, validity) versus ``v1``, mean and standard
+  deviation over seeds, one line per method (paper Figs. 3, 6);
+* :func:`plot_scaling`: wall time versus candidates per task, log-log, with the fitted power
+  laws (paper Fig. 7).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["plot_alpha_history", "plot_selected_pairs", "plot_metric_vs_v1", "plot_scaling"]
+
+PathLike = Union[str, Path]
+
+
+@contextlib.contextmanager
+def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.5) -> Iterator:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    try:
+        import mplhep
+
+        style = plt.style.context(mplhep.style.ROOT)
+    except Exception:  # pragma: no cover - mplhep is optional for the plots
+        style = contextlib.nullcontext()
+    # The ROOT style's large labels crowd two-panel figures: moderate sizes.
+    sizes = {"axes.labelsize": 14, "axes.titlesize": 13, "xtick.labelsize": 11,
+             "ytick.labelsize": 11, "legend.fontsize": 9}
+    with style, plt.rc_context(sizes):
+        fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+        try:
+            yield fig, axes[0]
+        finally:
+            plt.close(fig)
+
+
+def _save(fig, path: PathLike, layout: bool = True) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if layout:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log.info("wrote %s", path)
+    return path
+
+
+def plot_alpha_history(alpha_history: Sequence[Mapping], path: PathLike, title: str = "") -> Path:
+    """Softmax architecture weights per epoch (``SelectionResult.alpha_history``)."""
+    if not alpha_history:
+        raise ValueError("alpha_history is empty (not a DARTS result?)")
+    epochs = [row["epoch"] for row in alpha_history]
+    with _figure(2) as (fig, axes):
+        for ax, step, label in zip(axes, ("upstream", "downstream"), ("Task 1", "Task 2")):
+            names = list(alpha_history[0][step])
+            for name in names:
+                ax.plot(epochs, [row[step][name] for row in alpha_history], marker=".", label=name)
+            ax.axhline(1.0 / len(names), color="grey", lw=0.8, ls=":")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(r"softmax($\alpha$)")
+            ax.set_title(f"{label} {title}".strip(), fontsize=12)
+            ax.legend(fontsize=9)
+        return _save(fig, path)
+
+
+def plot_selected_pairs(rows: Sequence[Mapping], path: PathLike) -> Path:
+    """Stacked counts of the selected pairs per ``v1``, one panel per method."""
+    methods = sorted({r["method"] for r in rows})
+    v1s = sorted({r["v1"] for r in rows})
+    pairs = sorted({f"{r['upstream']}|{r['downstream']}" for r in rows})
+    import matplotlib.pyplot as plt
+
+    colours = dict(zip(pairs, plt.get_cmap("tab20")(np.linspace(0, 1, max(len(pairs), 2)))))
+    handles = {}
+    with _figure(len(methods), width=4.5) as (fig, axes):
+        for ax, method in zip(axes, methods):
+            counts = {v: Counter(f"{r['upstream']}|{r['downstream']}" for r in rows
+                                 if r["method"] == method and r["v1"] == v) for v in v1s}
+            x = np.arange(len(v1s))
+            bottom = np.zeros(len(v1s))
+            for pair in pairs:
+                heights = np.array([counts[v][pair] for v in v1s], dtype=float)
+                if heights.any():
+                    bars = ax.bar(x, heights, bottom=bottom, color=colours[pair], width=0.7)
+                    handles.setdefault(pair, bars)
+                    bottom += heights
+            ax.set_xticks(x, [f"{v:g}" for v in v1s])
+            ax.set_xlabel(r"$v_1$")
+            ax.set_ylabel("runs")
+            ax.set_title(method)
+        # One legend for all panels (same colour = same pair everywhere), right of the panels.
+        labels = [p.replace("|", " + ") for p in handles]
+        fig.legend(list(handles.values()), labels, loc="center right", fontsize=9, frameon=False)
+        fig.tight_layout(rect=(0, 0, 0.78, 1))
+        return _save(fig, path, layout=False)
+
+
+def plot_metric_vs_v1(
+    rows: Sequence[Mapping], metric: str, path: PathLike, ylabel: Optional[str] = None
+) -> Path:
+    """Mean +- standard deviation over seeds of ``row[metric]`` versus ``v1``, per method."""
+    grouped: dict[str, dict[float, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        value = r.get(metric)
+        if value is not None and np.isfinite(value):
+            grouped[r["method"]][r["v1"]].append(value)
+    with _figure() as (fig, axes):
+        ax = axes[0]
+        for method, by_v1 in sorted(grouped.items()):
+            v1s = sorted(by_v1)
+            mean = [np.mean(by_v1[v]) for v in v1s]
+            std = [np.std(by_v1[v]) for v in v1s]
+            ax.errorbar(v1s, mean, yerr=std, marker="o", capsize=3, label=method)
+        ax.set_xlabel(r"$v_1$ (Task-1 weight)")
+        ax.set_ylabel(ylabel or metric)
+        ax.legend()
+        return _save(fig, path)
+
+
+def plot_scaling(
+    rows: Sequence[Mapping], fits: Mapping[str, Mapping], path: PathLike, title: str = ""
+) -> Path:
+    """Wall time versus candidates per task (log-log) with ``C * N^a`` fits per method.
+
+    Args:
+        rows: ``{"method", "n_models", "seconds"}`` per run.
+        fits: per method ``{"C", "a", "a_err"}`` (:func:`hepms.select.scaling.fit_power_law`).
+    """
+    grouped: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        grouped[r["method"]][int(r["n_models"])].append(float(r["seconds"]))
+    with _figure() as (fig, axes):
+        ax = axes[0]
+        for method, by_n in sorted(grouped.items()):
+            n = np.array(sorted(by_n))
+            mean = np.array([np.mean(by_n[k]) for k in n])
+            std = np.array([np.std(by_n[k]) for k in n])
+            line = ax.errorbar(n, mean, yerr=std, marker="o", ls="none", capsize=3, label=method)
+            fit = fits.get(method)
+            if fit:
+                grid = np.geomspace(n.min(), n.max(), 50)
+                ax.plot(grid, fit["C"] * grid ** fit["a"], ls="--", color=line[0].get_color(),
+                        label=rf"{method} fit: $N^{{{fit['a']:.2f} \pm {fit['a_err']:.2f}}}$")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        # Plain integers at the measured N instead of "3 x 10^0" labels.
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        measured = sorted({int(r["n_models"]) for r in rows})
+        ax.set_xticks(measured)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("candidate models per task $N$")
+        ax.set_ylabel("wall time [s]")
+        if title:
+            ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=9)
+        return _save(fig, path)

@@ -1,0 +1,208 @@
+"""The selection study: methods x task weights ``v1`` x seeds, final numbers on the test split.
+
+For every seed the candidates are pre-trained once on truth (pre-training does not depend on
+``v1`` or on the method, so sharing it is exact and saves most of the time); then for every ``v1``
+and method the selection runs on the training and validation splits only. Only after a method
+has returned its chain is that chain evaluated on the test split, once: Task-1 and Task-2 losses,
+Task-2 AUC, the Task-1 metric (MSE or tau AUC) and, for the calibration task, the fraction of
+Task-1 outputs within two sigma of the Gaussian-process reference.
+
+Outputs in ``out_dir``: ``results.json`` (config, machine, rows), ``results.csv`` (rows),
+``runs/<method>_v1-<v1>_seed-<seed>.json`` (each selection's full record) and the plots.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from hepms.select import select
+from hepms.select.config import StudyConfig
+from hepms.select.data import PreparedData, prepare_data
+from hepms.select.space import SearchSpace
+from hepms.select.training import evaluate_chain, json_ready, pretrain
+from hepms.select.validity import GPReference, chain_upstream_outputs, validity_fraction
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_study", "load_events", "prepare_study_data"]
+
+PathLike = Union[str, Path]
+
+
+def load_events(config: StudyConfig, out_dir: PathLike, progress: bool = True):
+    """The study's awkward events: read ``data.path``, or generate ``data.generate`` into
+    ``out_dir/events`` (reused when a previous run generated the same settings there)."""
+    from hepms.generate import generate, read_events
+
+    data = config.data
+    if data.get("path"):
+        return read_events(data["path"], max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+    folder = Path(out_dir) / "events"
+    settings = dict(data["generate"])
+    stamp = folder / "select_generate.json"
+    if stamp.is_file() and (folder / "manifest.json").is_file():
+        if json.loads(stamp.read_text()) == settings:
+            log.info("reusing the events generated in %s", folder)
+            return read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+    kwargs = dict(settings)
+    kwargs.setdefault("workers", 1)
+    log.info("generating events into %s: %s", folder, kwargs)
+    generate(folder, progress=progress, **kwargs)
+    stamp.write_text(json.dumps(settings, sort_keys=True))
+    return read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+
+
+def prepare_study_data(config: StudyConfig, events) -> PreparedData:
+    """Build, split and standardise the events as the config says."""
+    data = config.data
+    return prepare_data(
+        events,
+        fractions=tuple(data["fractions"]),
+        seed=int(data["split_seed"]),
+        max_jets=int(data["max_jets"]),
+        max_constituents=int(data["max_constituents"]),
+        jet_features=tuple(data["jet_features"]),
+    )
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+def run_study(
+    config: StudyConfig,
+    out_dir: PathLike,
+    *,
+    prepared: Optional[PreparedData] = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every (seed, v1, method) selection of ``config`` and write the results.
+
+    Args:
+        config: the study configuration.
+        out_dir: output folder (created).
+        prepared: already prepared data (None: load or generate events as configured).
+        progress: progress bars.
+
+    Returns:
+        ``{"config", "machine", "rows", "files"}`` as written to ``results.json``.
+    """
+    from hepms._machine import describe
+
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    started = time.perf_counter()
+    if prepared is None:
+        prepared = prepare_study_data(config, load_events(config, out, progress))
+    space = SearchSpace.create(prepared, config.task, **config.candidates)
+    kinematics = prepared.kinematics()
+    # The splits are named here once: selection gets train + val, the test split is only read
+    # by evaluate_chain / the validity check after a selection has returned.
+    train, val, test = prepared.train, prepared.val, prepared.test
+
+    reference = None
+    enabled = config.validity.get("enabled")
+    if enabled is None:
+        enabled = space.task.name == "calibration"
+    if enabled and space.task.name != "calibration":
+        log.warning("the GP validity check needs the calibration task; skipped for %s", space.task.name)
+    if enabled and space.task.name == "calibration":
+        v = config.validity
+        reference = GPReference(
+            space.task,
+            kinematics,
+            max_points=int(v.get("max_points", 1000)),
+            iterations=int(v.get("iterations", 60)),
+            lr=float(v.get("lr", 0.1)),
+            seed=int(v.get("seed", 0)),
+        ).fit(train)
+        gp_mean, gp_sigma, tau_mask = reference.predict(test)
+    nsigma = float(config.validity.get("nsigma", 2.0))
+
+    rows: list[dict] = []
+    files: list[str] = []
+    for seed in config.seeds:
+        base = config.settings.replace(seed=int(seed), progress=progress)
+        shared = pretrain(space, train, val, base)
+        log.info("seed %d: pre-training %.1f s", seed, shared.seconds)
+        for v1 in config.v1:
+            for method in config.methods:
+                settings = base.replace(v1=float(v1))
+                result = select(method, space, train, val, settings, pretrained=shared)
+                test_metrics = evaluate_chain(result.chain, test, kinematics, float(v1), settings.eval_batch_size)
+                row: dict[str, Any] = {
+                    "method": method,
+                    "v1": float(v1),
+                    "seed": int(seed),
+                    "upstream": result.upstream,
+                    "downstream": result.downstream,
+                    "seconds": result.timings.get("total", math.nan),
+                    "pretrain_seconds": shared.seconds,
+                }
+                row.update({f"val_{k}": v for k, v in result.val_metrics.items()})
+                row.update({f"test_{k}": v for k, v in test_metrics.items()})
+                if reference is not None:
+                    u = chain_upstream_outputs(result.chain, test, kinematics, settings.eval_batch_size)
+                    row.update({f"test_{k}": v for k, v in validity_fraction(u, gp_mean, gp_sigma, tau_mask, nsigma).items()})
+                rows.append(row)
+                record = {**result.to_dict(), "test_metrics": test_metrics, "row": row}
+                path = out / "runs" / f"{method}_v1-{_fmt(v1)}_seed-{seed}.json"
+                path.write_text(json.dumps(json_ready(record), indent=1))
+                if config.plots and method == "darts" and seed == config.seeds[0]:
+                    from hepms.select.plots import plot_alpha_history
+
+                    files.append(str(plot_alpha_history(
+                        result.alpha_history, out / f"alpha_v1-{_fmt(v1)}.png", rf"($v_1$ = {v1:g})"
+                    )))
+                log.info("%s v1=%g seed=%d: %s | %s, test AUC %.4f", method, v1, seed,
+                         result.upstream, result.downstream, test_metrics["auc_event"])
+    if config.plots and rows:
+        files += _study_plots(rows, out, space.task.name, reference is not None)
+    summary = {
+        "config": config.to_dict(),
+        "machine": describe(config.settings.device),
+        "seconds": time.perf_counter() - started,
+        "rows": rows,
+        "files": files,
+    }
+    (out / "results.json").write_text(json.dumps(json_ready(summary), indent=1))
+    _write_csv(rows, out / "results.csv")
+    return summary
+
+
+def _study_plots(rows: list[dict], out: Path, task: str, validity: bool) -> list[str]:
+    from hepms.select.plots import plot_metric_vs_v1, plot_selected_pairs
+
+    files = [str(plot_selected_pairs(rows, out / "selected_pairs.png"))]
+    files.append(str(plot_metric_vs_v1(rows, "test_auc_event", out / "auc_vs_v1.png", "Task 2 AUC (test)")))
+    if task == "calibration":
+        files.append(str(plot_metric_vs_v1(rows, "test_mse", out / "mse_vs_v1.png", "Task 1 MSE (test)")))
+    else:
+        files.append(str(plot_metric_vs_v1(rows, "test_auc_tau", out / "tau_auc_vs_v1.png", "Task 1 AUC (test)")))
+    if validity:
+        files.append(str(plot_metric_vs_v1(
+            rows, "test_validity", out / "validity_vs_v1.png", r"fraction within GP 2$\sigma$ (test)"
+        )))
+    return files
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    if not rows:
+        return
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r)
