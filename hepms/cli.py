@@ -1,4 +1,18 @@
-"""The ``hepms`` command line: ``hepms demo``, ``hepms info``, ``hepms generate``."""
+"""The ``hepms`` command line.
+
+    hepms demo | info                         tour of the pooling ops; build information
+    hepms generate OUT [options]              simulate H/Z->tautau samples (hepms.generate)
+    hepms train    CONFIG [--set KEY=VALUE]   train one model into the run directory
+    hepms evaluate CONFIG|RUN_DIR             test-set metrics, predictions and tables
+    hepms plot     CONFIG|RUN_DIR             figures (hist + mplhep, PDF and PNG)
+    hepms scan     CONFIG [--trials N]        repeated trials over the configured studies
+    hepms config   [CONFIG] [--keys]          the resolved configuration, or every key documented
+    hepms select   ...                        model selection (hepms.select, when installed)
+
+CONFIG is a YAML file (see ``hepms config --keys``); ``--set section.key=value`` overrides a key
+(the value is read as YAML). Configuration errors name the key and the allowed keys or values
+and exit with status 2.
+"""
 from __future__ import annotations
 
 import argparse
@@ -83,8 +97,173 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# Configured commands: train, evaluate, plot, scan, config
+# ----------------------------------------------------------------------------------------------
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # our messages only; matplotlib, fontTools & co. stay at WARNING
+    logging.getLogger("hepms").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _load(args: argparse.Namespace):
+    """(config, run_dir, kind) from the positional CONFIG (a YAML file or a run directory)."""
+    import json
+    from pathlib import Path
+
+    from hepms.config import load_config
+
+    source = Path(args.config) if args.config else None
+    overrides = list(args.set or [])
+    run_dir = Path(args.run_dir) if getattr(args, "run_dir", None) else None
+    kind = None
+    if source is not None and source.is_dir():
+        if not (source / "config.yaml").is_file():
+            from hepms.config import ConfigError
+
+            raise ConfigError(f"{source} is a folder without config.yaml (not a run directory)")
+        run_dir = run_dir or source
+        try:
+            kind = json.loads((source / "manifest.json").read_text()).get("kind")
+        except (OSError, ValueError):
+            kind = None
+    cfg = load_config(source, overrides)
+    if getattr(args, "no_progress", False):
+        cfg["progress"] = False
+    if cfg["threads"] is not None:
+        torch.set_num_threads(cfg["threads"])
+    return cfg, Path(run_dir or cfg["run_dir"]), kind
+
+
+def _configured(func):
+    """Run a configured command; configuration errors -> status 2, missing inputs -> 1."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        from hepms.config import ConfigError
+
+        _setup_logging(getattr(args, "verbose", False))
+        try:
+            return func(args)
+        except ConfigError as error:
+            print(f"hepms {args.command}: config error: {error}", file=sys.stderr)
+            return 2
+        except FileNotFoundError as error:
+            print(f"hepms {args.command}: error: {error}", file=sys.stderr)
+            return 1
+
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+@_configured
+def train(args: argparse.Namespace) -> int:
+    """Train one model."""
+    from hepms.study.single import train_run
+
+    cfg, run_dir, _ = _load(args)
+    result = train_run(cfg, run_dir, force=args.force, command=["hepms"] + sys.argv[1:])
+    if result["status"] == "up to date":
+        print(f"{run_dir}/model.pt is up to date (same settings and sample); --force retrains")
+        return 0
+    best = {k: v.get("epoch") for k, v in (result.get("best") or {}).items()}
+    last = result.get("last_epoch") or {}
+    print(f"trained {result['epochs']} epochs in {result['seconds']:.1f} s (best epoch per phase: {best}); "
+          f"validation AUC tau {last.get('val_auc_tau', float('nan')):.4f}, "
+          f"event {last.get('val_auc_event', float('nan')):.4f} (last epoch)")
+    print(f"wrote {result['model']} and {run_dir}/train/ (checkpoint, metrics.csv, metrics.json)")
+    return 0
+
+
+@_configured
+def evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a trained model (or rebuild a scan's tables)."""
+    cfg, run_dir, kind = _load(args)
+    if kind == "scan":
+        from hepms.study.scan import build_outputs
+
+        out = build_outputs(cfg, run_dir, plots=False)
+        print(f"{out['finished_trials']} finished trials in {out['configurations_with_results']}/"
+              f"{out['configurations']} configurations; wrote {len(out['tables'])} table files to {run_dir}/tables")
+        return 0
+    from hepms.study.single import evaluate_run
+
+    out = evaluate_run(cfg, run_dir)
+    m = out["metrics"]
+    print(f"test AUC: tau ID {m['auc_tau']:.4f}, H/Z {m['auc_event']:.4f}; light-jet rejection at 50 % "
+          f"tau efficiency {m['rejection_tau_50']:.2f}")
+    print("wrote " + ", ".join(out["files"]))
+    return 0
+
+
+@_configured
+def plot(args: argparse.Namespace) -> int:
+    """Draw the figures of a run or a scan."""
+    cfg, run_dir, kind = _load(args)
+    if kind == "scan":
+        from hepms.study.scan import build_outputs
+
+        out = build_outputs(cfg, run_dir, plots=True, tables=False)
+        files = out["figures"]
+    else:
+        from hepms.study.single import plot_run
+
+        files = [str(p) for p in plot_run(cfg, run_dir)]
+    print(f"wrote {len(files)} figure files to {run_dir}/figures")
+    return 0
+
+
+@_configured
+def scan(args: argparse.Namespace) -> int:
+    """Run the configured studies' trials (resumable), then tables and figures."""
+    from hepms.study.scan import run_scan
+
+    cfg, run_dir, _ = _load(args)
+
+    def report(run, trial, result) -> None:
+        m = result["metrics"]
+        column = f" [{run.column}]" if run.column else ""
+        print(f"  {run.ref}{column} trial {trial}: AUC tau {m['auc_tau']:.4f}, event {m['auc_event']:.4f} "
+              f"({result['epochs_trained']} epochs, {result['seconds']:.0f} s)", flush=True)
+
+    plots = False if args.no_plots else None
+    summary = run_scan(cfg, run_dir, trials=args.trials, only=args.only or (), max_trials=args.max_trials,
+                       plots=plots, command=["hepms"] + sys.argv[1:], on_trial=report)
+    print(f"trials: {summary['trained']} trained, {summary['skipped']} already done, {summary['busy']} busy "
+          f"elsewhere, {summary['remaining']} left for a later run (of {summary['total']})")
+    print(f"{summary['finished_trials']} finished trials in {summary['configurations_with_results']}/"
+          f"{summary['configurations']} configurations; {len(summary['tables'])} table files, "
+          f"{len(summary['figures'])} figure files under {run_dir}")
+    return 0
+
+
+@_configured
+def config_cmd(args: argparse.Namespace) -> int:
+    """Print the resolved configuration or the documented keys."""
+    from hepms.config import describe, dump_yaml
+
+    if args.keys:
+        print(describe())
+        return 0
+    cfg, _, _ = _load(args)
+    print(dump_yaml(cfg), end="")
+    return 0
+
+
+def _add_config_arguments(p: argparse.ArgumentParser, run_dir: bool = True) -> None:
+    p.add_argument("config", help="YAML configuration file, or a run directory (uses its config.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key, e.g. --set trainer.epochs=5 (repeatable; value read as YAML)")
+    if run_dir:
+        p.add_argument("--run-dir", help="output folder (default: the config's run_dir, or CONFIG if a run directory)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hepms", description=__doc__)
+    parser = argparse.ArgumentParser(prog="hepms", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_demo = sub.add_parser("demo", help="a short tour of the pooling ops, with timings")
@@ -101,7 +280,66 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate H/Z->tautau events with Pythia 8 + FastJet (see hepms generate --help)",
         add_help=False,
     )
+
+    p_train = sub.add_parser("train", help="train one model (run directory: config, checkpoints, metrics log)",
+                             description="Train the configured multi-step model into the run directory. An "
+                             "interrupted training continues from its checkpoint; a finished one is not redone.")
+    _add_config_arguments(p_train)
+    p_train.add_argument("--force", action="store_true", help="retrain even if model.pt is up to date")
+    p_train.set_defaults(func=train)
+
+    p_eval = sub.add_parser("evaluate", help="test-set metrics, predictions and tables of a trained model",
+                            description="Evaluate run_dir/model.pt on the test part (metrics.json, "
+                            "predictions.npz, tables/evaluation.md). On a scan's run directory: rebuild its tables.")
+    _add_config_arguments(p_eval)
+    p_eval.set_defaults(func=evaluate)
+
+    p_plot = sub.add_parser("plot", help="figures of a run or a scan (PDF + PNG)",
+                            description="Draw the figures of an evaluated run (ROC, scores, efficiency and "
+                            "rejection versus pT, loss weights, latent space for k = 2) or of a scan (also box "
+                            "plots and loss weights over trials).")
+    _add_config_arguments(p_plot)
+    p_plot.set_defaults(func=plot)
+
+    p_scan = sub.add_parser("scan", help="repeated trials over the configured studies, then tables and figures",
+                            description="Train every configuration of scan.studies scan.trials times (trial-major), "
+                            "skipping finished trials and continuing interrupted ones, then write the tables "
+                            "(Markdown + JSON) and figures.")
+    _add_config_arguments(p_scan)
+    p_scan.add_argument("--trials", type=int, help="trials per configuration (default: scan.trials)")
+    p_scan.add_argument("--only", action="append", metavar="STUDY[/LABEL]", help="run only these studies or runs")
+    p_scan.add_argument("--max-trials", type=int, help="train at most this many trials in this call")
+    p_scan.add_argument("--no-plots", action="store_true", help="tables only")
+    p_scan.set_defaults(func=scan)
+
+    p_cfg = sub.add_parser("config", help="print the resolved configuration, or every key (--keys)")
+    p_cfg.add_argument("config", nargs="?", help="YAML configuration file or run directory")
+    p_cfg.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+    p_cfg.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
+    p_cfg.set_defaults(func=config_cmd)
+
+    sub.add_parser("select", help="model selection (dispatched to hepms.select; see hepms select --help)",
+                   add_help=False)
     return parser
+
+
+def _select(argv: Sequence[str]) -> int:
+    """``hepms select``: hand the arguments to ``hepms.select.cli.main`` when it exists."""
+    import importlib
+
+    try:
+        module = importlib.import_module("hepms.select.cli")
+    except ModuleNotFoundError as error:
+        if error.name not in ("hepms.select", "hepms.select.cli"):
+            raise  # hepms.select exists but is broken: show the real error
+        print("hepms select: model selection is not available in this installation "
+              "(the module hepms.select.cli is missing)", file=sys.stderr)
+        return 2
+    main_func = getattr(module, "main", None)
+    if main_func is None:
+        print("hepms select: hepms.select.cli has no main(argv)", file=sys.stderr)
+        return 2
+    return int(main_func(list(argv)) or 0)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -111,6 +349,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from hepms.generate.cli import main as generate_main
 
         return generate_main(argv[1:])
+    if argv and argv[0] == "select":
+        return _select(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Reproduce the multi-step H->tautau study with hepms: one command per preset.
+
+    python analyses/htautau/run.py quick             # README demo (~10 min on 2 free cores)
+    python analyses/htautau/run.py full --trials 25  # the study's settings (days on a laptop)
+    python analyses/htautau/run.py full --publish-only
+
+Each preset is ``analyses/htautau/config/<preset>.yaml`` run by ``hepms scan`` (same as
+``hepms scan analyses/htautau/config/<preset>.yaml``): every configuration x trial writes its own
+result, so a run can be stopped at any time and continued later; finished trials are skipped.
+Afterwards the tables, a few key PNG figures, the configuration and the manifest are copied to
+``analyses/htautau/results/<preset>/`` (small files meant to be committed).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+PRESETS = ("quick", "full")
+
+#: Figures copied next to the tables (PNG only: small, viewable on a code host).
+KEY_FIGURES = (
+    "k_scan_boxplot",
+    "roc_tau_compare_bce",
+    "roc_event_compare_bce",
+    "weights_w1_w2=1_1-bce",
+    "weights_uncertaintyweighting-bce",
+    "weights_uncertaintyweighting-mse",
+    "weights_GradNorm-bce",
+    "latent_space",
+    "tau_efficiency_vs_pt",
+    "light_rejection_vs_pt",
+    "scores_tau",
+    "scores_event",
+)
+
+
+def publish(run_dir: Path, target: Path) -> list[Path]:
+    """Copy tables, key PNG figures, config.yaml and manifest.json of ``run_dir`` to ``target``."""
+    copied: list[Path] = []
+    if (target / "tables").exists():
+        shutil.rmtree(target / "tables")  # tables of an older run must not linger
+    for source in sorted((run_dir / "tables").glob("*")):
+        if source.suffix in (".md", ".json"):
+            dest = target / "tables" / source.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest)
+            copied.append(dest)
+    if (target / "figures").exists():
+        shutil.rmtree(target / "figures")
+    for stem in KEY_FIGURES:
+        source = run_dir / "figures" / f"{stem}.png"
+        if source.is_file():
+            dest = target / "figures" / source.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest)
+            copied.append(dest)
+    for name in ("config.yaml", "manifest.json"):
+        if (run_dir / name).is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run_dir / name, target / name)
+            copied.append(target / name)
+    return copied
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("preset", choices=PRESETS, help="configuration preset (config/<preset>.yaml)")
+    parser.add_argument("--trials", type=int, help="trials per configuration (default: the preset's scan.trials)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--max-trials", type=int, help="train at most this many trials now")
+    parser.add_argument("--only", action="append", metavar="STUDY[/LABEL]", help="only these studies or runs")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--publish-only", action="store_true", help="rebuild tables/figures and copy them; train nothing")
+    parser.add_argument("--results", type=Path, help="where to publish (default: analyses/htautau/results/<preset>)")
+    parser.add_argument("--no-publish", action="store_true", help="do not copy results into analyses/htautau/results")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hepms").setLevel(logging.INFO if args.verbose else logging.WARNING)
+
+    import torch
+
+    from hepms.config import ConfigError, load_config
+    from hepms.study.scan import build_outputs, run_scan
+
+    try:
+        cfg = load_config(HERE / "config" / f"{args.preset}.yaml", args.set)
+    except ConfigError as error:
+        print(f"run.py: config error: {error}", file=sys.stderr)
+        return 2
+    if args.no_progress:
+        cfg["progress"] = False
+    if cfg["threads"] is not None:
+        torch.set_num_threads(cfg["threads"])
+    run_dir = Path(cfg["run_dir"])
+    if args.publish_only:
+        out = build_outputs(cfg, run_dir, plots=not args.no_plots)
+        print(f"{out['finished_trials']} finished trials in {out['configurations_with_results']}/{out['configurations']} configurations")
+    else:
+        def report(run, trial, result) -> None:
+            m = result["metrics"]
+            column = f" [{run.column}]" if run.column else ""
+            print(f"  {run.ref}{column} trial {trial}: AUC tau {m['auc_tau']:.4f}, event {m['auc_event']:.4f} "
+                  f"({result['epochs_trained']} epochs, {result['seconds']:.0f} s)", flush=True)
+
+        out = run_scan(cfg, run_dir, trials=args.trials, only=args.only or (), max_trials=args.max_trials,
+                       plots=False if args.no_plots else None, command=[sys.executable] + sys.argv,
+                       on_trial=report)
+        print(f"trials: {out['trained']} trained, {out['skipped']} already done, {out['remaining']} left "
+              f"(of {out['total']}); {out['finished_trials']} finished in total")
+    if not args.no_publish:
+        target = args.results or HERE / "results" / args.preset
+        copied = publish(run_dir, target)
+        print(f"published {len(copied)} files to {target}")
+    for name in ("loss_balancing", "k_scan"):
+        table = run_dir / "tables" / f"{name}.md"
+        if table.is_file():
+            print()
+            print(table.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""One training run (a configuration with one seed) from a validated configuration.
+
+:func:`run_trial` trains a :class:`~hepms.nn.MultiStep` model into a folder and evaluates it once
+on the test part. The folder holds the trainer's ``checkpoint.pt`` (written after every epoch,
+atomically) and ``metrics.csv`` / ``metrics.json`` (per-epoch log), then ``predictions.npz``
+(optional) and, last, ``result.json``: a folder with a valid ``result.json`` is finished. A folder
+with a checkpoint but no result is an interrupted run and continues from the checkpoint (the
+trainer's resume gives the same weights as an uninterrupted run).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+import hepms
+from hepms import metrics
+from hepms.nn.models import MultiStep
+from hepms.study.dataset import PreparedData
+from hepms.study.plan import run_settings
+from hepms.train.trainer import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RESULT_FORMAT",
+    "build_model",
+    "train_config",
+    "fit_trial",
+    "run_trial",
+    "predict",
+    "read_result",
+    "save_predictions",
+    "load_predictions",
+    "evaluate_predictions",
+    "write_json",
+    "versions",
+]
+
+RESULT_FORMAT = "hepms.result/1"
+RESULT = "result.json"
+PREDICTIONS = "predictions.npz"
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, (np.floating,)):
+        return _finite(float(x))
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, Mapping):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write strict JSON atomically (temporary file + rename): readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(_finite(payload), indent=1, allow_nan=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a result."""
+    out = {"hepms": hepms.__version__, "torch": torch.__version__, "numpy": np.__version__,
+           "python": platform.python_version()}
+    for name in ("awkward", "sklearn", "matplotlib", "mplhep", "hist"):
+        try:
+            module = __import__(name)
+            out[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            pass
+    return out
+
+
+def read_result(folder: Path, fingerprint: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """The finished result in ``folder``, or None (missing, unreadable, other format, or made
+    from another sample when ``fingerprint`` is given)."""
+    path = Path(folder) / RESULT
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT or result.get("status") != "done":
+        return None
+    if fingerprint is not None and result.get("data_fingerprint") != fingerprint:
+        return None
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and trainer from the configuration
+# ----------------------------------------------------------------------------------------------
+def build_model(cfg: Mapping[str, Any], data: PreparedData, seed: int) -> MultiStep:
+    """The multi-step model of ``cfg["model"]`` for the features of ``data``, initialised by ``seed``."""
+    m = cfg["model"]
+    return MultiStep(
+        constituent_features=data.train.constituents.num_features,
+        jet_features=data.train.jet_features.shape[1],
+        connection=m["connection"],
+        k=m["k"],
+        aux=m["aux"],
+        regression_outputs=3 if m["regression"] else 0,
+        tau_options=m["tau"],
+        event_options=m["event"],
+        seed=seed,
+    )
+
+
+def train_config(cfg: Mapping[str, Any], seed: int, folder: Optional[Path], progress: bool) -> TrainConfig:
+    """The :class:`~hepms.train.TrainConfig` of ``cfg["trainer"]``, logging into ``folder``."""
+    t = cfg["trainer"]
+    return TrainConfig(
+        strategy=t["strategy"],
+        balancer=t["balancer"],
+        balancer_options=dict(t["balancer_options"]),
+        upstream_loss=t["upstream_loss"],
+        lr=t["lr"],
+        batch_size=t["batch_size"],
+        eval_batch_size=t["eval_batch_size"],
+        max_epochs=t["epochs"],
+        patience=t["patience"],
+        monitor=t["monitor"],
+        seed=seed,
+        device=t["device"],
+        progress=progress,
+        log_dir=None if folder is None else str(folder),
+        checkpoint_dir=None if folder is None else str(folder),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+def evaluate_predictions(
+    predictions: Mapping[str, np.ndarray], tau_efficiency: float = 0.6
+) -> dict[str, float]:
+    """Test metrics from the saved predictions.
+
+    Returns:
+        ``auc_tau``, ``auc_event``; ``rejection_tau_50`` / ``rejection_event_50`` (background
+        rejection at 50 % signal efficiency); ``rejection_tau_wp`` at the tau efficiency
+        ``tau_efficiency``; NaN where a metric is undefined.
+    """
+
+    def safe(fn, *args) -> float:
+        try:
+            return float(fn(*args))
+        except ValueError as error:
+            log.warning("metric undefined: %s", error)
+            return math.nan
+
+    jl, tl = predictions["jet_labels"], predictions["tau_logit"]
+    el, ev = predictions["event_labels"], predictions["event_logit"]
+    return {
+        "auc_tau": safe(metrics.roc_auc, jl, tl),
+        "auc_event": safe(metrics.roc_auc, el, ev),
+        "rejection_tau_50": safe(metrics.background_rejection, jl, tl, 0.5),
+        "rejection_tau_wp": safe(metrics.background_rejection, jl, tl, tau_efficiency),
+        "rejection_event_50": safe(metrics.background_rejection, el, ev, 0.5),
+    }
+
+
+def _predict(trainer: Trainer, data: PreparedData) -> dict[str, np.ndarray]:
+    out = trainer.predict(data.test)
+    pred = {
+        "tau_logit": out["tau_logit"].double().numpy(),
+        "intermediate": out["intermediate"].float().numpy(),
+        "event_logit": out["event_logit"].double().numpy(),
+        "jet_labels": data.test.jet_labels.numpy().astype(np.int8),
+        "event_labels": data.test.event_labels.numpy().astype(np.int8),
+        "jet_offsets": data.test.jet_offsets.numpy(),
+    }
+    if data.test_jet_pt is not None:
+        pred["jet_pt"] = data.test_jet_pt.astype(np.float32)
+    return pred
+
+
+def save_predictions(path: Path, predictions: Mapping[str, np.ndarray]) -> None:
+    """``predictions.npz``, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}.npz")
+    np.savez_compressed(tmp, **predictions)
+    os.replace(tmp, path)
+
+
+def load_predictions(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+# ----------------------------------------------------------------------------------------------
+# One run
+# ----------------------------------------------------------------------------------------------
+def fit_trial(
+    cfg: Mapping[str, Any], data: PreparedData, folder: Path, seed: int, progress: bool = True
+) -> tuple[Trainer, Any, bool]:
+    """Train ``cfg`` with ``seed`` in ``folder``, continuing from ``folder/checkpoint.pt`` if present.
+
+    Returns:
+        ``(trainer, history, resumed)``; the trainer's model holds the selected (best) weights.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg, data, seed)
+    trainer = Trainer(model, train_config(cfg, seed, folder, progress))
+    checkpoint = folder / "checkpoint.pt"
+    resume = checkpoint if checkpoint.is_file() else None
+    if resume is not None:
+        log.info("resuming %s from its checkpoint", folder)
+    try:
+        history = trainer.fit(data.train, data.val, resume_from=resume)
+    except (ValueError, RuntimeError, KeyError, EOFError) as error:
+        if resume is None:
+            raise
+        # An unusable checkpoint (other settings, other torch): start this run again.
+        log.warning("cannot resume %s (%s): training from scratch", folder, error)
+        checkpoint.unlink(missing_ok=True)
+        model = build_model(cfg, data, seed)
+        trainer = Trainer(model, train_config(cfg, seed, folder, progress))
+        history = trainer.fit(data.train, data.val)
+        resume = None
+    return trainer, history, resume is not None
+
+
+def predict(model: MultiStep, data: PreparedData, batch_size: int = 2048) -> dict[str, np.ndarray]:
+    """Test-set outputs of ``model`` with labels, jet offsets and (when known) jet pT."""
+    trainer = Trainer(model, TrainConfig(progress=False, eval_batch_size=batch_size,
+                                         device=str(next(model.parameters()).device)))
+    return _predict(trainer, data)
+
+
+def run_trial(
+    cfg: Mapping[str, Any],
+    data: PreparedData,
+    folder: Path,
+    seed: int,
+    *,
+    save_predictions_file: bool = True,
+    progress: bool = True,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> dict[str, Any]:
+    """Train (or finish training) ``cfg`` with ``seed`` into ``folder``, evaluate on the test part.
+
+    Args:
+        cfg: a validated configuration.
+        data: the prepared data.
+        folder: the run's folder (created).
+        seed: model initialisation and shuffling seed.
+        save_predictions_file: write ``predictions.npz`` (test-set outputs, for the figures).
+        progress: progress bars.
+        extra: more fields for ``result.json`` (e.g. the scan's labels).
+
+    Returns:
+        The result written to ``folder/result.json``.
+    """
+    folder = Path(folder)
+    started = time.perf_counter()
+    trainer, history, resumed = fit_trial(cfg, data, folder, seed, progress)
+    predictions = _predict(trainer, data)
+    result_metrics = evaluate_predictions(predictions, cfg["evaluate"]["tau_efficiency"])
+    if save_predictions_file:
+        save_predictions(folder / PREDICTIONS, predictions)
+    result: dict[str, Any] = {
+        "format": RESULT_FORMAT,
+        "status": "done",
+        "seed": seed,
+        "settings": run_settings(cfg),
+        "data_fingerprint": data.fingerprint,
+        "metrics": result_metrics,
+        "epochs": history.epochs,
+        "best": history.best,
+        "weight_tasks": history.weight_tasks,
+        "epochs_trained": len(history.epochs),
+        "resumed": resumed,
+        "seconds": time.perf_counter() - started,
+        "threads": torch.get_num_threads(),
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+    if extra:
+        result.update(extra)
+    write_json(folder / RESULT, result)  # last: its presence marks the run as finished
+    log.info("%s: AUC tau %.4f, event %.4f (%d epochs, %.0f s)", folder, result_metrics["auc_tau"],
+             result_metrics["auc_event"], len(history.epochs), result["seconds"])
+    return result

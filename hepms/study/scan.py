@@ -1,0 +1,402 @@
+"""Repeated trials over the studies of a configuration, resumable, with tables and figures.
+
+Layout of a scan's run directory::
+
+    config.yaml                     the configuration (after overrides) of the latest invocation
+    manifest.json                   versions, machine, data, every invocation and what it did
+    cache/dataset-<hash>.pt         the built dataset
+    trials/<run>-<hash>/trial_NNN/  checkpoint.pt, metrics.csv/json, predictions.npz, result.json
+    tables/                         <study>.md / .json, <study>_vs_study.md, tables.json
+    figures/                        PDF + PNG
+
+Trials run trial-major (trial 0 of every configuration, then trial 1, ...), so a scan stopped at
+any point has the most configurations covered. A trial folder with a valid ``result.json`` (made
+from the same sample) is skipped; one with only a checkpoint continues from it. A lock file keeps
+two scans on the same directory from training the same trial at once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from hepms.config import dump_yaml, settings_hash
+from hepms.study.dataset import PreparedData, prepare_data
+from hepms.study.plan import PlannedRun, expand_studies, unique_runs
+from hepms.study.runner import load_predictions, read_result, run_trial, versions, write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_scan", "collect_results", "build_outputs", "trial_folder", "update_manifest"]
+
+
+def config_folder(run_dir: Path, run: PlannedRun) -> Path:
+    """The folder of ``run``'s configuration: found by its settings hash when it exists (a shared
+    configuration keeps the folder it got first, whichever study or label names it now),
+    else named after ``run``."""
+    trials = Path(run_dir) / "trials"
+    existing = sorted(trials.glob(f"*-{run.key[:8]}")) if trials.is_dir() else []
+    return existing[0] if existing else trials / run.folder
+
+
+def trial_folder(run_dir: Path, run: PlannedRun, trial: int) -> Path:
+    return config_folder(run_dir, run) / f"trial_{trial:03d}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def update_manifest(run_dir: Path, kind: str, cfg: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """Create or update ``manifest.json``: static facts plus ``fields`` (merged at the top level;
+    ``invocation`` entries are appended to ``invocations``)."""
+    import json
+
+    from hepms._machine import cpu_model
+
+    path = Path(run_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        manifest = {"format": "hepms.run/1", "kind": kind, "created_utc": _now(), "invocations": []}
+    manifest.update(
+        {
+            "kind": kind,
+            "updated_utc": _now(),
+            "config_sha256_12": settings_hash(cfg),
+            "versions": versions(),
+            "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_model(),
+                        "cpu_count": os.cpu_count()},
+            "git_commit": _git_commit(),
+        }
+    )
+    invocation = fields.pop("invocation", None)
+    if invocation is not None:
+        invocations = manifest.setdefault("invocations", [])
+        if invocations and invocations[-1].get("id") == invocation.get("id"):
+            invocations[-1] = invocation
+        else:
+            invocations.append(invocation)
+    manifest.update(fields)
+    write_json(path, manifest)
+    return manifest
+
+
+def _git_commit() -> Optional[str]:
+    # Read-only: which commit of hepms produced the run (None outside a git checkout).
+    import subprocess
+
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Locks
+# ----------------------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _acquire(folder: Path) -> bool:
+    """Create ``folder/lock`` for this process; False while another live process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / "lock"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                host, pid = lock.read_text().split()
+                stale = host == socket.gethostname() and not _pid_alive(int(pid))
+            except (OSError, ValueError):
+                stale = True
+            if not stale:
+                return False
+            lock.unlink(missing_ok=True)  # left by a killed scan: take it over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def _release(folder: Path) -> None:
+    (folder / "lock").unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The scan
+# ----------------------------------------------------------------------------------------------
+def collect_results(
+    run_dir: Path, planned: Sequence[PlannedRun], fingerprint: Optional[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Finished results per run key: every ``trial_*`` folder with a valid result of the sample
+    ``fingerprint`` (None: any sample), in trial order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run in unique_runs(planned):
+        folder = config_folder(run_dir, run)
+        found = []
+        for trial_dir in sorted(folder.glob("trial_*")) if folder.is_dir() else []:
+            result = read_result(trial_dir, fingerprint)
+            if result is not None:
+                result["_folder"] = str(trial_dir)
+                found.append(result)
+        out[run.key] = found
+    return out
+
+
+def run_scan(
+    cfg: Mapping[str, Any],
+    run_dir: Optional[Path] = None,
+    *,
+    trials: Optional[int] = None,
+    only: Sequence[str] = (),
+    max_trials: Optional[int] = None,
+    plots: Optional[bool] = None,
+    progress: Optional[bool] = None,
+    command: Optional[Sequence[str]] = None,
+    on_trial: Optional[Callable[[PlannedRun, int, dict], None]] = None,
+) -> dict[str, Any]:
+    """Run the missing trials of every study in ``cfg``, then write tables (and figures).
+
+    Args:
+        cfg: a validated configuration with ``scan.studies``.
+        run_dir: output folder (default ``cfg["run_dir"]``).
+        trials: trials per configuration (default ``scan.trials``).
+        only: restrict to these studies (names) or runs (``study/label``).
+        max_trials: train at most this many trials in this call (then build the outputs).
+        plots: draw figures (default ``scan.plots``).
+        progress: progress bars (default ``cfg["progress"]``).
+        command: the command line, for the manifest.
+        on_trial: called after each trained trial with ``(run, trial, result)``.
+
+    Returns:
+        A summary: ``trained``, ``skipped``, ``busy`` (locked by another scan), ``remaining``,
+        ``tables`` and ``figures`` (paths).
+    """
+    from hepms.config import ConfigError
+
+    for name, value in (("trials", trials), ("max_trials", max_trials)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name}: {value!r} must be an integer >= 1")
+    run_dir = Path(run_dir or cfg["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trials = int(trials if trials is not None else cfg["scan"]["trials"])
+    progress = cfg["progress"] if progress is None else progress
+    planned = expand_studies(cfg)
+    if not planned:
+        raise ConfigError("scan.studies: empty, nothing to scan (define at least one study)")
+    selected = [r for r in planned if not only or r.study in only or r.ref in only]
+    if not selected:
+        refs = sorted({r.study for r in planned} | {r.ref for r in planned})
+        raise ConfigError(f"--only {list(only)} matches no study or run; choose from {refs}")
+    # Each configuration once, represented by its first occurrence in the whole plan (not in the
+    # selection): its folder name must not depend on --only.
+    wanted = {r.key for r in selected}
+    todo = [r for r in unique_runs(planned) if r.key in wanted]
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    invocation = {"id": f"{os.getpid()}-{time.time():.0f}", "started_utc": _now(),
+                  "command": list(command or sys.argv), "trials": trials, "only": list(only),
+                  "trained": 0, "skipped": 0, "status": "running"}
+    data = prepare_data(cfg, run_dir / "cache", progress)
+    update_manifest(run_dir, "scan", cfg, data=data.info, data_fingerprint=data.fingerprint,
+                    configurations=len(unique_runs(planned)), invocation=invocation)
+    summary: dict[str, Any] = {"trained": 0, "skipped": 0, "busy": 0, "remaining": 0}
+    save_mode = cfg["scan"]["save_predictions"]
+    total = trials * len(todo)
+    done_before = 0
+    status = "finished"
+    try:
+        for trial in range(trials):
+            for run in todo:
+                folder = trial_folder(run_dir, run, trial)
+                if read_result(folder, data.fingerprint) is not None:
+                    summary["skipped"] += 1
+                    continue
+                if max_trials is not None and summary["trained"] >= max_trials:
+                    summary["remaining"] += 1
+                    continue
+                if not _acquire(folder):
+                    log.info("%s is being trained by another scan: skipped", folder)
+                    summary["busy"] += 1
+                    continue
+                try:
+                    done_before = summary["trained"] + summary["skipped"]
+                    log.info("[%d/%d] %s trial %d", done_before + 1, total, run.ref + (f" [{run.column}]" if run.column else ""), trial)
+                    save = save_mode == "all" or (save_mode == "first" and trial == 0)
+                    result = run_trial(
+                        run.config, data, folder, cfg["scan"]["seed"] + trial,
+                        save_predictions_file=save, progress=progress,
+                        extra={"study": run.study, "label": run.label, "column": run.column, "trial": trial,
+                               "run_key": run.key},
+                    )
+                finally:
+                    _release(folder)
+                summary["trained"] += 1
+                invocation.update(trained=summary["trained"], skipped=summary["skipped"])
+                update_manifest(run_dir, "scan", cfg, invocation=invocation)
+                if on_trial is not None:
+                    on_trial(run, trial, result)
+    except BaseException:
+        status = "interrupted"
+        raise
+    finally:
+        invocation.update(status=status, finished_utc=_now(), trained=summary["trained"], skipped=summary["skipped"])
+        update_manifest(run_dir, "scan", cfg, invocation=invocation)
+    outputs = build_outputs(cfg, run_dir, data, plots=cfg["scan"]["plots"] if plots is None else plots)
+    summary.update(outputs)
+    summary["total"] = total
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and figures from the results on disk
+# ----------------------------------------------------------------------------------------------
+def build_outputs(
+    cfg: Mapping[str, Any],
+    run_dir: Path,
+    data: Optional[PreparedData] = None,
+    *,
+    plots: bool = True,
+    tables: bool = True,
+) -> dict[str, Any]:
+    """Tables (and figures) from the finished trials in ``run_dir``.
+
+    Args:
+        data: the prepared data (its fingerprint selects results; None: the manifest's).
+    """
+    import json
+
+    from hepms.study.tables import study_tables, write_tables
+
+    run_dir = Path(run_dir)
+    planned = expand_studies(cfg)
+    fingerprint = data.fingerprint if data is not None else None
+    info: Mapping[str, Any] = data.info if data is not None else {}
+    if data is None:
+        try:
+            manifest = json.loads((run_dir / "manifest.json").read_text())
+            fingerprint, info = manifest.get("data_fingerprint"), manifest.get("data", {})
+        except (OSError, ValueError):
+            pass
+    results = collect_results(run_dir, planned, fingerprint)
+    out: dict[str, Any] = {"tables": [], "figures": []}
+    table_data = study_tables(cfg, planned, results)
+    if tables:
+        out["tables"] = [str(p) for p in write_tables(run_dir / "tables", table_data, cfg["scan"]["reference"])]
+    if plots:
+        out["figures"] = [str(p) for p in scan_figures(cfg, run_dir, planned, results, table_data, info)]
+    done = {k: len(v) for k, v in results.items()}
+    out["finished_trials"] = sum(done.values())
+    out["configurations"] = len(done)
+    out["configurations_with_results"] = sum(1 for v in done.values() if v)
+    update_manifest(run_dir, "scan", cfg, results={"finished_trials": out["finished_trials"],
+                                                   "configurations": out["configurations"],
+                                                   "per_configuration": {r.folder: done[r.key] for r in unique_runs(planned)},
+                                                   "tables_utc": _now()})
+    return out
+
+
+def _first(planned: Sequence[PlannedRun], ref: str) -> list[PlannedRun]:
+    return [r for r in planned if r.ref == ref]
+
+
+def scan_figures(
+    cfg: Mapping[str, Any],
+    run_dir: Path,
+    planned: Sequence[PlannedRun],
+    results: Mapping[str, Sequence[Mapping[str, Any]]],
+    tables: Mapping[str, Mapping[str, Any]],
+    info: Mapping[str, Any],
+) -> list[Path]:
+    """The scan's figures: single-run figures of the showcase run, ROC overlays, loss weights per
+    epoch, box plots, latent space. Figures whose inputs do not exist yet are skipped (logged)."""
+    from hepms.study import plots
+
+    style = plots.FigureStyle.from_config(cfg["plot"], run_dir / "figures", info)
+    figs = cfg["scan"]["figures"]
+    written: list[Path] = []
+
+    def predictions_of(run: PlannedRun) -> Optional[dict]:
+        for res in results.get(run.key, []):
+            path = Path(res["_folder"]) / "predictions.npz"
+            if path.is_file():
+                return load_predictions(path)
+        return None
+
+    def describe(run: PlannedRun) -> str:
+        return f"{run.label} [{run.column}]" if run.column else run.label
+
+    if figs["showcase"]:
+        for run in _first(planned, figs["showcase"])[:1]:
+            pred = predictions_of(run)
+            if pred is None:
+                log.info("no predictions of %s yet: single-run figures skipped", run.ref)
+                continue
+            written += plots.run_figures(style, pred, cfg["evaluate"], describe(run),
+                                         max_latent_points=cfg["plot"]["latent_points"])
+    if figs["roc"]:
+        columns: list[str] = []
+        for ref in figs["roc"]:
+            for r in _first(planned, ref):
+                if r.column not in columns:
+                    columns.append(r.column)
+        for column in columns:
+            curves_tau, curves_event = {}, {}
+            for ref in figs["roc"]:
+                for run in _first(planned, ref):
+                    if run.column != column:
+                        continue
+                    pred = predictions_of(run)
+                    if pred is None:
+                        continue
+                    curves_tau[run.label] = (pred["jet_labels"], pred["tau_logit"])
+                    curves_event[run.label] = (pred["event_labels"], pred["event_logit"])
+            suffix = f"_{column}" if column else ""
+            if curves_tau:
+                written += plots.roc_figure(style, "tau", curves_tau, f"roc_tau_compare{suffix}")
+                written += plots.roc_figure(style, "event", curves_event, f"roc_event_compare{suffix}")
+    for ref in figs["weights"]:
+        for run in _first(planned, ref):
+            found = results.get(run.key, [])
+            if not found:
+                continue
+            tasks = list(found[0].get("weight_tasks", {}).get("joint", ["tau", "event"]))
+            title = describe(run)
+            stem = "weights_" + run.folder.rsplit("-", 1)[0]
+            written += plots.weights_figure(style, [r["epochs"] for r in found], tasks, title, stem, phase="joint")
+    for name, table in tables.items():
+        if table["kind"] != "boxplot":
+            continue
+        values: dict[str, dict[Any, list]] = {}
+        for row in table["rows"]:
+            group = str(row["group"] or row["label"]) + (f" [{row['column']}]" if row["column"] else "")
+            values.setdefault(group, {})[row["x"]] = row["auc_event"]["values"]
+        if any(v for g in values.values() for v in g.values()):
+            x = table["x"] or "x"
+            xlabel = "intermediate size k" if x == "model.k" else x
+            written += plots.boxplot_figure(style, values, xlabel, "downstream (H/Z) test AUC", f"{name}_boxplot")
+    if figs["latent"]:
+        for run in _first(planned, figs["latent"])[:1]:
+            pred = predictions_of(run)
+            if pred is not None:
+                written += plots.latent_figure(style, pred["intermediate"], pred["jet_labels"],
+                                               cfg["plot"]["latent_points"], "latent_space")
+    return written
