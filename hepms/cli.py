@@ -217,9 +217,10 @@ def plot(args: argparse.Namespace) -> int:
 @_configured
 def scan(args: argparse.Namespace) -> int:
     """Run the configured studies' trials (resumable), then tables and figures."""
-    from hepms.study.scan import run_scan
+    from hepms.study.scan import exit_on_sigterm, run_scan
 
     cfg, run_dir, _ = _load(args)
+    exit_on_sigterm()  # a killed scan releases its trial lock and records itself as interrupted
 
     def report(run, trial, result) -> None:
         m = result["metrics"]

@@ -309,3 +309,32 @@ def test_run_script_publishes_tables_and_key_figures(sample: Path, tmp_path: Pat
     out = subprocess.run([sys.executable, str(REPO / "analyses" / "htautau" / "run.py"), "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "quick" in out.stdout and "full" in out.stdout
+
+
+def test_killed_scan_releases_its_lock_and_resumes(sample: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import yaml
+
+    run_dir = tmp_path / "scan"
+    cfg = small_scan(sample, run_dir, trials=1)
+    cfg["trainer"].update(epochs=200, patience=200)  # long enough to be killed mid-trial
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "hepms.cli", "scan", str(config), "--only", "balance/fixed",
+                             "--no-plots"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    checkpoints: list = []
+    while not checkpoints and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        checkpoints = list(run_dir.glob("trials/*/trial_000/checkpoint.pt"))
+    assert checkpoints, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    folder = checkpoints[0].parent
+    assert not (folder / "lock").exists() and not (folder / "result.json").exists()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["invocations"][-1]["status"] == "interrupted"
+    # (continuing from that checkpoint is tested in test_scan_runs_skips_redoes_and_resumes)

@@ -101,6 +101,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg["threads"] is not None:
         torch.set_num_threads(cfg["threads"])
     run_dir = Path(cfg["run_dir"])
+    from hepms.study.scan import exit_on_sigterm
+
+    exit_on_sigterm()  # a killed run releases its lock and records itself as interrupted
     if args.publish_only:
         out = build_outputs(cfg, run_dir, plots=not args.no_plots)
         print(f"{out['finished_trials']} finished trials in {out['configurations_with_results']}/{out['configurations']} configurations")

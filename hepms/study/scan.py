@@ -33,7 +33,19 @@ from hepms.study.runner import load_predictions, read_result, run_trial, version
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_scan", "collect_results", "build_outputs", "trial_folder", "update_manifest"]
+__all__ = ["run_scan", "collect_results", "build_outputs", "trial_folder", "config_folder", "update_manifest",
+           "exit_on_sigterm"]
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, a batch system's time limit) into ``SystemExit``, so that a stopped
+    scan releases its trial lock and records itself as interrupted; the trial resumes next time."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def config_folder(run_dir: Path, run: PlannedRun) -> Path:
@@ -79,8 +91,9 @@ def update_manifest(run_dir: Path, kind: str, cfg: Mapping[str, Any], **fields: 
     invocation = fields.pop("invocation", None)
     if invocation is not None:
         invocations = manifest.setdefault("invocations", [])
-        if invocations and invocations[-1].get("id") == invocation.get("id"):
-            invocations[-1] = invocation
+        same = [i for i, entry in enumerate(invocations) if entry.get("id") == invocation.get("id")]
+        if same:  # several scans may share the directory: update this one's entry in place
+            invocations[same[-1]] = invocation
         else:
             invocations.append(invocation)
     manifest.update(fields)
