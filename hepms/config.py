@@ -36,6 +36,7 @@ __all__ = [
     "ConfigError",
     "Key",
     "SCHEMA",
+    "schema",
     "load_config",
     "apply_overrides",
     "parse_override",

@@ -338,3 +338,23 @@ def test_killed_scan_releases_its_lock_and_resumes(sample: Path, tmp_path: Path)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["invocations"][-1]["status"] == "interrupted"
     # (continuing from that checkpoint is tested in test_scan_runs_skips_redoes_and_resumes)
+
+
+def test_manifest_marks_scans_that_died_without_a_word_as_killed(tmp_path: Path) -> None:
+    # SIGKILL or a power cut leaves an invocation "running" for ever; the next scan that updates
+    # the manifest sees that its process is gone and says so.
+    import socket
+
+    from hepms.study.scan import update_manifest
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cfg = load_config(CONFIG / "quick.yaml")
+    running = {"id": f"{dead.pid}-1", "host": socket.gethostname(), "status": "running"}
+    foreign = {"id": f"{dead.pid}-2", "host": "another-machine", "status": "running"}
+    alive = {"id": f"{os.getpid()}-3", "host": socket.gethostname(), "status": "running"}
+    for entry in (running, foreign, alive):
+        update_manifest(tmp_path, "scan", cfg, invocation=dict(entry))
+    manifest = update_manifest(tmp_path, "scan", cfg, invocation={"id": "new", "status": "running"})
+    status = {entry["id"]: entry["status"] for entry in manifest["invocations"]}
+    assert status == {running["id"]: "killed", foreign["id"]: "running", alive["id"]: "running", "new": "running"}

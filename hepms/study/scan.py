@@ -91,6 +91,13 @@ def update_manifest(run_dir: Path, kind: str, cfg: Mapping[str, Any], **fields: 
     invocation = fields.pop("invocation", None)
     if invocation is not None:
         invocations = manifest.setdefault("invocations", [])
+        for entry in invocations:
+            # A scan killed without a chance to record it (SIGKILL, power loss) stays "running":
+            # mark it once its process is gone.
+            pid = str(entry.get("id", "")).split("-")[0]
+            if entry.get("status") == "running" and pid.isdigit() and entry.get("host", socket.gethostname()) \
+                    == socket.gethostname() and not _pid_alive(int(pid)):
+                entry["status"] = "killed"
         same = [i for i, entry in enumerate(invocations) if entry.get("id") == invocation.get("id")]
         if same:  # several scans may share the directory: update this one's entry in place
             invocations[same[-1]] = invocation
@@ -225,7 +232,7 @@ def run_scan(
     wanted = {r.key for r in selected}
     todo = [r for r in unique_runs(planned) if r.key in wanted]
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    invocation = {"id": f"{os.getpid()}-{time.time():.0f}", "started_utc": _now(),
+    invocation = {"id": f"{os.getpid()}-{time.time():.0f}", "host": socket.gethostname(), "started_utc": _now(),
                   "command": list(command or sys.argv), "trials": trials, "only": list(only),
                   "trained": 0, "skipped": 0, "status": "running"}
     data = prepare_data(cfg, run_dir / "cache", progress)
