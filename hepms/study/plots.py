@@ -290,7 +290,7 @@ def weights_figure(
             line = ax.plot(epochs, mean, marker="o", ms=3, label=names.get(task, task))[0]
             ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     top.set_ylabel("loss weight")
-    top.legend(title=f"{title} ({len(histories)} trials)", fontsize="x-small", title_fontsize="small")
+    top.legend(title=f"{title} ({len(histories)} trial{'' if len(histories) == 1 else 's'})", fontsize="x-small", title_fontsize="small")
     bottom.set_ylabel(r"weighted training loss $w_i L_i$")
     bottom.set_xlabel("epoch")
     style.label(top)
