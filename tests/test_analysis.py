@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from hepms.config import ConfigError, load_config, validate
 from hepms.study.plan import expand_studies, unique_runs
@@ -21,12 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "analyses" / "htautau" / "config"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

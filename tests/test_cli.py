@@ -17,13 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "analyses" / "htautau" / "config" / "study.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors on a shared 2-core machine: one intra-op thread is faster and predictable.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -13,18 +13,7 @@ from hepms.nn import DeepSets, EventClassifier, MultiStep, Pooling, TauID, run
 from hepms.nn.padded import PaddedBatch, deepsets_padded, multistep_padded, pad
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run this module's small tensors on one intra-op thread (restored afterwards).
-
-    With the 2-core machine shared by other jobs, OpenMP regions whose threads get descheduled
-    spin at their barriers: small-tensor training then runs 10-50x slower with 2 threads than
-    with 1. One thread keeps the run time predictable; the assertions hold either way.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 

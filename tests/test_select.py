@@ -24,13 +24,7 @@ from hepms.select.scaling import fit_all, fit_power_law, time_methods
 ak = pytest.importorskip("awkward")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny tensors on a shared 2-core machine run faster and steadier."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
