@@ -1,6 +1,8 @@
 """Fixtures shared by the test modules."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -18,3 +20,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 H + 100 Z events at <mu> = 5, made once per test session through ``hepms generate``.
+
+    Generating it costs several seconds of Pythia 8 + FastJet; the CLI and analysis tests share it.
+    Going through the command line (rather than ``hepms.generate.generate``) keeps the CLI's
+    generate path covered end to end.
+    """
+    from hepms.cli import main
+
+    path = tmp_path_factory.getbasetemp() / "hepms_tiny_sample"
+    rc = main(["generate", str(path), "--events", "100", "--mu", "5", "--seed", "7", "--workers", "1",
+               "--pileup-pool", "200", "--no-progress"])
+    assert rc == 0, "hepms generate failed for the shared tiny sample"
+    return path

@@ -24,14 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny sample of this session (made by tests/test_cli.py's helper when run first)."""
-    path = tmp_path_factory.getbasetemp() / "hepms_tiny_sample"
-    if not (path / "manifest.json").is_file():
-        from hepms.generate import generate
-
-        generate(path, events_per_process=100, mu=5, seed=7, workers=1, pileup_pool=200, progress=False)
-    return path
+def sample(tiny_sample: Path) -> Path:
+    return tiny_sample
 
 
 def small_scan(sample: Path, run_dir: Path, **scan) -> dict:

@@ -20,19 +20,9 @@ STUDY = REPO / "analyses" / "htautau" / "config" / "study.yaml"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """100 H + 100 Z events at <mu> = 5, shared by the test modules of this session."""
-    path = tmp_path_factory.getbasetemp() / "hepms_tiny_sample"
-    if not (path / "manifest.json").is_file():
-        rc = main(["generate", str(path), "--events", "100", "--mu", "5", "--seed", "7", "--workers", "1",
-                   "--pileup-pool", "200", "--no-progress"])
-        assert rc == 0
-    return path
-
-
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_sample(tmp_path_factory)
+def sample(tiny_sample: Path) -> Path:
+    return tiny_sample
 
 
 def write_config(path: Path, sample: Path, run_dir: Path, **sections) -> Path:
