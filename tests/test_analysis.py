@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hepms.config import ConfigError, load_config, validate
+from hepms.config import ConfigError, load_config, settings_hash, validate
 from hepms.study.plan import expand_studies, unique_runs
 from hepms.study.scan import collect_results, run_scan, trial_folder
 from hepms.study.tables import fmt_mean_std, summarise
@@ -119,6 +119,34 @@ def test_extends_merges_and_overrides(tmp_path: Path) -> None:
     loop.write_text("extends: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(loop)
+
+
+def test_new_option_at_its_default_keeps_every_run_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a schema key must not orphan finished trials; setting it away from its default must
+    make a new configuration."""
+    import copy
+
+    import hepms.study.plan as plan
+    from hepms.config import Key, schema
+
+    cfg = load_config(CONFIG / "full.yaml")
+    extended = copy.deepcopy(schema())
+    extended["trainer"]["new_option"] = Key(0.5, "an option added after run-key version 1", "float")
+    extended["model"]["new_width"] = Key([8], "another one", "list[int]")
+    monkeypatch.setattr(plan, "schema", lambda: extended)
+    with_defaults = copy.deepcopy(cfg)
+    with_defaults["trainer"]["new_option"] = 0.5
+    with_defaults["model"]["new_width"] = [8]
+    assert plan.run_settings(with_defaults) == plan.run_settings(cfg)
+    changed = copy.deepcopy(with_defaults)
+    changed["trainer"]["new_option"] = 0.25
+    assert settings_hash(plan.run_settings(changed)) != settings_hash(plan.run_settings(cfg))
+    # The version-1 keys always count, even at their default, and they all exist in the schema.
+    assert "monitor" in plan.run_settings(cfg)["trainer"]
+    spec = schema()
+    for keys, section in ((plan._V1_DATA_KEYS, spec["data"]), (plan._V1_GENERATE_KEYS, spec["data"]["generate"]),
+                          (plan._V1_MODEL_KEYS, spec["model"]), (plan._V1_TRAINER_KEYS, spec["trainer"])):
+        assert keys <= set(section), keys - set(section)
 
 
 def test_existing_sample_must_match_the_generation_settings(sample: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
-from hepms.config import STUDY_KINDS, ConfigError, get, set_key, settings_hash, validate
+from hepms.config import STUDY_KINDS, ConfigError, Key, get, schema, set_key, settings_hash, validate
 
 __all__ = ["PlannedRun", "expand_studies", "run_settings", "unique_runs", "grid_label"]
 
@@ -62,16 +62,50 @@ class PlannedRun:
         return f"{self.slug}-{self.key[:8]}"
 
 
+# The keys of each results-defining section when run keys were introduced (run-key version 1).
+# These always enter the hash. A key added to the schema later enters it only when it is set away
+# from its default: a new option with a default then leaves the keys (and the folders) of every
+# finished trial unchanged, instead of orphaning the whole study. Never edit these sets; add the
+# new key to the schema only.
+_V1_DATA_KEYS = frozenset({"path", "max_jets", "max_constituents", "min_jets", "max_events", "jet_features",
+                           "constituent_features", "fractions", "split_seed"})
+_V1_GENERATE_KEYS = frozenset({"events_per_process", "mu", "seed", "pileup_pool"})
+_V1_MODEL_KEYS = frozenset({"connection", "k", "aux", "regression", "tau", "event"})
+_V1_TRAINER_KEYS = frozenset({"strategy", "balancer", "balancer_options", "upstream_loss", "lr", "batch_size",
+                              "epochs", "patience", "monitor"})
+
+
+def _stable_section(values: Mapping[str, Any], defaults: Mapping[str, Any], v1_keys: frozenset[str],
+                    ignored: Sequence[str]) -> dict[str, Any]:
+    """``values`` without ``ignored`` keys and without post-v1 keys left at their default."""
+    out = {}
+    for name, value in values.items():
+        if name in ignored:
+            continue
+        if name not in v1_keys and isinstance(defaults.get(name), Key) and value == defaults[name].default:
+            continue
+        out[name] = value
+    return out
+
+
 def run_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings that define a configuration's results (not where or how fast it runs)."""
-    data = {k: v for k, v in cfg["data"].items() if k not in ("cache", "generate")}
-    generate = {k: v for k, v in cfg["data"]["generate"].items() if k not in ("enabled", "workers")}
-    trainer = {k: v for k, v in cfg["trainer"].items() if k not in ("device", "eval_batch_size")}
+    """The settings that define a configuration's results (not where or how fast it runs).
+
+    Their hash is the run key that names a configuration's folder and lets scans reuse finished
+    trials. Keys added to the schema after run-key version 1 count only when set away from their
+    default, so adding an option does not change the key of any existing configuration.
+    """
+    spec = schema()
+    data = _stable_section(cfg["data"], spec["data"], _V1_DATA_KEYS, ("cache", "generate"))
+    generate = _stable_section(cfg["data"]["generate"], spec["data"]["generate"], _V1_GENERATE_KEYS,
+                               ("enabled", "workers"))
+    model = _stable_section(cfg["model"], spec["model"], _V1_MODEL_KEYS, ())
+    trainer = _stable_section(cfg["trainer"], spec["trainer"], _V1_TRAINER_KEYS, ("device", "eval_batch_size"))
     if trainer["strategy"] == "w1_zero":
         # The upstream loss has weight 0, so its form (BCE or MSE) cannot change the training:
         # both are one configuration, trained once.
         trainer["upstream_loss"] = "bce"
-    return {"data": data, "generate": generate, "model": cfg["model"], "trainer": trainer}
+    return {"data": data, "generate": generate, "model": model, "trainer": trainer}
 
 
 def grid_label(point: Mapping[str, Any]) -> str:
