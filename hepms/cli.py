@@ -90,6 +90,7 @@ def info(args: argparse.Namespace) -> int:
         from hepms import _C
 
         print(f"compiled kernels: yes (CUDA kernels built: {_C.with_cuda}, built against torch {_C.torch_version})")
+        print(f"CPU kernel variant: {_C.cpu_capability()} (AVX2 + FMA + F16C supported: {_C.cpu_supports_avx2()})")
     else:
         print("compiled kernels: NO (pure-PyTorch fallback in use)")
     print(f"CUDA available at run time: {torch.cuda.is_available()}")

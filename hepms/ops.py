@@ -49,6 +49,8 @@ __all__ = [
     "set_validation",
     "validation",
     "extension_available",
+    "cpu_capability",
+    "set_cpu_capability",
 ]
 
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -78,6 +80,12 @@ def _load_extension() -> bool:
         )
         _define_python_ops()
         return False
+    requested = os.environ.get("HEPMS_CPU_CAPABILITY", "")
+    if requested:
+        try:
+            _C.set_cpu_capability(requested)
+        except ValueError as error:
+            raise ValueError(f"environment variable HEPMS_CPU_CAPABILITY={requested!r}: {error}") from error
     return True
 
 
@@ -124,6 +132,38 @@ HAS_EXTENSION: bool = _load_extension()
 def extension_available() -> bool:
     """True when the compiled kernels (``hepms._C``) are in use, False for the Python fallback."""
     return HAS_EXTENSION
+
+
+def cpu_capability() -> str:
+    """Which CPU kernels run: ``"avx2"`` (AVX2 + FMA + F16C), ``"baseline"`` (x86-64 SSE2, or
+    any other CPU) or ``"python"`` (the pure-PyTorch fallback, no compiled extension).
+
+    The extension is compiled for baseline x86-64 so that it loads everywhere; its hot loops are
+    compiled a second time for AVX2 and the best variant the CPU supports is chosen when it loads.
+    The AVX2 variant matters most for float16 (hardware conversion) and float64 max.
+    """
+    if not HAS_EXTENSION:
+        return "python"
+    from hepms import _C
+
+    return _C.cpu_capability()
+
+
+def set_cpu_capability(name: str) -> None:
+    """Select the CPU kernels: ``"auto"`` (the best the CPU supports), ``"baseline"`` or ``"avx2"``.
+
+    For comparisons and tests; the environment variable ``HEPMS_CPU_CAPABILITY`` does the same
+    when hepms is imported. Both variants give the same results up to float rounding order.
+
+    Raises:
+        ValueError: an unknown name, or ``"avx2"`` on a CPU without AVX2, FMA or F16C.
+        RuntimeError: the compiled extension is not in use.
+    """
+    if not HAS_EXTENSION:
+        raise RuntimeError("set_cpu_capability needs the compiled extension hepms._C, which is not in use")
+    from hepms import _C
+
+    _C.set_cpu_capability(name)
 
 
 # --------------------------------------------------------------------------------------------

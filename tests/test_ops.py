@@ -393,6 +393,94 @@ def test_raw_op_rejects_int32_offsets_with_a_clear_error():
 
 
 # ----------------------------------------------------------------------------------------------
+# CPU kernel variants: baseline x86-64 and AVX2 + FMA + F16C, chosen at run time
+# ----------------------------------------------------------------------------------------------
+NEEDS_EXTENSION = pytest.mark.skipif(not hepms.extension_available(), reason="compiled extension not in use")
+
+
+def _avx2_supported() -> bool:
+    if not hepms.extension_available():
+        return False
+    from hepms import _C
+
+    return bool(_C.cpu_supports_avx2())
+
+
+@pytest.fixture
+def restore_cpu_capability():
+    previous = hepms.ops.cpu_capability()
+    yield
+    if previous != "python":
+        hepms.ops.set_cpu_capability(previous)
+
+
+def _variant_inputs(dtype: torch.dtype, extremes: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Widths that are and are not multiples of the vector length and of the 128-feature block,
+    empty / one-row / long segments and ties; with ``extremes``: NaN, +-inf and float16 extremes
+    (subnormals, 65504)."""
+    generator = torch.Generator().manual_seed(11)
+    counts = [0, 1, 7, 0, 300, 2, 1, 65, 0]
+    offsets = make_offsets(counts)
+    n = int(offsets[-1])
+    values = (torch.randn(n, 133, generator=generator, dtype=torch.float64) * 40).to(dtype)
+    values[1:8, 3] = values[1, 3]  # ties
+    if not extremes:
+        return values, offsets
+    values[10, :9] = float("nan")
+    values[20, 9:17] = float("inf")
+    values[21, 12:20] = float("-inf")
+    if dtype == torch.float16:
+        values[30:300, 40] = 65504.0  # the largest float16: the sum overflows to inf identically
+        values[30:40, 41] = 6e-8  # subnormal
+    return values, offsets
+
+
+@NEEDS_EXTENSION
+@pytest.mark.skipif(not _avx2_supported(), reason="this CPU lacks AVX2 + FMA + F16C")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("restore_cpu_capability")
+def test_cpu_variants_give_identical_results(dtype):
+    values, offsets = _variant_inputs(dtype, extremes=True)
+    results = {}
+    for variant in ("baseline", "avx2"):
+        hepms.ops.set_cpu_capability(variant)
+        assert hepms.ops.cpu_capability() == variant
+        assert_pools_match(*_variant_inputs(dtype, extremes=False))  # each variant is right on its own
+        maxima, argmax = hepms.segment_max(values, offsets)
+        results[variant] = (hepms.segment_sum(values, offsets), hepms.segment_mean(values, offsets), maxima, argmax)
+    # Same accumulation order and exact conversions: the variants agree bit for bit, NaN included.
+    for ours, theirs in zip(results["avx2"], results["baseline"]):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+
+
+@NEEDS_EXTENSION
+@pytest.mark.usefixtures("restore_cpu_capability")
+def test_set_cpu_capability_names_the_choices():
+    with pytest.raises(ValueError, match="'auto', 'baseline' or 'avx2'"):
+        hepms.ops.set_cpu_capability("avx512")
+    hepms.ops.set_cpu_capability("baseline")
+    assert hepms.ops.cpu_capability() == "baseline"
+    hepms.ops.set_cpu_capability("auto")
+    assert hepms.ops.cpu_capability() == ("avx2" if _avx2_supported() else "baseline")
+    if not _avx2_supported():
+        with pytest.raises(ValueError, match="lacks AVX2"):
+            hepms.ops.set_cpu_capability("avx2")
+
+
+@NEEDS_EXTENSION
+def test_cpu_capability_environment_variable():
+    script = "import hepms; print(hepms.ops.cpu_capability())"
+    env = dict(os.environ, HEPMS_CPU_CAPABILITY="baseline")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "baseline"
+    env["HEPMS_CPU_CAPABILITY"] = "fastest"
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "HEPMS_CPU_CAPABILITY='fastest'" in result.stderr and "'auto', 'baseline' or 'avx2'" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
 # The pure-PyTorch fallback (extension disabled) gives the same results
 # ----------------------------------------------------------------------------------------------
 FALLBACK_SCRIPT = r"""

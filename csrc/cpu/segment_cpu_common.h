@@ -6,13 +6,25 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include <c10/util/Half.h>
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
+
+#include "cpu_capability.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if HEPMS_HAVE_AVX2_PATH
+#include <immintrin.h>
+#endif
+
+// Forces a helper into its caller, so that a body shared by the baseline and AVX2 kernels is
+// compiled for the instruction set of each caller.
+#define HEPMS_ALWAYS_INLINE inline __attribute__((always_inline))
 
 namespace hepms {
 
@@ -78,6 +90,47 @@ inline at::Tensor allocate_row_output(const int64_t* offsets, int64_t num_segmen
   at::Tensor out = at::empty(shape, options);
   advise_huge_pages(out.data_ptr(), out.nbytes());
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// float16 <-> float32 rows. Without F16C every value goes through c10::Half's bit-twiddling
+// software conversion, which the compiler does not vectorize (float16 pooling was 4-10x slower
+// than float32). With F16C, 8 values convert in one instruction.
+// ---------------------------------------------------------------------------------------------
+#if HEPMS_HAVE_AVX2_PATH
+HEPMS_TARGET_AVX2 inline void half_to_float_f16c(const c10::Half* __restrict__ src,
+                                                 float* __restrict__ dst, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j))));
+  for (; j < n; ++j) dst[j] = _cvtsh_ss(src[j].x);
+}
+
+HEPMS_TARGET_AVX2 inline void float_to_half_f16c(const float* __restrict__ src,
+                                                 c10::Half* __restrict__ dst, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + j), _MM_FROUND_TO_NEAREST_INT));
+  for (; j < n; ++j) dst[j].x = _cvtss_sh(src[j], _MM_FROUND_TO_NEAREST_INT);
+}
+#endif
+
+// True for the element types whose rows are widened into a float buffer by F16C on the AVX2 path.
+template <typename scalar_t>
+constexpr bool kWidenWithF16c = HEPMS_HAVE_AVX2_PATH && std::is_same_v<scalar_t, c10::Half>;
+
+// Writes n accumulator values to an output row of scalar_t (rounded to nearest, as static_cast).
+template <bool kAvx2, typename scalar_t, typename acc_t>
+HEPMS_ALWAYS_INLINE void store_row(const acc_t* __restrict__ src, scalar_t* __restrict__ dst,
+                                   int64_t n) {
+#if HEPMS_HAVE_AVX2_PATH
+  if constexpr (kAvx2 && kWidenWithF16c<scalar_t>) {
+    float_to_half_f16c(src, dst, n);
+    return;
+  }
+#endif
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
 }
 
 }  // namespace hepms

@@ -21,63 +21,127 @@
 namespace hepms {
 namespace {
 
+// Arguments of the forward, shared by the tasks.
 template <typename scalar_t>
-void max_forward(const scalar_t* __restrict__ values, const int64_t* __restrict__ offsets,
-                 scalar_t* __restrict__ out, int64_t* __restrict__ argmax, int64_t num_segments,
-                 int64_t width, int64_t num_rows) {
+struct MaxArgs {
+  const scalar_t* __restrict__ values;
+  const int64_t* __restrict__ offsets;
+  scalar_t* __restrict__ out;
+  int64_t* __restrict__ argmax;
+  int64_t width;
+  int64_t num_rows;
+  TaskSplit split;
+};
+
+// best[j] / where[j] take row[j] when it is larger, or the first NaN: the compare-and-select
+// that the compiler vectorizes (ties keep the earlier row). Reading row[j] with a cast inside the
+// loop keeps it one pass over the row for float and double.
+template <typename acc_t, typename src_t, typename index_t>
+HEPMS_ALWAYS_INLINE void take_larger(const src_t* __restrict__ row, acc_t* __restrict__ best,
+                                     index_t* __restrict__ where, index_t index, int64_t w) {
+  for (int64_t j = 0; j < w; ++j) {
+    const acc_t x = static_cast<acc_t>(row[j]);
+    // = x > best, or x is NaN while best is not: two compares, no branch.
+    const bool take = !(x <= best[j]) & (best[j] == best[j]);
+    best[j] = take ? x : best[j];
+    // The index select as mask arithmetic: written as `take ? index : where[j]`, GCC does not
+    // vectorize it for double (a 64-bit float compare selecting 64-bit integers).
+    const index_t mask = -static_cast<index_t>(take);
+    where[j] = (index & mask) | (where[j] & ~mask);
+  }
+}
+
+// The row as acc_t values: float16 rows are widened by F16C into `scratch` first (kWiden),
+// other rows are read in place (and cast by take_larger).
+template <bool kWiden, typename scalar_t, typename acc_t>
+HEPMS_ALWAYS_INLINE auto as_acc(const scalar_t* __restrict__ row, acc_t* __restrict__ scratch, int64_t w) {
+#if HEPMS_HAVE_AVX2_PATH
+  if constexpr (kWiden) {
+    half_to_float_f16c(row, scratch, w);
+    return static_cast<const acc_t*>(scratch);
+  } else
+#endif
+  {
+    (void)scratch;
+    (void)w;
+    return row;
+  }
+}
+
+// Tasks [first, last) of the forward. Inlined into a baseline and an AVX2 caller (below), so the
+// same source is compiled for each instruction set.
+template <typename scalar_t, bool kAvx2>
+HEPMS_ALWAYS_INLINE void max_tasks(const MaxArgs<scalar_t>& a, int64_t first, int64_t last) {
   using acc_t = at::opmath_type<scalar_t>;
   using rel_t = std::conditional_t<sizeof(acc_t) == 8, int64_t, int32_t>;
-  const TaskSplit split(num_segments, width, num_rows);
-  at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
-    acc_t best[kFeatureBlock];
-    rel_t where[kFeatureBlock];
-    int64_t where_long[kFeatureBlock];
-    for (int64_t task = first; task < last; ++task) {
-      const int64_t seg = task / split.num_blocks;
-      const int64_t f0 = (task % split.num_blocks) * kFeatureBlock;
-      const int64_t w = std::min<int64_t>(kFeatureBlock, width - f0);
-      int64_t begin = offsets[seg], end = offsets[seg + 1];
-      clamp_segment(begin, end, num_rows);
-      scalar_t* dst = out + seg * width + f0;
-      int64_t* dst_arg = argmax + seg * width + f0;
-      if (end <= begin) {  // empty set: 0 and no arg-max
-        for (int64_t j = 0; j < w; ++j) {
-          dst[j] = scalar_t(0);
-          dst_arg[j] = -1;
-        }
-        continue;
+  constexpr bool kWiden = kAvx2 && kWidenWithF16c<scalar_t>;
+  acc_t best[kFeatureBlock];
+  acc_t x[kFeatureBlock];
+  rel_t where[kFeatureBlock];
+  int64_t where_long[kFeatureBlock];
+  for (int64_t task = first; task < last; ++task) {
+    const int64_t seg = task / a.split.num_blocks;
+    const int64_t f0 = (task % a.split.num_blocks) * kFeatureBlock;
+    const int64_t w = std::min<int64_t>(kFeatureBlock, a.width - f0);
+    int64_t begin = a.offsets[seg], end = a.offsets[seg + 1];
+    clamp_segment(begin, end, a.num_rows);
+    scalar_t* dst = a.out + seg * a.width + f0;
+    int64_t* dst_arg = a.argmax + seg * a.width + f0;
+    if (end <= begin) {  // empty set: 0 and no arg-max
+      for (int64_t j = 0; j < w; ++j) {
+        dst[j] = scalar_t(0);
+        dst_arg[j] = -1;
       }
-      const scalar_t* row0 = values + begin * width + f0;
-      for (int64_t j = 0; j < w; ++j) best[j] = static_cast<acc_t>(row0[j]);
-      if (end - begin <= std::numeric_limits<rel_t>::max()) {
-        for (int64_t j = 0; j < w; ++j) where[j] = 0;
-        for (int64_t r = begin + 1; r < end; ++r) {
-          const scalar_t* row = values + r * width + f0;
-          const rel_t rel = static_cast<rel_t>(r - begin);
-          for (int64_t j = 0; j < w; ++j) {
-            const acc_t x = static_cast<acc_t>(row[j]);
-            const bool take = (x > best[j]) | ((x != x) & (best[j] == best[j]));
-            best[j] = take ? x : best[j];
-            where[j] = take ? rel : where[j];
-          }
-        }
-        for (int64_t j = 0; j < w; ++j) dst_arg[j] = begin + where[j];
-      } else {  // a segment longer than the relative index type can count (2^31 rows)
-        for (int64_t j = 0; j < w; ++j) where_long[j] = begin;
-        for (int64_t r = begin + 1; r < end; ++r) {
-          const scalar_t* row = values + r * width + f0;
-          for (int64_t j = 0; j < w; ++j) {
-            const acc_t x = static_cast<acc_t>(row[j]);
-            const bool take = (x > best[j]) | ((x != x) & (best[j] == best[j]));
-            best[j] = take ? x : best[j];
-            where_long[j] = take ? r : where_long[j];
-          }
-        }
-        for (int64_t j = 0; j < w; ++j) dst_arg[j] = where_long[j];
-      }
-      for (int64_t j = 0; j < w; ++j) dst[j] = static_cast<scalar_t>(best[j]);
+      continue;
     }
+    const auto* row0 = as_acc<kWiden>(a.values + begin * a.width + f0, x, w);
+    for (int64_t j = 0; j < w; ++j) best[j] = static_cast<acc_t>(row0[j]);
+    if (end - begin <= std::numeric_limits<rel_t>::max()) {
+      for (int64_t j = 0; j < w; ++j) where[j] = 0;
+      for (int64_t r = begin + 1; r < end; ++r) {
+        const auto* row = as_acc<kWiden>(a.values + r * a.width + f0, x, w);
+        take_larger(row, best, where, static_cast<rel_t>(r - begin), w);
+      }
+      for (int64_t j = 0; j < w; ++j) dst_arg[j] = begin + where[j];
+    } else {  // a segment longer than the relative index type can count (2^31 rows)
+      for (int64_t j = 0; j < w; ++j) where_long[j] = begin;
+      for (int64_t r = begin + 1; r < end; ++r) {
+        const auto* row = as_acc<kWiden>(a.values + r * a.width + f0, x, w);
+        take_larger(row, best, where_long, r, w);
+      }
+      for (int64_t j = 0; j < w; ++j) dst_arg[j] = where_long[j];
+    }
+    store_row<kAvx2>(best, dst, w);
+  }
+}
+
+#if HEPMS_HAVE_AVX2_PATH
+template <typename scalar_t>
+HEPMS_TARGET_AVX2 __attribute__((noinline)) void max_tasks_avx2(const MaxArgs<scalar_t>& a,
+                                                                int64_t first, int64_t last) {
+  max_tasks<scalar_t, true>(a, first, last);
+}
+#endif
+
+template <typename scalar_t>
+__attribute__((noinline)) void max_tasks_baseline(const MaxArgs<scalar_t>& a, int64_t first,
+                                                  int64_t last) {
+  max_tasks<scalar_t, false>(a, first, last);
+}
+
+template <typename scalar_t>
+void max_forward(const scalar_t* values, const int64_t* offsets, scalar_t* out, int64_t* argmax,
+                 int64_t num_segments, int64_t width, int64_t num_rows) {
+  const MaxArgs<scalar_t> args{values, offsets, out, argmax, width, num_rows,
+                               TaskSplit(num_segments, width, num_rows)};
+  const bool avx2 = cpu_capability() == CpuCapability::kAvx2;
+  at::parallel_for(0, args.split.num_tasks(), args.split.grain(), [&](int64_t first, int64_t last) {
+#if HEPMS_HAVE_AVX2_PATH
+    if (avx2) return max_tasks_avx2<scalar_t>(args, first, last);
+#endif
+    max_tasks_baseline<scalar_t>(args, first, last);
   });
+  (void)avx2;
 }
 
 // grad_values[argmax[s, f], f] = grad[s, f]; every other entry 0. Each task zeroes the rows of

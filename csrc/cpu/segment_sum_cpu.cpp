@@ -18,34 +18,79 @@
 namespace hepms {
 namespace {
 
-template <typename scalar_t, bool kMean>
-void sum_forward(const scalar_t* __restrict__ values, const int64_t* __restrict__ offsets,
-                 scalar_t* __restrict__ out, int64_t num_segments, int64_t width,
-                 int64_t num_rows) {
+// Arguments of the forward, shared by the tasks.
+template <typename scalar_t>
+struct SumArgs {
+  const scalar_t* __restrict__ values;
+  const int64_t* __restrict__ offsets;
+  scalar_t* __restrict__ out;
+  int64_t width;
+  int64_t num_rows;
+  TaskSplit split;
+};
+
+// Tasks [first, last) of the forward. Inlined into a baseline and an AVX2 caller (below), so the
+// same source is compiled for each instruction set.
+template <typename scalar_t, bool kMean, bool kAvx2>
+HEPMS_ALWAYS_INLINE void sum_tasks(const SumArgs<scalar_t>& a, int64_t first, int64_t last) {
   using acc_t = at::opmath_type<scalar_t>;
-  const TaskSplit split(num_segments, width, num_rows);
-  at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
-    acc_t acc[kFeatureBlock];
-    for (int64_t task = first; task < last; ++task) {
-      const int64_t seg = task / split.num_blocks;
-      const int64_t f0 = (task % split.num_blocks) * kFeatureBlock;
-      const int64_t w = std::min<int64_t>(kFeatureBlock, width - f0);
-      int64_t begin = offsets[seg], end = offsets[seg + 1];
-      clamp_segment(begin, end, num_rows);
-      for (int64_t j = 0; j < w; ++j) acc[j] = acc_t(0);
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* row = values + r * width + f0;
-        for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<acc_t>(row[j]);
+  constexpr bool kWiden = kAvx2 && kWidenWithF16c<scalar_t>;
+  acc_t acc[kFeatureBlock];
+  float widened[kWiden ? kFeatureBlock : 1];
+  (void)widened;
+  for (int64_t task = first; task < last; ++task) {
+    const int64_t seg = task / a.split.num_blocks;
+    const int64_t f0 = (task % a.split.num_blocks) * kFeatureBlock;
+    const int64_t w = std::min<int64_t>(kFeatureBlock, a.width - f0);
+    int64_t begin = a.offsets[seg], end = a.offsets[seg + 1];
+    clamp_segment(begin, end, a.num_rows);
+    for (int64_t j = 0; j < w; ++j) acc[j] = acc_t(0);
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* row = a.values + r * a.width + f0;
+#if HEPMS_HAVE_AVX2_PATH
+      if constexpr (kWiden) {
+        half_to_float_f16c(row, widened, w);
+        for (int64_t j = 0; j < w; ++j) acc[j] += widened[j];
+        continue;
       }
-      scalar_t* dst = out + seg * width + f0;
-      if (kMean && end > begin) {
-        const acc_t scale = acc_t(1) / static_cast<acc_t>(end - begin);
-        for (int64_t j = 0; j < w; ++j) dst[j] = static_cast<scalar_t>(acc[j] * scale);
-      } else {
-        for (int64_t j = 0; j < w; ++j) dst[j] = static_cast<scalar_t>(acc[j]);
-      }
+#endif
+      for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<acc_t>(row[j]);
     }
+    if (kMean && end > begin) {
+      const acc_t scale = acc_t(1) / static_cast<acc_t>(end - begin);
+      for (int64_t j = 0; j < w; ++j) acc[j] *= scale;
+    }
+    store_row<kAvx2>(acc, a.out + seg * a.width + f0, w);
+  }
+}
+
+#if HEPMS_HAVE_AVX2_PATH
+template <typename scalar_t, bool kMean>
+HEPMS_TARGET_AVX2 __attribute__((noinline)) void sum_tasks_avx2(const SumArgs<scalar_t>& a,
+                                                                int64_t first, int64_t last) {
+  sum_tasks<scalar_t, kMean, true>(a, first, last);
+}
+#endif
+
+template <typename scalar_t, bool kMean>
+__attribute__((noinline)) void sum_tasks_baseline(const SumArgs<scalar_t>& a, int64_t first,
+                                                  int64_t last) {
+  sum_tasks<scalar_t, kMean, false>(a, first, last);
+}
+
+template <typename scalar_t, bool kMean>
+void sum_forward(const scalar_t* values, const int64_t* offsets, scalar_t* out,
+                 int64_t num_segments, int64_t width, int64_t num_rows) {
+  const SumArgs<scalar_t> args{values, offsets, out, width, num_rows,
+                               TaskSplit(num_segments, width, num_rows)};
+  const bool avx2 = cpu_capability() == CpuCapability::kAvx2;
+  at::parallel_for(0, args.split.num_tasks(), args.split.grain(), [&](int64_t first, int64_t last) {
+#if HEPMS_HAVE_AVX2_PATH
+    if (avx2) return sum_tasks_avx2<scalar_t, kMean>(args, first, last);
+#endif
+    sum_tasks_baseline<scalar_t, kMean>(args, first, last);
   });
+  (void)avx2;
 }
 
 // out[r] = src[segment of r] (divided by the segment length for the mean's backward).
