@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../segment.h"
 #include "cpu_capability.h"
 
 #if defined(__linux__)
@@ -45,6 +46,21 @@ struct TaskSplit {
             1, (rows / std::max<int64_t>(1, segments) + 1) * std::min(width, kFeatureBlock))) {}
 
   int64_t num_tasks() const { return num_segments * num_blocks; }
+
+  // Task t: segment `seg`, features [f0, f0 + w), rows [begin, end) clamped to [0, num_rows).
+  struct Task {
+    int64_t seg, f0, w, begin, end;
+  };
+  Task at(int64_t t, const int64_t* offsets, int64_t width, int64_t num_rows) const {
+    Task task;
+    task.seg = t / num_blocks;
+    task.f0 = (t % num_blocks) * kFeatureBlock;
+    task.w = std::min<int64_t>(kFeatureBlock, width - task.f0);
+    task.begin = offsets[task.seg];
+    task.end = offsets[task.seg + 1];
+    clamp_segment(task.begin, task.end, num_rows);
+    return task;
+  }
 
   // Aim for chunks of at least ~32k elements so scheduling overhead stays negligible,
   // while keeping enough chunks to balance uneven segment lengths.
@@ -131,6 +147,19 @@ HEPMS_ALWAYS_INLINE void store_row(const acc_t* __restrict__ src, scalar_t* __re
   }
 #endif
   for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+}
+
+// Runs tasks_fn(args, first, last) over every task in parallel, with the AVX2 variant when it is
+// selected (cpu_capability()) and compiled in. `avx2` and `baseline` are the same always-inline
+// body instantiated in a function with and without __attribute__((target)): the parallel_for
+// lambda itself cannot carry the target attribute (OpenMP outlines it into a plain function).
+template <typename Args>
+void run_tasks(const Args& args, const TaskSplit& split, void (*avx2)(const Args&, int64_t, int64_t),
+               void (*baseline)(const Args&, int64_t, int64_t)) {
+  const bool use_avx2 = HEPMS_HAVE_AVX2_PATH && cpu_capability() == CpuCapability::kAvx2;
+  const auto tasks = use_avx2 ? avx2 : baseline;
+  at::parallel_for(0, split.num_tasks(), split.grain(),
+                   [&](int64_t first, int64_t last) { tasks(args, first, last); });
 }
 
 }  // namespace hepms

@@ -80,11 +80,7 @@ HEPMS_ALWAYS_INLINE void max_tasks(const MaxArgs<scalar_t>& a, int64_t first, in
   rel_t where[kFeatureBlock];
   int64_t where_long[kFeatureBlock];
   for (int64_t task = first; task < last; ++task) {
-    const int64_t seg = task / a.split.num_blocks;
-    const int64_t f0 = (task % a.split.num_blocks) * kFeatureBlock;
-    const int64_t w = std::min<int64_t>(kFeatureBlock, a.width - f0);
-    int64_t begin = a.offsets[seg], end = a.offsets[seg + 1];
-    clamp_segment(begin, end, a.num_rows);
+    const auto [seg, f0, w, begin, end] = a.split.at(task, a.offsets, a.width, a.num_rows);
     scalar_t* dst = a.out + seg * a.width + f0;
     int64_t* dst_arg = a.argmax + seg * a.width + f0;
     if (end <= begin) {  // empty set: 0 and no arg-max
@@ -115,17 +111,13 @@ HEPMS_ALWAYS_INLINE void max_tasks(const MaxArgs<scalar_t>& a, int64_t first, in
   }
 }
 
-#if HEPMS_HAVE_AVX2_PATH
 template <typename scalar_t>
-HEPMS_TARGET_AVX2 __attribute__((noinline)) void max_tasks_avx2(const MaxArgs<scalar_t>& a,
-                                                                int64_t first, int64_t last) {
-  max_tasks<scalar_t, true>(a, first, last);
+HEPMS_TARGET_AVX2 void max_tasks_avx2(const MaxArgs<scalar_t>& a, int64_t first, int64_t last) {
+  max_tasks<scalar_t, HEPMS_HAVE_AVX2_PATH>(a, first, last);
 }
-#endif
 
 template <typename scalar_t>
-__attribute__((noinline)) void max_tasks_baseline(const MaxArgs<scalar_t>& a, int64_t first,
-                                                  int64_t last) {
+void max_tasks_baseline(const MaxArgs<scalar_t>& a, int64_t first, int64_t last) {
   max_tasks<scalar_t, false>(a, first, last);
 }
 
@@ -134,14 +126,7 @@ void max_forward(const scalar_t* values, const int64_t* offsets, scalar_t* out, 
                  int64_t num_segments, int64_t width, int64_t num_rows) {
   const MaxArgs<scalar_t> args{values, offsets, out, argmax, width, num_rows,
                                TaskSplit(num_segments, width, num_rows)};
-  const bool avx2 = cpu_capability() == CpuCapability::kAvx2;
-  at::parallel_for(0, args.split.num_tasks(), args.split.grain(), [&](int64_t first, int64_t last) {
-#if HEPMS_HAVE_AVX2_PATH
-    if (avx2) return max_tasks_avx2<scalar_t>(args, first, last);
-#endif
-    max_tasks_baseline<scalar_t>(args, first, last);
-  });
-  (void)avx2;
+  run_tasks(args, args.split, &max_tasks_avx2<scalar_t>, &max_tasks_baseline<scalar_t>);
 }
 
 // grad_values[argmax[s, f], f] = grad[s, f]; every other entry 0. Each task zeroes the rows of
@@ -153,11 +138,7 @@ void max_backward(const scalar_t* __restrict__ grad, const int64_t* __restrict__
   const TaskSplit split(num_segments, width, num_rows);
   at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
     for (int64_t task = first; task < last; ++task) {
-      const int64_t seg = task / split.num_blocks;
-      const int64_t f0 = (task % split.num_blocks) * kFeatureBlock;
-      const int64_t w = std::min<int64_t>(kFeatureBlock, width - f0);
-      int64_t begin = offsets[seg], end = offsets[seg + 1];
-      clamp_segment(begin, end, num_rows);
+      const auto [seg, f0, w, begin, end] = split.at(task, offsets, width, num_rows);
       for (int64_t r = begin; r < end; ++r)
         std::memset(out + r * width + f0, 0, sizeof(scalar_t) * w);
       const scalar_t* g = grad + seg * width + f0;

@@ -39,11 +39,7 @@ HEPMS_ALWAYS_INLINE void sum_tasks(const SumArgs<scalar_t>& a, int64_t first, in
   float widened[kWiden ? kFeatureBlock : 1];
   (void)widened;
   for (int64_t task = first; task < last; ++task) {
-    const int64_t seg = task / a.split.num_blocks;
-    const int64_t f0 = (task % a.split.num_blocks) * kFeatureBlock;
-    const int64_t w = std::min<int64_t>(kFeatureBlock, a.width - f0);
-    int64_t begin = a.offsets[seg], end = a.offsets[seg + 1];
-    clamp_segment(begin, end, a.num_rows);
+    const auto [seg, f0, w, begin, end] = a.split.at(task, a.offsets, a.width, a.num_rows);
     for (int64_t j = 0; j < w; ++j) acc[j] = acc_t(0);
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* row = a.values + r * a.width + f0;
@@ -64,17 +60,13 @@ HEPMS_ALWAYS_INLINE void sum_tasks(const SumArgs<scalar_t>& a, int64_t first, in
   }
 }
 
-#if HEPMS_HAVE_AVX2_PATH
 template <typename scalar_t, bool kMean>
-HEPMS_TARGET_AVX2 __attribute__((noinline)) void sum_tasks_avx2(const SumArgs<scalar_t>& a,
-                                                                int64_t first, int64_t last) {
-  sum_tasks<scalar_t, kMean, true>(a, first, last);
+HEPMS_TARGET_AVX2 void sum_tasks_avx2(const SumArgs<scalar_t>& a, int64_t first, int64_t last) {
+  sum_tasks<scalar_t, kMean, HEPMS_HAVE_AVX2_PATH>(a, first, last);
 }
-#endif
 
 template <typename scalar_t, bool kMean>
-__attribute__((noinline)) void sum_tasks_baseline(const SumArgs<scalar_t>& a, int64_t first,
-                                                  int64_t last) {
+void sum_tasks_baseline(const SumArgs<scalar_t>& a, int64_t first, int64_t last) {
   sum_tasks<scalar_t, kMean, false>(a, first, last);
 }
 
@@ -83,14 +75,7 @@ void sum_forward(const scalar_t* values, const int64_t* offsets, scalar_t* out,
                  int64_t num_segments, int64_t width, int64_t num_rows) {
   const SumArgs<scalar_t> args{values, offsets, out, width, num_rows,
                                TaskSplit(num_segments, width, num_rows)};
-  const bool avx2 = cpu_capability() == CpuCapability::kAvx2;
-  at::parallel_for(0, args.split.num_tasks(), args.split.grain(), [&](int64_t first, int64_t last) {
-#if HEPMS_HAVE_AVX2_PATH
-    if (avx2) return sum_tasks_avx2<scalar_t, kMean>(args, first, last);
-#endif
-    sum_tasks_baseline<scalar_t, kMean>(args, first, last);
-  });
-  (void)avx2;
+  run_tasks(args, args.split, &sum_tasks_avx2<scalar_t, kMean>, &sum_tasks_baseline<scalar_t, kMean>);
 }
 
 // out[r] = src[segment of r] (divided by the segment length for the mean's backward).
@@ -103,11 +88,7 @@ void gather_rows(const scalar_t* __restrict__ src, const int64_t* __restrict__ o
   at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
     scalar_t row_value[kFeatureBlock];
     for (int64_t task = first; task < last; ++task) {
-      const int64_t seg = task / split.num_blocks;
-      const int64_t f0 = (task % split.num_blocks) * kFeatureBlock;
-      const int64_t w = std::min<int64_t>(kFeatureBlock, width - f0);
-      int64_t begin = offsets[seg], end = offsets[seg + 1];
-      clamp_segment(begin, end, num_rows);
+      const auto [seg, f0, w, begin, end] = split.at(task, offsets, width, num_rows);
       if (end <= begin) continue;
       const scalar_t* s = src + seg * width + f0;
       if (kMean) {
