@@ -44,7 +44,7 @@ from hepms.select.training import (
     _epoch_generator,
     adam_step,
     evaluate_chain,
-    pretrain,
+    start_search,
     reoptimise,
     run_epochs,
     trainable,
@@ -191,17 +191,9 @@ def darts_search(
     """
     settings = settings or SearchSettings()
     started = time.perf_counter()
-    device = torch.device(settings.device)
-    kinematics = space.kinematics(device)
-    timings: dict[str, float] = {}
-    if pretrained is None:
-        pretrained = pretrain(space, train, val, settings)
-        timings["pretrain"] = pretrained.seconds
-    else:
-        timings["pretrain"] = 0.0
-    train, val = train.to(device), val.to(device)
-    upstream, downstream = space.build(settings.seed)
-    pretrained.load_into(upstream, downstream)
+    start = start_search(space, train, val, settings, pretrained)
+    device, kinematics, timings = start.device, start.kinematics, start.timings
+    train, val, upstream, downstream = start.train, start.val, start.upstream, start.downstream
     net = DartsSupernet(upstream, downstream, space.task, settings.v1, settings.epsilon).to(device)
 
     t0 = time.perf_counter()
@@ -232,7 +224,7 @@ def darts_search(
         alpha_history.append({"epoch": epoch + 1, "val_loss": val_loss, **net.named_weights()})
 
     with hepms.validation(False):
-        history = list(pretrained.history) + run_epochs(
+        history = list(start.pretrained.history) + run_epochs(
             net,
             step,
             lambda: _validation_loss(net, val, kinematics, settings.eval_batch_size),

@@ -12,8 +12,6 @@ import math
 import time
 from typing import Optional
 
-import torch
-
 import hepms
 from hepms.data import TauEventData
 from hepms.select.space import Chain, SearchSpace
@@ -24,7 +22,7 @@ from hepms.select.training import (
     _cpu_state,
     evaluate_chain,
     pair_key,
-    pretrain,
+    start_search,
     reoptimise,
     score,
 )
@@ -58,23 +56,13 @@ def grid_search(
     """
     settings = settings or SearchSettings()
     started = time.perf_counter()
-    device = torch.device(settings.device)
-    kinematics = space.kinematics(device)
-    timings: dict[str, float] = {}
-    if pretrained is None:
-        pretrained = pretrain(space, train, val, settings)
-        timings["pretrain"] = pretrained.seconds
-    else:
-        timings["pretrain"] = 0.0
-    train, val = train.to(device), val.to(device)
-    upstream, downstream = space.build(settings.seed)
-    pretrained.load_into(upstream, downstream)
-    upstream.to(device)
-    downstream.to(device)
+    start = start_search(space, train, val, settings, pretrained)
+    kinematics, timings = start.kinematics, start.timings
+    train, val, upstream, downstream = start.train, start.val, start.upstream, start.downstream
 
     t0 = time.perf_counter()
     scores: dict[str, dict] = {}
-    history: list[dict] = list(pretrained.history)
+    history: list[dict] = list(start.pretrained.history)
     best: tuple[float, str, str, Optional[dict]] = (math.inf, "", "", None)
     for up_name, up in upstream.items():
         for down_name, down in downstream.items():

@@ -35,7 +35,7 @@ from hepms.select.training import (
     adam_step,
     evaluate_chain,
     pair_key,
-    pretrain,
+    start_search,
     reoptimise,
     run_epochs,
     score,
@@ -86,17 +86,9 @@ def spos_search(
         if dropped:
             log.info("SPOS: leaving out the dummy candidates %s", dropped)
     started = time.perf_counter()
-    device = torch.device(settings.device)
-    kinematics = space.kinematics(device)
-    timings: dict[str, float] = {}
-    if pretrained is None:
-        pretrained = pretrain(space, train, val, settings)
-        timings["pretrain"] = pretrained.seconds
-    else:
-        timings["pretrain"] = 0.0
-    train, val = train.to(device), val.to(device)
-    upstream, downstream = space.build(settings.seed)
-    pretrained.load_into(upstream, downstream)
+    start = start_search(space, train, val, settings, pretrained)
+    device, kinematics, timings = start.device, start.kinematics, start.timings
+    train, val, upstream, downstream = start.train, start.val, start.upstream, start.downstream
     supernet = nn.ModuleDict({"upstream": upstream, "downstream": downstream}).to(device)
     ups, downs = list(upstream.values()), list(downstream.values())
     task, v1 = space.task, float(settings.v1)
@@ -129,7 +121,7 @@ def spos_search(
         return float(sum(values) / len(values))
 
     with hepms.validation(False):
-        history = list(pretrained.history) + run_epochs(
+        history = list(start.pretrained.history) + run_epochs(
             supernet, step, validate, train, kinematics, settings,
             epochs=settings.search_epochs, patience=settings.search_patience, tag="spos/supernet",
         )

@@ -445,6 +445,45 @@ def pretrain(
 
 
 @torch.no_grad()
+@dataclass
+class SearchStart:
+    """What every selection method starts from: the data on the device, the candidates with
+    their pre-trained weights (and the :class:`Pretrained` they came from, whose history leads
+    the result's), and the timings dict (``"pretrain"`` filled in)."""
+
+    device: torch.device
+    kinematics: JetKinematics
+    train: TauEventData
+    val: TauEventData
+    upstream: nn.ModuleDict
+    downstream: nn.ModuleDict
+    timings: dict
+    pretrained: Pretrained
+
+
+def start_search(
+    space: SearchSpace,
+    train: TauEventData,
+    val: TauEventData,
+    settings: SearchSettings,
+    pretrained: Optional[Pretrained],
+) -> SearchStart:
+    """Pre-train the candidates (unless ``pretrained`` is given), build fresh candidates from
+    ``settings.seed`` with those weights, and move them and the data to ``settings.device``."""
+    device = torch.device(settings.device)
+    timings: dict[str, float] = {}
+    if pretrained is None:
+        pretrained = pretrain(space, train, val, settings)
+        timings["pretrain"] = pretrained.seconds
+    else:
+        timings["pretrain"] = 0.0
+    upstream, downstream = space.build(settings.seed)
+    pretrained.load_into(upstream, downstream)
+    return SearchStart(device=device, kinematics=space.kinematics(device), train=train.to(device),
+                       val=val.to(device), upstream=upstream.to(device), downstream=downstream.to(device),
+                       timings=timings, pretrained=pretrained)
+
+
 def _predict_upstream(
     model: nn.Module, data: TauEventData, kinematics: JetKinematics, settings: SearchSettings
 ) -> Tensor:
