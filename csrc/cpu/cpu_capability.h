@@ -5,7 +5,9 @@
 // HEPMS_CPU_CAPABILITY=baseline|avx2, or hepms._C.set_cpu_capability) for tests and benchmarks.
 #pragma once
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+// Define HEPMS_NO_AVX2_PATH to build the baseline kernels only (as on non-x86 CPUs).
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(HEPMS_NO_AVX2_PATH)
 #define HEPMS_HAVE_AVX2_PATH 1
 #define HEPMS_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
