@@ -51,6 +51,28 @@ inline void check_pool_args(const char* op, const at::Tensor& values, const at::
               ": values must be floating point, got ", values.scalar_type());
 }
 
+// Checks of segment_gather (backward of sum / mean): src holds one row per segment.
+inline void check_gather_args(const at::Tensor& src, const at::Tensor& offsets, int64_t num_rows) {
+  check_pool_args("segment_gather", src, offsets);
+  TORCH_CHECK(num_rows >= 0, "segment_gather: num_rows must be >= 0, got ", num_rows);
+  TORCH_CHECK(src.size(0) == offsets.numel() - 1, "segment_gather: src has ", src.size(0),
+              " rows but offsets describe ", offsets.numel() - 1, " segments");
+}
+
+// Checks of segment_max_backward: grad and argmax hold one row per segment, argmax is int64.
+inline void check_max_backward_args(const at::Tensor& grad, const at::Tensor& argmax,
+                                    const at::Tensor& offsets, int64_t num_rows) {
+  check_pool_args("segment_max_backward", grad, offsets);
+  TORCH_CHECK(num_rows >= 0, "segment_max_backward: num_rows must be >= 0, got ", num_rows);
+  TORCH_CHECK(argmax.scalar_type() == at::kLong && argmax.sizes() == grad.sizes(),
+              "segment_max_backward: argmax must be int64 with the shape of grad ", grad.sizes(),
+              ", got ", argmax.scalar_type(), " ", argmax.sizes());
+  TORCH_CHECK(argmax.device() == grad.device(), "segment_max_backward: argmax on ", argmax.device(),
+              " but grad on ", grad.device());
+  TORCH_CHECK(grad.size(0) == offsets.numel() - 1, "segment_max_backward: grad has ", grad.size(0),
+              " rows but offsets describe ", offsets.numel() - 1, " segments");
+}
+
 // Clamp a segment to the valid row range: malformed offsets can never index out of bounds.
 template <typename index_t>
 inline void clamp_segment(index_t& begin, index_t& end, index_t num_rows) {

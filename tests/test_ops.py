@@ -23,6 +23,7 @@ TOLERANCES = {
     torch.bfloat16: (1e-2, 1e-2),
 }
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+NEEDS_EXTENSION = pytest.mark.skipif(not hepms.extension_available(), reason="compiled extension not in use")
 
 
 def make_offsets(counts, dtype=torch.long, device="cpu") -> torch.Tensor:
@@ -392,12 +393,31 @@ def test_raw_op_rejects_int32_offsets_with_a_clear_error():
         torch.ops.hepms.segment_sum(GOOD_VALUES, GOOD_OFFSETS.int())
 
 
+@NEEDS_EXTENSION
+def test_raw_backward_ops_check_their_arguments():
+    """The backward ops are public torch ops too: bad arguments get a message, not a crash."""
+    grad = torch.randn(2, 2)
+    argmax = torch.zeros(2, 2, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="argmax must be int64 with the shape of grad"):
+        torch.ops.hepms.segment_max_backward(grad, argmax.int(), GOOD_OFFSETS, 5)
+    with pytest.raises(RuntimeError, match="argmax must be int64 with the shape of grad"):
+        torch.ops.hepms.segment_max_backward(grad, argmax[:1], GOOD_OFFSETS, 5)
+    with pytest.raises(RuntimeError, match="num_rows must be >= 0"):
+        torch.ops.hepms.segment_max_backward(grad, argmax, GOOD_OFFSETS, -1)
+    with pytest.raises(RuntimeError, match="grad has 3 rows but offsets describe 2 segments"):
+        torch.ops.hepms.segment_max_backward(torch.randn(3, 2), torch.zeros(3, 2, dtype=torch.long), GOOD_OFFSETS, 5)
+    with pytest.raises(RuntimeError, match="src has 3 rows but offsets describe 2 segments"):
+        torch.ops.hepms.segment_gather(torch.randn(3, 2), GOOD_OFFSETS, 5, False)
+    with pytest.raises(RuntimeError, match="segment_gather: num_rows must be >= 0"):
+        torch.ops.hepms.segment_gather(grad, GOOD_OFFSETS, -2, True)
+    # and the good call still works: each row gets its segment's value
+    out = torch.ops.hepms.segment_gather(grad, GOOD_OFFSETS, 5, False)
+    assert torch.equal(out, grad[torch.tensor([0, 0, 1, 1, 1])])
+
+
 # ----------------------------------------------------------------------------------------------
 # CPU kernel variants: baseline x86-64 and AVX2 + FMA + F16C, chosen at run time
 # ----------------------------------------------------------------------------------------------
-NEEDS_EXTENSION = pytest.mark.skipif(not hepms.extension_available(), reason="compiled extension not in use")
-
-
 def _avx2_supported() -> bool:
     if not hepms.extension_available():
         return False

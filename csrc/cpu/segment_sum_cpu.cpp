@@ -135,10 +135,7 @@ at::Tensor segment_mean_cpu(const at::Tensor& values, const at::Tensor& offsets)
 
 at::Tensor segment_gather_cpu(const at::Tensor& src_in, const at::Tensor& offsets_in,
                               int64_t num_rows, bool mean) {
-  check_pool_args("segment_gather", src_in, offsets_in);
-  TORCH_CHECK(num_rows >= 0, "segment_gather: num_rows must be >= 0, got ", num_rows);
-  TORCH_CHECK(src_in.size(0) == offsets_in.numel() - 1, "segment_gather: src has ",
-              src_in.size(0), " rows but offsets describe ", offsets_in.numel() - 1, " segments");
+  check_gather_args(src_in, offsets_in, num_rows);
   const at::Tensor src = src_in.contiguous();
   const at::Tensor offsets = offsets_in.contiguous();
   const int64_t num_segments = offsets.numel() - 1;

@@ -118,15 +118,7 @@ std::tuple<at::Tensor, at::Tensor> segment_max_cuda(const at::Tensor& values_in,
 
 at::Tensor segment_max_backward_cuda(const at::Tensor& grad_in, const at::Tensor& argmax_in,
                                      const at::Tensor& offsets_in, int64_t num_rows) {
-  check_pool_args("segment_max_backward", grad_in, offsets_in);
-  TORCH_CHECK(num_rows >= 0, "segment_max_backward: num_rows must be >= 0, got ", num_rows);
-  TORCH_CHECK(argmax_in.scalar_type() == at::kLong && argmax_in.sizes() == grad_in.sizes(),
-              "segment_max_backward: argmax must be int64 with the shape of grad ",
-              grad_in.sizes(), ", got ", argmax_in.scalar_type(), " ", argmax_in.sizes());
-  TORCH_CHECK(argmax_in.device() == grad_in.device(), "segment_max_backward: argmax on ",
-              argmax_in.device(), " but grad on ", grad_in.device());
-  TORCH_CHECK(grad_in.size(0) == offsets_in.numel() - 1, "segment_max_backward: grad has ",
-              grad_in.size(0), " rows but offsets describe ", offsets_in.numel() - 1, " segments");
+  check_max_backward_args(grad_in, argmax_in, offsets_in, num_rows);
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor argmax = argmax_in.contiguous();
