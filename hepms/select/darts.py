@@ -35,18 +35,17 @@ from torch import Tensor, nn
 import hepms
 from hepms.data import TauEventData
 from hepms.select.data import Inputs, JetKinematics, Targets, iterate_batches, make_batch
-from hepms.select.space import Chain, SearchSpace
+from hepms.select.space import SearchSpace
 from hepms.select.tasks import UpstreamTask, event_loss
 from hepms.select.training import (
     Pretrained,
     SearchSettings,
     SelectionResult,
-    _epoch_generator,
     adam_step,
-    evaluate_chain,
-    start_search,
-    reoptimise,
+    _epoch_generator,
+    post_train,
     run_epochs,
+    start_search,
     trainable,
 )
 
@@ -241,11 +240,7 @@ def darts_search(
     final_weights = net.named_weights()
     log.info("DARTS selected %s | %s (weights %s)", up_name, down_name, final_weights)
 
-    t0 = time.perf_counter()
-    chain = Chain.from_candidates(net.upstream[up_name], net.downstream[down_name], space.task)
-    history += reoptimise(chain, train, val, settings, kinematics, tag="darts/posttrain")
-    timings["posttrain"] = time.perf_counter() - t0
-    metrics = evaluate_chain(chain, val, kinematics, settings.v1, settings.eval_batch_size)
+    chain, metrics = post_train(start, space, up_name, down_name, settings, history, tag="darts/posttrain")
     timings["total"] = time.perf_counter() - started
     return SelectionResult(
         method="darts",

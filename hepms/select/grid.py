@@ -22,9 +22,9 @@ from hepms.select.training import (
     _cpu_state,
     evaluate_chain,
     pair_key,
-    start_search,
     reoptimise,
     score,
+    start_search,
 )
 
 log = logging.getLogger(__name__)

@@ -35,10 +35,10 @@ from hepms.select.training import (
     adam_step,
     evaluate_chain,
     pair_key,
-    start_search,
-    reoptimise,
+    post_train,
     run_epochs,
     score,
+    start_search,
     trainable,
 )
 
@@ -142,11 +142,7 @@ def spos_search(
     _, up_name, down_name = best
     log.info("SPOS selected %s | %s", up_name, down_name)
 
-    t0 = time.perf_counter()
-    chain = Chain.from_candidates(upstream[up_name], downstream[down_name], task)
-    history += reoptimise(chain, train, val, settings, kinematics, tag="spos/posttrain")
-    timings["posttrain"] = time.perf_counter() - t0
-    metrics = evaluate_chain(chain, val, kinematics, v1, settings.eval_batch_size)
+    chain, metrics = post_train(start, space, up_name, down_name, settings, history, tag="spos/posttrain")
     timings["total"] = time.perf_counter() - started
     return SelectionResult(
         method="spos",

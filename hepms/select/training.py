@@ -484,6 +484,23 @@ def start_search(
                        timings=timings, pretrained=pretrained)
 
 
+def post_train(
+    start: SearchStart, space: SearchSpace, up_name: str, down_name: str, settings: SearchSettings,
+    history: list, tag: str
+) -> tuple[Chain, dict]:
+    """Re-optimise the selected pair (DARTS, SPOS) as one chain and evaluate it on validation.
+
+    Appends the re-optimisation's epochs to ``history`` and its wall time to
+    ``start.timings["posttrain"]``; returns the chain and its validation metrics.
+    """
+    t0 = time.perf_counter()
+    chain = Chain.from_candidates(start.upstream[up_name], start.downstream[down_name], space.task)
+    history += reoptimise(chain, start.train, start.val, settings, start.kinematics, tag=tag)
+    start.timings["posttrain"] = time.perf_counter() - t0
+    metrics = evaluate_chain(chain, start.val, start.kinematics, settings.v1, settings.eval_batch_size)
+    return chain, metrics
+
+
 def _predict_upstream(
     model: nn.Module, data: TauEventData, kinematics: JetKinematics, settings: SearchSettings
 ) -> Tensor:
