@@ -47,7 +47,7 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -287,14 +287,11 @@ def export_torchscript(model: InferenceModel, path: PathLike) -> Path:
     path = Path(path)
     with _quiet_jit():
         scripted = torch.jit.script(model.eval())
-    tmp = _partial(path)
-    try:
+    def save(tmp: str) -> None:
         with _quiet_jit():
-            torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: model.metadata_json})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: model.metadata_json})
+
+    _save_atomically(path, save)
     log.info("exported TorchScript model to %s", path)
     return path
 
@@ -331,13 +328,8 @@ def export_program(model: InferenceModel, path: PathLike) -> Path:
         program = torch.export.export(
             model.eval(), args, dynamic_shapes=dynamic_shapes, strict=False
         )
-    tmp = _partial(path)
-    try:
-        torch.export.save(program, str(tmp), extra_files={METADATA_FILE: model.metadata_json})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    metadata = {METADATA_FILE: model.metadata_json}
+    _save_atomically(path, lambda tmp: torch.export.save(program, tmp, extra_files=metadata))
     log.info("exported torch.export program to %s", path)
     return path
 
@@ -383,13 +375,7 @@ def save_checkpoint(
         "hepms_version": hepms.__version__,
     }
     path = Path(path)
-    tmp = _partial(path)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _save_atomically(path, lambda tmp: torch.save(state, tmp))
     return path
 
 
@@ -409,9 +395,17 @@ def _preprocessing(
     }
 
 
-def _partial(path: Path) -> Path:
+def _save_atomically(path: Path, save: Callable[[str], None]) -> None:
+    """``save(tmp)`` into a hidden file next to ``path``, then rename it to ``path``: a crash or a
+    full disk never leaves a truncated model under the final name."""
     # Hidden, and keeping the suffix: torch.export.save warns about names not ending in .pt2.
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 @contextlib.contextmanager

@@ -153,6 +153,24 @@ def test_torchscript_round_trip_equals_python_model(trained: dict, sample: list[
     assert meta["model_config"] == trained["model"].config
 
 
+def test_failed_export_leaves_no_file(trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save that fails half-way (full disk, killed job) must not leave a truncated model under
+    the final name, nor its hidden partial file; an existing model stays as it was."""
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"previous model")
+
+    def failing_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(target, trained["model"], trained["scaler"], DEFAULT_CONSTITUENT_FEATURES,
+                        DEFAULT_JET_FEATURES)
+    assert target.read_bytes() == b"previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
 def test_torch_export_program_round_trip(trained: dict, tagger, sample: list[Path]) -> None:
     path = export_program(trained["inference"], trained["folder"] / "model.pt2")
     loaded = load_model(path)
