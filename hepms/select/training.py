@@ -444,7 +444,6 @@ def pretrain(
     return result
 
 
-@torch.no_grad()
 @dataclass
 class SearchStart:
     """What every selection method starts from: the data on the device, the candidates with
@@ -501,6 +500,7 @@ def post_train(
     return chain, metrics
 
 
+@torch.no_grad()
 def _predict_upstream(
     model: nn.Module, data: TauEventData, kinematics: JetKinematics, settings: SearchSettings
 ) -> Tensor:
