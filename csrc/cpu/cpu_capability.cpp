@@ -1,7 +1,6 @@
 #include "cpu_capability.h"
 
 #include <atomic>
-#include <cstdlib>
 #include <stdexcept>
 
 namespace hepms {
@@ -22,20 +21,10 @@ CpuCapability parse(const std::string& name) {
   throw std::invalid_argument("unknown CPU capability '" + name + "': choose 'auto', 'baseline' or 'avx2'");
 }
 
-CpuCapability initial() {
-  const char* env = std::getenv("HEPMS_CPU_CAPABILITY");
-  if (env == nullptr || *env == '\0') return best_supported();
-  try {
-    return parse(env);
-  } catch (const std::invalid_argument&) {
-    // A bad environment value must not stop the library from loading (this runs while the
-    // module is imported); the Python side reports it (hepms.ops checks the variable).
-    return best_supported();
-  }
-}
-
+// Starts at the best variant; hepms.ops applies HEPMS_CPU_CAPABILITY through
+// set_cpu_capability when it loads the extension (and names the variable when it is wrong).
 std::atomic<int>& current() {
-  static std::atomic<int> value{static_cast<int>(initial())};
+  static std::atomic<int> value{static_cast<int>(best_supported())};
   return value;
 }
 

@@ -1,8 +1,8 @@
 // Which variant of the CPU kernels runs: the baseline x86-64 (SSE2) build or an AVX2 + FMA +
 // F16C one. The extension is compiled for baseline x86-64 so that it loads on every CPU; the hot
 // loops are compiled a second time with __attribute__((target)) and chosen at run time. The
-// choice is made once from the CPU's features and can be overridden (environment variable
-// HEPMS_CPU_CAPABILITY=baseline|avx2, or hepms._C.set_cpu_capability) for tests and benchmarks.
+// choice starts at the best the CPU supports and can be overridden for tests and benchmarks
+// (set_cpu_capability; hepms.ops applies the environment variable HEPMS_CPU_CAPABILITY with it).
 #pragma once
 
 // Define HEPMS_NO_AVX2_PATH to build the baseline kernels only (as on non-x86 CPUs).

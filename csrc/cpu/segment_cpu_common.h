@@ -136,6 +136,24 @@ HEPMS_TARGET_AVX2 inline void float_to_half_f16c(const float* __restrict__ src,
 template <typename scalar_t>
 constexpr bool kWidenWithF16c = HEPMS_HAVE_AVX2_PATH && std::is_same_v<scalar_t, c10::Half>;
 
+// The row as acc_t values: float16 rows are widened by F16C into `scratch` first (kWiden),
+// other rows are read in place (the caller casts each value to acc_t inside its loop, which keeps
+// float and double one pass over the row).
+template <bool kWiden, typename scalar_t, typename acc_t>
+HEPMS_ALWAYS_INLINE auto as_acc(const scalar_t* __restrict__ row, acc_t* __restrict__ scratch, int64_t w) {
+#if HEPMS_HAVE_AVX2_PATH
+  if constexpr (kWiden) {
+    half_to_float_f16c(row, scratch, w);
+    return static_cast<const acc_t*>(scratch);
+  } else
+#endif
+  {
+    (void)scratch;
+    (void)w;
+    return row;
+  }
+}
+
 // Writes n accumulator values to an output row of scalar_t (rounded to nearest, as static_cast).
 template <bool kAvx2, typename scalar_t, typename acc_t>
 HEPMS_ALWAYS_INLINE void store_row(const acc_t* __restrict__ src, scalar_t* __restrict__ dst,
@@ -149,16 +167,16 @@ HEPMS_ALWAYS_INLINE void store_row(const acc_t* __restrict__ src, scalar_t* __re
   for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
 }
 
-// Runs tasks_fn(args, first, last) over every task in parallel, with the AVX2 variant when it is
-// selected (cpu_capability()) and compiled in. `avx2` and `baseline` are the same always-inline
-// body instantiated in a function with and without __attribute__((target)): the parallel_for
-// lambda itself cannot carry the target attribute (OpenMP outlines it into a plain function).
+// Runs the tasks of args.split in parallel, with the AVX2 variant when it is selected
+// (cpu_capability()) and compiled in. `avx2` and `baseline` are the same always-inline body
+// instantiated in a function with and without __attribute__((target)): the parallel_for lambda
+// itself cannot carry the target attribute (OpenMP outlines it into a plain function).
 template <typename Args>
-void run_tasks(const Args& args, const TaskSplit& split, void (*avx2)(const Args&, int64_t, int64_t),
+void run_tasks(const Args& args, void (*avx2)(const Args&, int64_t, int64_t),
                void (*baseline)(const Args&, int64_t, int64_t)) {
   const bool use_avx2 = HEPMS_HAVE_AVX2_PATH && cpu_capability() == CpuCapability::kAvx2;
   const auto tasks = use_avx2 ? avx2 : baseline;
-  at::parallel_for(0, split.num_tasks(), split.grain(),
+  at::parallel_for(0, args.split.num_tasks(), args.split.grain(),
                    [&](int64_t first, int64_t last) { tasks(args, first, last); });
 }
 

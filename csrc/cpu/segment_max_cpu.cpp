@@ -51,23 +51,6 @@ HEPMS_ALWAYS_INLINE void take_larger(const src_t* __restrict__ row, acc_t* __res
   }
 }
 
-// The row as acc_t values: float16 rows are widened by F16C into `scratch` first (kWiden),
-// other rows are read in place (and cast by take_larger).
-template <bool kWiden, typename scalar_t, typename acc_t>
-HEPMS_ALWAYS_INLINE auto as_acc(const scalar_t* __restrict__ row, acc_t* __restrict__ scratch, int64_t w) {
-#if HEPMS_HAVE_AVX2_PATH
-  if constexpr (kWiden) {
-    half_to_float_f16c(row, scratch, w);
-    return static_cast<const acc_t*>(scratch);
-  } else
-#endif
-  {
-    (void)scratch;
-    (void)w;
-    return row;
-  }
-}
-
 // Tasks [first, last) of the forward. Inlined into a baseline and an AVX2 caller (below), so the
 // same source is compiled for each instruction set.
 template <typename scalar_t, bool kAvx2>
@@ -126,7 +109,7 @@ void max_forward(const scalar_t* values, const int64_t* offsets, scalar_t* out, 
                  int64_t num_segments, int64_t width, int64_t num_rows) {
   const MaxArgs<scalar_t> args{values, offsets, out, argmax, width, num_rows,
                                TaskSplit(num_segments, width, num_rows)};
-  run_tasks(args, args.split, &max_tasks_avx2<scalar_t>, &max_tasks_baseline<scalar_t>);
+  run_tasks(args, &max_tasks_avx2<scalar_t>, &max_tasks_baseline<scalar_t>);
 }
 
 // grad_values[argmax[s, f], f] = grad[s, f]; every other entry 0. Each task zeroes the rows of

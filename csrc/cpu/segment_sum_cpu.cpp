@@ -36,20 +36,12 @@ HEPMS_ALWAYS_INLINE void sum_tasks(const SumArgs<scalar_t>& a, int64_t first, in
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kWiden = kAvx2 && kWidenWithF16c<scalar_t>;
   acc_t acc[kFeatureBlock];
-  float widened[kWiden ? kFeatureBlock : 1];
-  (void)widened;
+  acc_t widened[kWiden ? kFeatureBlock : 1];
   for (int64_t task = first; task < last; ++task) {
     const auto [seg, f0, w, begin, end] = a.split.at(task, a.offsets, a.width, a.num_rows);
     for (int64_t j = 0; j < w; ++j) acc[j] = acc_t(0);
     for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* row = a.values + r * a.width + f0;
-#if HEPMS_HAVE_AVX2_PATH
-      if constexpr (kWiden) {
-        half_to_float_f16c(row, widened, w);
-        for (int64_t j = 0; j < w; ++j) acc[j] += widened[j];
-        continue;
-      }
-#endif
+      const auto* row = as_acc<kWiden>(a.values + r * a.width + f0, widened, w);
       for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<acc_t>(row[j]);
     }
     if (kMean && end > begin) {
@@ -75,7 +67,7 @@ void sum_forward(const scalar_t* values, const int64_t* offsets, scalar_t* out,
                  int64_t num_segments, int64_t width, int64_t num_rows) {
   const SumArgs<scalar_t> args{values, offsets, out, width, num_rows,
                                TaskSplit(num_segments, width, num_rows)};
-  run_tasks(args, args.split, &sum_tasks_avx2<scalar_t, kMean>, &sum_tasks_baseline<scalar_t, kMean>);
+  run_tasks(args, &sum_tasks_avx2<scalar_t, kMean>, &sum_tasks_baseline<scalar_t, kMean>);
 }
 
 // out[r] = src[segment of r] (divided by the segment length for the mean's backward).
