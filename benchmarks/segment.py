@@ -215,10 +215,10 @@ def check_targets(table: dict, device: str) -> None:
         if "skipped" not in entry:
             by_reduce.setdefault(entry["reduce"], {})[entry["method"]] = entry
     for reduce, methods in by_reduce.items():
-        ours = methods["hepms"]
         others = {k: v for k, v in methods.items() if k != "hepms"}
         if "hepms" not in methods or not others:
             continue
+        ours = methods["hepms"]
         fastest_fwd = min(others.values(), key=lambda e: e["forward_ms"])
         fastest_fb = min(others.values(), key=lambda e: e["forward_backward_ms"])
         lines = []

@@ -153,7 +153,8 @@ def set_cpu_capability(name: str) -> None:
     """Select the CPU kernels: ``"auto"`` (the best the CPU supports), ``"baseline"`` or ``"avx2"``.
 
     For comparisons and tests; the environment variable ``HEPMS_CPU_CAPABILITY`` does the same
-    when hepms is imported. Both variants give the same results up to float rounding order.
+    when hepms is imported. Both variants give bit-identical results (same accumulation order,
+    exact conversions).
 
     Raises:
         ValueError: an unknown name, or ``"avx2"`` on a CPU without AVX2, FMA or F16C.
