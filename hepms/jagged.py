@@ -244,8 +244,9 @@ def to_jagged(
 
     Memory is shared with the awkward buffers when the layout allows it: one numeric column whose
     dtype is already ``dtype``, laid out contiguously (packed arrays and range slices such as
-    ``array[5:]``). Treat such values as read-only (``.clone()`` before in-place edits). Otherwise
-    the copies are the ones the layout forces: stacking several fields into ``[N, F]``, a dtype
+    ``array[5:]``), in a writable buffer. Treat such values as read-only (``.clone()`` before
+    in-place edits). A read-only buffer (``np.memmap(mode="r")``, Arrow-backed arrays) is copied:
+    torch has no read-only tensors, and an edit would crash or corrupt it. Otherwise the copies are the ones the layout forces: stacking several fields into ``[N, F]``, a dtype
     cast, or gathering elements that ``array[mask]`` / ``array[[2, 0, 1]]`` left scattered (only the
     selected fields are gathered). Offsets are always re-based int64 copies (they are small).
 
@@ -263,7 +264,8 @@ def to_jagged(
     Raises:
         TypeError: not an array of lists, unions, strings, non-numeric or nested-record fields.
         ValueError: more than two list levels, missing fields, fields of unequal list lengths,
-            missing values with ``option="error"``, NaN with ``check_nan=True``.
+            missing values with ``option="error"``, NaN with ``check_nan=True``, values that a cast
+            to an integer ``dtype`` would change (NaN, infinity, out of range: no silent wrap).
 
     Example:
         >>> import awkward as ak, torch, hepms
@@ -341,6 +343,7 @@ class _Column:
     levels: list[Tensor]
     data: Tensor
     take: Optional[_Take] = None
+    readonly: bool = False  # data views a buffer that must not be written (see _stack_columns)
 
     @property
     def length(self) -> int:
@@ -377,11 +380,13 @@ class _LayoutVisitor:
             raise TypeError(f"strings cannot be converted to tensors{self._where()}")
         contents = ak.contents
         if isinstance(layout, contents.NumpyArray):
-            return [_Column(None, [], _leaf_tensor(layout.data, self._where()), take)]
+            data = _leaf_tensor(layout.data, self._where())
+            return [_Column(None, [], data, take, readonly=_is_readonly(layout.data))]
         if isinstance(layout, contents.RegularArray) and isinstance(
             layout.content, contents.NumpyArray
         ):
-            return [_Column(None, [], self._regular_numbers(layout), take)]
+            data = self._regular_numbers(layout)
+            return [_Column(None, [], data, take, readonly=_is_readonly(layout.content.data))]
         if isinstance(
             layout, (contents.ListOffsetArray, contents.ListArray, contents.RegularArray)
         ):
@@ -586,11 +591,18 @@ def _leaf_tensor(data: object, where: str) -> Tensor:
     return _readonly_tensor(data)
 
 
+def _is_readonly(data: object) -> bool:
+    """A numpy buffer that must not be written: ``np.memmap(mode="r")`` (writing segfaults),
+    Arrow-backed arrays (immutable by contract). cupy buffers are always writable."""
+    return isinstance(data, np.ndarray) and not data.flags.writeable
+
+
 def _readonly_tensor(data: np.ndarray) -> Tensor:
     # torch has no read-only tensors, so torch.from_numpy warns on read-only arrays. DLPack >= 1.0
     # (numpy >= 2.1) exports them with a read-only flag that torch accepts, sharing the memory
-    # without a warning; the caller treats values as read-only anyway (see to_jagged). Older
-    # numpy refuses the export, and then a copy is the only safe way.
+    # without a warning. Such tensors stay internal (indices, gather sources): _stack_columns
+    # copies a read-only column rather than return it as values. Older numpy refuses the
+    # export, and then a copy is the only safe way.
     try:
         return torch.from_dlpack(data)
     except (BufferError, RuntimeError, TypeError):
@@ -632,7 +644,9 @@ def _stack_columns(columns: list[_Column], dtype: torch.dtype, fill: float) -> T
     if len(columns) == 1 and only.take is None:
         flat = only.data.reshape(n, only.width)  # a view for contiguous data
         if flat.dtype == dtype and flat.is_contiguous():
-            return flat  # zero-copy
+            # torch has no read-only tensors: values over a read-only buffer would let an in-place
+            # edit segfault (read-only memory map) or corrupt immutable (Arrow) memory. Copy.
+            return flat.clone() if only.readonly else flat  # else zero-copy
     values = _empty_values(n, sum(c.width for c in columns), dtype, only.data.device)
     start = 0
     for column in columns:  # the copy (stacking, gathering, casting) that [N, F] storage requires
@@ -666,6 +680,7 @@ def _write_column(out: Tensor, column: _Column, fill: float) -> None:
         source, out = source[:, 0], out[:, 0]
     take = column.take
     if take is None:
+        _check_cast(source, out.dtype, column.name)
         out.copy_(source)
         return
     if source.shape[0] == 0:  # every selected entry is missing (checked upstream)
@@ -675,9 +690,43 @@ def _write_column(out: Tensor, column: _Column, fill: float) -> None:
     if source.dtype == out.dtype:
         torch.index_select(source, 0, index, out=out)  # gathers straight into the output
     else:
-        out.copy_(torch.index_select(source, 0, index))
+        selected = torch.index_select(source, 0, index)
+        _check_cast(selected, out.dtype, column.name)
+        out.copy_(selected)
     if take.has_missing:
         out[take.index < 0] = fill
+
+
+def _check_cast(source: Tensor, dtype: torch.dtype, name: Optional[str]) -> None:
+    """Refuse a cast to an integer ``dtype`` that would change values silently: NaN or infinity
+    (they become INT64_MIN), or numbers outside ``dtype``'s range (they wrap)."""
+    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool or source.dtype == dtype:
+        return
+    if source.numel() == 0:
+        return
+    where = f" of field {name!r}" if name is not None else ""
+    info = torch.iinfo(dtype)
+    if source.is_floating_point():
+        if not bool(torch.isfinite(source).all()):
+            raise ValueError(f"cannot cast the values{where} ({source.dtype}) to {dtype}: they contain "
+                             "NaN or infinity; fill or drop them first, or keep a floating dtype")
+        lo, hi = float(source.min()), float(source.max())
+        out_of_range = lo < info.min or hi >= float(info.max) + 1  # float(2**63 - 1) + 1 == 2**63
+    else:
+        if source.dtype == torch.uint64:
+            # No min/max for uint64 in torch: reinterpret; values >= 2**63 turn negative.
+            signed = source.view(torch.int64)
+            if bool((signed < 0).any()):
+                host = source.cpu().numpy()  # the error path only: exact range for the message
+                lo, hi = int(host.min()), int(host.max())
+            else:
+                lo, hi = int(signed.min()), int(signed.max())
+        else:
+            lo, hi = int(source.min()), int(source.max())
+        out_of_range = lo < info.min or hi > info.max
+    if out_of_range:
+        raise ValueError(f"cannot cast the values{where} ({source.dtype}, range [{lo}, {hi}]) to {dtype} "
+                         f"(range [{info.min}, {info.max}]): they would wrap around")
 
 
 def _raise_on_nan(values: Tensor, columns: list[_Column]) -> None:

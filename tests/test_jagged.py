@@ -284,8 +284,11 @@ def test_read_only_buffers_convert_without_warnings():
         jagged = to_jagged(array)
     assert jagged.values.flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert jagged.offsets.tolist() == [0, 2, 5]
-    if np.lib.NumpyVersion(np.__version__) >= "2.1.0":  # DLPack read-only export: no copy
-        assert jagged.values.data_ptr() == _address(data)
+    # torch has no read-only tensors: values over a read-only buffer are a copy (issue 17), so an
+    # in-place edit cannot reach (or crash on) the immutable memory.
+    assert jagged.values.data_ptr() != _address(data)
+    jagged.values.mul_(2)
+    assert data.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
 def test_check_nan_names_the_field():

@@ -19,11 +19,13 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from hepms.config import STUDY_KINDS, ConfigError, Key, get, schema, set_key, settings_hash, validate
 
-__all__ = ["PlannedRun", "expand_studies", "run_settings", "unique_runs", "grid_label"]
+__all__ = ["PlannedRun", "expand_studies", "run_settings", "unique_runs", "grid_label", "slug",
+           "ensure_inside", "output_path"]
 
 _STUDY_KEYS = ("kind", "title", "runs", "grid", "x")
 _RUN_KEYS = ("label", "group", "set")
@@ -113,9 +115,25 @@ def grid_label(point: Mapping[str, Any]) -> str:
     return ",".join(str(v) for v in point.values())
 
 
-def _slug(text: str) -> str:
-    text = re.sub(r"[()\s]+", "", text).replace(",", "_")  # "(w1, w2) = (1, 1)" -> "w1_w2=1_1"
-    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", text).strip("_")[:60] or "run"
+def slug(text: str, fallback: str = "run", max_length: int = 60) -> str:
+    """A file-name stem from configuration text: no path separators, no leading dot, at most
+    ``max_length`` characters (``"../../x"`` -> ``"x"``, ``"/abs/x"`` -> ``"abs_x"``)."""
+    text = re.sub(r"[()\s]+", "", str(text)).replace(",", "_")  # "(w1, w2) = (1, 1)" -> "w1_w2=1_1"
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", text).strip("._")[:max_length] or fallback
+
+
+def ensure_inside(root: Path, path: Path) -> Path:
+    """``path``, after checking that it resolves to a place inside ``root`` (symbolic links
+    followed): configuration-derived names must never write outside the run directory."""
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise ValueError(f"refusing to write {path}: it resolves to {resolved}, outside {base}")
+    return Path(path)
+
+
+def output_path(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/<slug(stem)><suffix>``, checked to lie inside ``folder``."""
+    return ensure_inside(folder, Path(folder) / f"{slug(stem, 'output', 120)}{suffix}")
 
 
 def expand_studies(cfg: Mapping[str, Any]) -> list[PlannedRun]:
@@ -194,7 +212,7 @@ def expand_studies(cfg: Mapping[str, Any]) -> list[PlannedRun]:
                         grid=dict(point),
                         config=run_cfg,
                         key=settings_hash(run_settings(run_cfg)),
-                        slug=_slug(f"{label}-{column}" if column else label),
+                        slug=slug(f"{label}-{column}" if column else label),
                     )
                 )
         if kind == "boxplot":

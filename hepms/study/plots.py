@@ -20,6 +20,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from hepms.study.plan import output_path
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -103,7 +105,7 @@ class FigureStyle:
         self.outdir.mkdir(parents=True, exist_ok=True)
         paths = []
         for ext in self.formats:
-            path = self.outdir / f"{stem}.{ext}"
+            path = output_path(self.outdir, stem, f".{ext}")  # stems may hold configuration text
             fig.savefig(path, dpi=self.dpi, bbox_inches="tight")
             paths.append(path)
         plt.close(fig)

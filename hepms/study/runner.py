@@ -24,10 +24,11 @@ import torch
 
 import hepms
 from hepms import metrics
+from hepms.config import settings_hash
 from hepms.nn.models import MultiStep
 from hepms.study.dataset import PreparedData
 from hepms.study.plan import run_settings
-from hepms.train.trainer import TrainConfig, Trainer
+from hepms.train.trainer import CheckpointError, TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ __all__ = [
     "build_model",
     "train_config",
     "fit_trial",
+    "trial_identity",
     "run_trial",
     "predict",
     "read_result",
@@ -89,17 +91,30 @@ def versions() -> dict[str, str]:
     return out
 
 
-def read_result(folder: Path, fingerprint: Optional[str] = None) -> Optional[dict[str, Any]]:
-    """The finished result in ``folder``, or None (missing, unreadable, other format, or made
-    from another sample when ``fingerprint`` is given)."""
+def read_result(
+    folder: Path, fingerprint: Optional[str] = None, seed: Optional[int] = None
+) -> Optional[dict[str, Any]]:
+    """The finished result in ``folder``, or None (missing, unreadable, other format, made from
+    another sample when ``fingerprint`` is given, or with another seed when ``seed`` is given).
+    An unreadable or foreign file is logged with the reason: the trial is then trained again."""
     path = Path(folder) / RESULT
     try:
         result = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        log.warning("ignoring %s: unreadable (%s: %s); the trial will be trained again", path,
+                    type(error).__name__, error)
         return None
     if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT or result.get("status") != "done":
+        log.warning("ignoring %s: not a finished %s result", path, RESULT_FORMAT)
         return None
     if fingerprint is not None and result.get("data_fingerprint") != fingerprint:
+        log.info("ignoring %s: made from another sample (data fingerprint %s, now %s)", path,
+                 result.get("data_fingerprint"), fingerprint)
+        return None
+    if seed is not None and result.get("seed") != seed:
+        log.info("ignoring %s: made with seed %s, now %s", path, result.get("seed"), seed)
         return None
     return result
 
@@ -222,21 +237,27 @@ def fit_trial(
     trainer = Trainer(model, train_config(cfg, seed, folder, progress))
     checkpoint = folder / "checkpoint.pt"
     resume = checkpoint if checkpoint.is_file() else None
+    # What a checkpoint must match to be resumed: every result-defining setting (the model's
+    # configuration included), the seed and the sample. The trainer adds its own checks.
+    identity = {"settings": trial_identity(cfg, seed), "data_fingerprint": data.fingerprint}
     if resume is not None:
         log.info("resuming %s from its checkpoint", folder)
     try:
-        history = trainer.fit(data.train, data.val, resume_from=resume)
-    except (ValueError, RuntimeError, KeyError, EOFError) as error:
-        if resume is None:
-            raise
-        # An unusable checkpoint (other settings, other torch): start this run again.
-        log.warning("cannot resume %s (%s): training from scratch", folder, error)
+        history = trainer.fit(data.train, data.val, resume_from=resume, identity=identity)
+    except CheckpointError as error:
+        # Unreadable, or made by other settings/data: never resume it, start this run again.
+        log.warning("discarding %s: %s; training from scratch", checkpoint, error)
         checkpoint.unlink(missing_ok=True)
         model = build_model(cfg, data, seed)
         trainer = Trainer(model, train_config(cfg, seed, folder, progress))
-        history = trainer.fit(data.train, data.val)
+        history = trainer.fit(data.train, data.val, identity=identity)
         resume = None
     return trainer, history, resume is not None
+
+
+def trial_identity(cfg: Mapping[str, Any], seed: int) -> str:
+    """Hash of the result-defining settings of ``cfg`` (model configuration included) and ``seed``."""
+    return settings_hash({"settings": run_settings(cfg), "seed": seed})
 
 
 def predict(model: MultiStep, data: PreparedData, batch_size: int = 2048) -> dict[str, np.ndarray]:

@@ -16,19 +16,21 @@ two scans on the same directory from training the same trial at once.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
 import socket
 import sys
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from hepms.config import dump_yaml, settings_hash
 from hepms.study.dataset import PreparedData, prepare_data
-from hepms.study.plan import PlannedRun, expand_studies, unique_runs
+from hepms.study.plan import PlannedRun, ensure_inside, expand_studies, unique_runs
 from hepms.study.runner import load_predictions, read_result, run_trial, versions, write_json
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def config_folder(run_dir: Path, run: PlannedRun) -> Path:
     else named after ``run``."""
     trials = Path(run_dir) / "trials"
     existing = sorted(trials.glob(f"*-{run.key[:8]}")) if trials.is_dir() else []
-    return existing[0] if existing else trials / run.folder
+    return ensure_inside(run_dir, existing[0] if existing else trials / run.folder)
 
 
 def trial_folder(run_dir: Path, run: PlannedRun, trial: int) -> Path:
@@ -67,27 +69,38 @@ def _now() -> str:
 
 def update_manifest(run_dir: Path, kind: str, cfg: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
     """Create or update ``manifest.json``: static facts plus ``fields`` (merged at the top level;
-    ``invocation`` entries are appended to ``invocations``)."""
-    import json
-
+    ``invocation`` entries are appended to ``invocations``). Safe with concurrent processes."""
     from hepms._machine import cpu_model
 
     path = Path(run_dir) / "manifest.json"
+    static = {
+        "kind": kind,
+        "config_sha256_12": settings_hash(cfg),
+        "versions": versions(),
+        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_model(),
+                    "cpu_count": os.cpu_count()},
+        "git_commit": _git_commit(),
+    }
+    # Read-modify-write under an exclusive lock: scans sharing the directory would otherwise lose
+    # each other's updates. write_json replaces the file atomically.
+    with _exclusive(Path(run_dir) / ".manifest.lock"):
+        return _update_manifest(path, kind, static, fields)
+
+
+def _update_manifest(path: Path, kind: str, static: Mapping[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    import json
+
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        manifest = None
+    except (OSError, ValueError) as error:
+        log.warning("%s is unreadable (%s): starting a new manifest", path, error)
+        manifest = None
+    if not isinstance(manifest, dict):
         manifest = {"format": "hepms.run/1", "kind": kind, "created_utc": _now(), "invocations": []}
-    manifest.update(
-        {
-            "kind": kind,
-            "updated_utc": _now(),
-            "config_sha256_12": settings_hash(cfg),
-            "versions": versions(),
-            "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_model(),
-                        "cpu_count": os.cpu_count()},
-            "git_commit": _git_commit(),
-        }
-    )
+    manifest.update(static)
+    manifest["updated_utc"] = _now()
     invocation = fields.pop("invocation", None)
     if invocation is not None:
         invocations = manifest.setdefault("invocations", [])
@@ -133,32 +146,99 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created, never deleted) for the block. The kernel
+    releases it when the process dies, so it can never go stale."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+_LOCK = "lock"
+# A lock file is created with its full content (link of a written temporary file); one that
+# cannot be parsed comes from elsewhere (an older hepms wrote it in two steps) and is treated as
+# stale only once it is this old.
+_UNPARSEABLE_STALE_SECONDS = 300.0
+
+
+_OWNERS: dict[int, str] = {}
+
+
+def _lock_owner() -> str:
+    """This process's lock line: host, pid and a random token, so that a recycled pid never
+    matches an old lock (keyed by pid: a forked child is another owner)."""
+    pid = os.getpid()
+    return _OWNERS.setdefault(pid, f"{socket.gethostname()} {pid} {uuid.uuid4().hex[:12]}")
+
+
+def _lock_is_stale(lock: Path) -> bool:
+    """True when ``lock`` belongs to a process of this host that no longer runs (a killed scan).
+    Locks of other hosts are never stale (their processes cannot be checked from here)."""
+    try:
+        text = lock.read_text()
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False  # gone already: the next link attempt decides
+    except OSError:
+        return False
+    parts = text.split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return age > _UNPARSEABLE_STALE_SECONDS
+    return parts[0] == socket.gethostname() and not _pid_alive(int(parts[1]))
+
+
 def _acquire(folder: Path) -> bool:
-    """Create ``folder/lock`` for this process; False while another live process holds it."""
+    """Create ``folder/lock`` for this process; False while another live process holds it.
+
+    The lock appears atomically with its content: the owner line is written to a temporary file
+    first and hard-linked to ``lock`` (``link`` fails when ``lock`` exists, so exactly one process
+    wins). A stale lock (its process is gone) is taken over under a ``flock`` guard, so two
+    processes can never both remove it and both succeed.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / "lock"
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+    lock = folder / _LOCK
+    me = _lock_owner()
+    tmp = folder / f".lock.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(me)
+    try:
+        for _ in range(2):
             try:
-                host, pid = lock.read_text().split()
-                stale = host == socket.gethostname() and not _pid_alive(int(pid))
-            except (OSError, ValueError):
-                stale = True
-            if not stale:
-                return False
-            lock.unlink(missing_ok=True)  # left by a killed scan: take it over
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        return True
-    return False
+                os.link(tmp, lock)
+                return True
+            except FileExistsError:
+                pass
+            with _exclusive(folder / ".lock.guard"):
+                # Only takeovers remove another process's lock, and they are serialised here:
+                # a lock found stale cannot turn into a live one before we remove it.
+                if not _lock_is_stale(lock):
+                    return False
+                log.info("%s: taking over the lock of a process that no longer runs", folder)
+                lock.unlink(missing_ok=True)
+                try:
+                    os.link(tmp, lock)
+                    return True
+                except FileExistsError:
+                    return False  # a fresh acquirer won between unlink and link: it holds it
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _release(folder: Path) -> None:
-    (folder / "lock").unlink(missing_ok=True)
+    """Remove ``folder/lock`` if this process holds it (never another process's lock)."""
+    lock = folder / _LOCK
+    try:
+        if lock.read_text() == _lock_owner():
+            lock.unlink()
+    except FileNotFoundError:
+        pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,7 +327,8 @@ def run_scan(
         for trial in range(trials):
             for run in todo:
                 folder = trial_folder(run_dir, run, trial)
-                if read_result(folder, data.fingerprint) is not None:
+                seed = cfg["scan"]["seed"] + trial
+                if read_result(folder, data.fingerprint, seed) is not None:
                     summary["skipped"] += 1
                     continue
                 if max_trials is not None and summary["trained"] >= max_trials:
@@ -257,12 +338,17 @@ def run_scan(
                     log.info("%s is being trained by another scan: skipped", folder)
                     summary["busy"] += 1
                     continue
+                if read_result(folder, data.fingerprint, seed) is not None:
+                    # Another scan finished it between our first look and the lock.
+                    _release(folder)
+                    summary["skipped"] += 1
+                    continue
                 try:
                     done_before = summary["trained"] + summary["skipped"]
                     log.info("[%d/%d] %s trial %d", done_before + 1, total, run.ref + (f" [{run.column}]" if run.column else ""), trial)
                     save = save_mode == "all" or (save_mode == "first" and trial == 0)
                     result = run_trial(
-                        run.config, data, folder, cfg["scan"]["seed"] + trial,
+                        run.config, data, folder, seed,
                         save_predictions_file=save, progress=progress,
                         extra={"study": run.study, "label": run.label, "column": run.column, "trial": trial,
                                "run_key": run.key},

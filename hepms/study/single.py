@@ -26,17 +26,17 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from hepms.config import ConfigError, dump_yaml, settings_hash
+from hepms.config import ConfigError, dump_yaml
 from hepms.data import Standardizer
 from hepms.nn.models import MultiStep
 from hepms.study.dataset import PreparedData, prepare_data
-from hepms.study.plan import run_settings
 from hepms.study.runner import (
     evaluate_predictions,
     fit_trial,
     load_predictions,
     predict,
     save_predictions,
+    trial_identity,
     versions,
     write_json,
 )
@@ -51,10 +51,6 @@ MODEL_FORMAT = "hepms.model/1"
 
 def _prepare(cfg: Mapping[str, Any], run_dir: Path, progress: bool) -> PreparedData:
     return prepare_data(cfg, run_dir / "cache", progress)
-
-
-def _identity(cfg: Mapping[str, Any]) -> str:
-    return settings_hash({"settings": run_settings(cfg), "seed": cfg["seed"]})
 
 
 def train_run(
@@ -76,10 +72,12 @@ def train_run(
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     data = _prepare(cfg, run_dir, progress)
     model_path = run_dir / "model.pt"
-    identity = _identity(cfg)
+    identity = trial_identity(cfg, cfg["seed"])
     if model_path.is_file() and not force:
-        state = torch.load(model_path, map_location="cpu", weights_only=True)
-        if state.get("identity") == identity and state.get("data_fingerprint") == data.fingerprint:
+        state = _read_model_file(model_path)
+        if state is None:
+            log.warning("ignoring %s: unreadable (truncated or corrupt?); training again", model_path)
+        elif state.get("identity") == identity and state.get("data_fingerprint") == data.fingerprint:
             return {"status": "up to date", "model": str(model_path), "epochs": state.get("epochs")}
     folder = run_dir / "train"
     if force and folder.exists():
@@ -117,13 +115,30 @@ def load_model(run_dir: Path) -> tuple[MultiStep, dict[str, Any]]:
     path = Path(run_dir) / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `hepms train` first")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_model_file(path)
+    if state is None:
+        raise ValueError(f"{path} is unreadable (truncated or corrupt?): retrain with `hepms train --force`")
     if state.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: unknown model format {state.get('format')!r}")
-    model = MultiStep(**state["model_config"])
-    model.load_state_dict(state["state_dict"])
+        raise ValueError(f"{path}: unknown model format {state.get('format')!r}; retrain with `hepms train --force`")
+    try:
+        model = MultiStep(**state["model_config"])
+        model.load_state_dict(state["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{path} does not hold a usable model ({type(error).__name__}: {error}); "
+                         "retrain with `hepms train --force`") from error
     model.eval()
     return model, state
+
+
+def _read_model_file(path: Path) -> Optional[dict[str, Any]]:
+    """The dict saved in ``path``, or None when the file is unreadable (truncated, random bytes:
+    torch.load then raises anything from OSError to UnpicklingError or IndexError)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        log.debug("cannot read %s: %s: %s", path, type(error).__name__, error)
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def evaluate_run(

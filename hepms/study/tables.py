@@ -14,7 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from hepms.study.plan import PlannedRun
+from hepms.config import ConfigError
+from hepms.study.plan import PlannedRun, output_path, slug
 
 __all__ = ["summarise", "study_tables", "write_tables", "fmt_mean_std"]
 
@@ -178,13 +179,19 @@ def write_tables(
 
     outdir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    stems: dict[str, str] = {}
     for name, table in tables.items():
-        md = outdir / f"{name}.md"
+        # Study names come from the configuration: slugged, never a path (see output_path).
+        stem = slug(name, "study", 120)
+        if stems.setdefault(stem, name) != name:
+            raise ConfigError(f"scan.studies: {stems[stem]!r} and {name!r} give the same file name "
+                              f"{stem!r}; rename one of them")
+        md = output_path(outdir, stem, ".md")
         _atomic_text(md, _table_markdown(name, table))
-        write_json(outdir / f"{name}.json", table)
-        written += [md, outdir / f"{name}.json"]
+        write_json(output_path(outdir, stem, ".json"), table)
+        written += [md, output_path(outdir, stem, ".json")]
         if reference and name in reference:
-            cmp = outdir / f"{name}_vs_study.md"
+            cmp = output_path(outdir, f"{stem}_vs_study", ".md")
             _atomic_text(cmp, _comparison_markdown(table, reference[name]))
             written.append(cmp)
     write_json(outdir / "tables.json", tables)

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -43,9 +44,15 @@ from hepms.train.strategies import STRATEGIES, Phase, monitor_key, phases_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "Trainer", "History", "EarlyStopping"]
+__all__ = ["TrainConfig", "Trainer", "History", "EarlyStopping", "CheckpointError", "data_digest"]
 
-CHECKPOINT_FORMAT = 1
+# 2: checkpoints carry what produced them (model configuration, data digest, caller identity).
+CHECKPOINT_FORMAT = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: unreadable (truncated, corrupt), of another format, or
+    made with other settings, another model or other data. The message names the file and why."""
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -253,6 +260,7 @@ class Trainer:
         self.balancer: Optional[Balancer] = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.history = History()
+        self._identity: Optional[dict] = None  # what produced the checkpoints (set by fit)
 
     # -- public API -----------------------------------------------------------------------------
     def fit(
@@ -261,6 +269,7 @@ class Trainer:
         val: TauEventData,
         resume_from: Optional[PathLike] = None,
         stop_after: Optional[int] = None,
+        identity: Optional[Mapping[str, Any]] = None,
     ) -> History:
         """Train on ``train``, select and stop on ``val``.
 
@@ -271,15 +280,27 @@ class Trainer:
                 from; the result equals the uninterrupted run.
             stop_after: return after this many epochs in this call (for time-limited jobs),
                 with ``history.interrupted`` set; resume later from the checkpoint.
+            identity: JSON-able facts that must match for a checkpoint to be resumed (e.g. a
+                settings hash and a data fingerprint); stored in every checkpoint written.
+
+        Every checkpoint also records the model's configuration and a digest of ``train`` and
+        ``val``; resuming with another model, other data or another ``identity`` raises.
 
         Returns:
             The :class:`History` (also in ``self.history``).
+
+        Raises:
+            CheckpointError: ``resume_from`` is unreadable or was made by other settings, another
+                model or other data (the message says which).
         """
         cfg = self.config
         self._check_data(train, "train")
         self._check_data(val, "validation")
         if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
             raise ValueError(f"stop_after must be a positive integer, got {stop_after!r}")
+        if resume_from is not None or self.checkpoint_path() is not None:
+            self._identity = {"model_config": _canonical(self.model.config),
+                              "data": data_digest(train, val), "caller": _canonical(dict(identity or {}))}
         train = train.to(self.device)
         val = val.to(self.device)
         start_phase, start_epoch, stopper = 0, 0, None
@@ -589,6 +610,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "model_config": self.model.config,
+            "identity": self._identity,
             "phase": phase_index,
             "epoch": epoch,
             "model": self.model.state_dict(),
@@ -609,18 +631,49 @@ class Trainer:
             path = path / "checkpoint.pt"
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: unsupported checkpoint format {state.get('format')!r}")
+        try:
+            # Truncated or random bytes raise anything from OSError to UnpicklingError/IndexError.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise CheckpointError(
+                f"checkpoint {path} is unreadable (truncated or corrupt?): {type(error).__name__}: "
+                f"{error}; delete it to train from scratch"
+            ) from error
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"checkpoint {path} has format {found!r}, this hepms writes "
+                                  f"{CHECKPOINT_FORMAT}; delete it to train from scratch")
         mine = self.config.to_dict()
+        theirs = state.get("config") if isinstance(state.get("config"), dict) else {}
         for key in ("strategy", "balancer", "balancer_options", "upstream_loss", "lr",
                     "batch_size", "seed", "max_epochs", "patience", "monitor"):
-            if state["config"].get(key) != mine.get(key):
-                raise ValueError(
-                    f"{path}: checkpoint has {key}={state['config'].get(key)!r}, this trainer "
+            if theirs.get(key) != mine.get(key):
+                raise CheckpointError(
+                    f"{path}: checkpoint has {key}={theirs.get(key)!r}, this trainer "
                     f"{mine.get(key)!r}; resume with the same configuration"
                 )
+        saved = state.get("identity") if isinstance(state.get("identity"), dict) else {}
+        assert self._identity is not None  # set by fit before loading
+        for key, what in (("model_config", "another model configuration"),
+                          ("data", "other training/validation data"),
+                          ("caller", "other settings or another data fingerprint")):
+            if saved.get(key) != self._identity[key]:
+                raise CheckpointError(
+                    f"{path}: checkpoint was made with {what} ({key}: {_diff(saved.get(key), self._identity[key])}); "
+                    "delete it to train from scratch"
+                )
         phase_index, epoch = int(state["phase"]), int(state["epoch"])
+        try:
+            stopper = self._restore(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise CheckpointError(f"checkpoint {path} does not fit this trainer ({type(error).__name__}: "
+                                  f"{error}); delete it to train from scratch") from error
+        log.info("resumed from %s: phase %d, epoch %d", path, phase_index, epoch)
+        return phase_index, epoch, stopper
+
+    def _restore(self, state: Mapping[str, Any]) -> Optional[EarlyStopping]:
+        """Model, history, optimizer, balancer, early stopping and RNG from a checked checkpoint."""
+        phase_index = int(state["phase"])
         self.model.load_state_dict(state["model"])
         self.history = History(**state["history"])
         stopper = None
@@ -637,8 +690,7 @@ class Trainer:
             else:
                 stopper = EarlyStopping(self.config.patience)
         _set_rng_state(state["rng"])
-        log.info("resumed from %s: phase %d, epoch %d", path, phase_index, epoch)
-        return phase_index, epoch, stopper
+        return stopper
 
     # -- logs -----------------------------------------------------------------------------------
     def _write_logs(self) -> None:
@@ -662,6 +714,37 @@ class Trainer:
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
+def data_digest(*parts: TauEventData) -> str:
+    """A hash of the tensors of ``parts`` (values, offsets, features, labels, weights, targets):
+    checkpoints record it so that a run never resumes on data other than its own."""
+    h = hashlib.blake2b(digest_size=16)
+    for data in parts:
+        c = data.constituents
+        for tensor in (c.values, c.offsets, c.outer_offsets, data.jet_features, data.jet_labels,
+                       data.event_labels, data.jet_weights, data.jet_targets):
+            if tensor is None:
+                h.update(b"none")
+                continue
+            flat = tensor.detach().reshape(-1).contiguous().cpu()
+            h.update(f"{flat.dtype}{tuple(tensor.shape)}".encode())
+            h.update(flat.view(torch.uint8).numpy().data)
+        h.update(repr((tuple(data.constituent_names), tuple(data.jet_names))).encode())
+    return h.hexdigest()
+
+
+def _canonical(x: Any) -> Any:
+    """JSON-normal form (tuples -> lists, keys sorted) so saved and live values compare equal."""
+    return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
+def _diff(saved: Any, current: Any) -> str:
+    """Where two identities differ, briefly, for the discard message."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        return ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys[:4])
+    return f"{saved!r} -> {current!r}"
+
+
 def _batches(data: TauEventData, batch_size: int) -> Iterator[TauEventData]:
     for start in range(0, len(data), batch_size):
         yield data.slice(start, min(len(data), start + batch_size))
