@@ -143,6 +143,7 @@ def _configured(func):
 
     def wrapper(args: argparse.Namespace) -> int:
         from hepms.config import ConfigError
+        from hepms.generate.io import MissingBranchError
 
         _setup_logging(getattr(args, "verbose", False))
         try:
@@ -150,7 +151,7 @@ def _configured(func):
         except ConfigError as error:
             print(f"hepms {args.command}: config error: {error}", file=sys.stderr)
             return 2
-        except FileNotFoundError as error:
+        except (OSError, MissingBranchError) as error:  # missing, unreadable or incomplete inputs
             print(f"hepms {args.command}: error: {error}", file=sys.stderr)
             return 1
 

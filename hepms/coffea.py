@@ -500,10 +500,12 @@ def _list_depth(array: Any, what: str) -> int:
 def _collection_name(array: Any) -> Optional[str]:
     """The NanoEvents collection (``"Jet"``), from the layout parameters, if any."""
     layout = array.layout
-    while layout is not None:
+    while isinstance(layout, ak.contents.Content):
         name = layout.parameter("collection_name")
         if name is not None:
             return str(name)
+        # Lists, options and indexed nodes wrap one content; a RecordArray's ``content`` is a
+        # method (content(field)): the descent ends there.
         layout = getattr(layout, "content", None)
     return None
 

@@ -104,6 +104,18 @@ def _increasing(value: Sequence[float]) -> Optional[str]:
     return None
 
 
+def _device_name(value: str) -> Optional[str]:
+    # Syntax only: whether the device exists is checked when training starts (a run trained on a
+    # GPU must stay readable, e.g. by `hepms evaluate`, on a machine without one).
+    import torch
+
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        return "is not a torch device; use 'cpu', 'cuda' or 'cuda:N'"
+    return None
+
+
 def _choices_of_names() -> dict[str, tuple[str, ...]]:
     # Imported lazily: hepms.data imports awkward, which `hepms --help` should not pay for.
     from hepms.data import DEFAULT_CONSTITUENT_FEATURES, JET_FEATURES
@@ -186,7 +198,7 @@ def _build_schema() -> dict[str, Any]:
             "patience": Key(10, "early-stopping patience (epochs)", "int", check=_positive),
             "monitor": Key("total", "validation quantity for early stopping", "str",
                            choices=("total", "tau", "event", "momentum")),
-            "device": Key("cpu", "torch device", "str"),
+            "device": Key("cpu", "torch device", "str", check=_device_name),
         },
         "evaluate": {
             "tau_efficiency": Key(0.6, "tau-ID working point (overall tau-jet efficiency) for the "

@@ -102,12 +102,7 @@ def _define_python_ops() -> None:
     )
 
     def gather(src: Tensor, offsets: Tensor, num_rows: int, mean: bool) -> Tensor:
-        ids = _reference._segment_ids(offsets, num_rows)
-        out = src.index_select(0, ids)
-        if mean:
-            counts = _reference._counts_like(offsets, src).clamp_min(1)
-            out = out / counts.index_select(0, ids)
-        return out
+        return _reference.segment_gather_reference(src, offsets, num_rows, mean)
 
     def max_backward(grad: Tensor, argmax: Tensor, offsets: Tensor, num_rows: int) -> Tensor:
         out = grad.new_zeros((num_rows, *grad.shape[1:]))

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Union
 
@@ -248,15 +249,88 @@ def read_events(
     behavior = _vector_behavior()
     parts = []
     for file in _resolve_paths(path):
-        with uproot.open(file) as root_file:
-            arrays = root_file[TREE_NAME].arrays(entry_start=entry_start, entry_stop=entry_stop, library="ak")
-        parts.append(_build_events(arrays, max_jets, max_constituents, behavior))
+        try:
+            with uproot.open(file) as root_file:
+                tree = root_file[TREE_NAME]  # a missing tree: uproot's KeyInFileError names it
+                arrays = tree.arrays(entry_start=entry_start, entry_stop=entry_stop, library="ak")
+        except (OSError, ValueError, uproot.deserialization.DeserializationError) as error:
+            # uproot says "expected Chunk of length 114 ..." or "first four bytes are ...".
+            raise UnreadableFileError(
+                f"file {file} is not a readable ROOT file (truncated or not ROOT?): {error}"
+            ) from error
+        parts.append(_build_in_file(file, arrays, max_jets, max_constituents, behavior))
     return parts[0] if len(parts) == 1 else ak.concatenate(parts)
+
+
+class UnreadableFileError(OSError):
+    """An input file that cannot be read (truncated, not ROOT); the message names it."""
+
+
+class MissingBranchError(KeyError):
+    """A branch the reader asked for is not in the file; the message names the file and branch."""
+
+    def __init__(self, message: str, branch: str | None = None) -> None:
+        super().__init__(message)
+        self.branch = branch
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])
+
+
+class _Branches(dict):
+    """The fields of one collection (``Jet_pt`` -> ``"pt"``); a missing one names its branch."""
+
+    def __init__(self, prefix: str, fields: Mapping[str, Any]) -> None:
+        super().__init__(fields)
+        self.prefix = prefix
+
+    def __missing__(self, key: str) -> Any:
+        raise MissingBranchError(f"branch {self.prefix}{key!r} not found", f"{self.prefix}{key}")
+
+
+# Collection prefixes requested while building one file's events (for the missing-branch message).
+_requested: ContextVar[list[str] | None] = ContextVar("hepms_requested_collections", default=None)
+
+
+def _build_in_file(file: Path, arrays: ak.Array, *args: Any) -> ak.Array:
+    """:func:`_build_events` for one file, turning a missing branch into an error naming the file
+    and the branch the reader asked for (whatever the names of the schema are)."""
+    requested: list[str] = []
+    token = _requested.set(requested)
+    try:
+        return _build_events(arrays, *args)
+    except MissingBranchError as error:
+        branch = error.branch
+    except ak.errors.FieldNotFoundError as error:  # a top-level branch such as a count
+        branch = _quoted_name(str(error))
+    except KeyError as error:  # a field of a collection, looked up in a copy of _Branches
+        key = error.args[0] if error.args else None
+        if not isinstance(key, str):
+            raise
+        # The collection read last is the one whose field was asked for.
+        branch = (requested[-1] if requested else "") + key
+    finally:
+        _requested.reset(token)
+    near = [f for f in arrays.fields if branch and f.split("_")[0] == str(branch).split("_")[0]]
+    raise MissingBranchError(
+        f"file {file}: branch {branch!r} not found in tree {TREE_NAME!r}; the reader needs it. "
+        + (f"Branches of that collection: {near}" if near else f"The tree has branches {list(arrays.fields)}"),
+        branch,
+    ) from None
+
+
+def _quoted_name(message: str) -> str | None:
+    start = message.find("'")
+    end = message.find("'", start + 1)
+    return message[start + 1:end] if 0 <= start < end else None
 
 
 def _collection(arrays: ak.Array, name: str) -> dict[str, ak.Array]:
     prefix = name + "_"
-    return {f[len(prefix):]: arrays[f] for f in arrays.fields if f.startswith(prefix)}
+    requested = _requested.get()
+    if requested is not None:
+        requested.append(prefix)
+    return _Branches(prefix, {f[len(prefix):]: arrays[f] for f in arrays.fields if f.startswith(prefix)})
 
 
 def _build_events(

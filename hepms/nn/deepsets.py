@@ -68,7 +68,8 @@ class EquivariantBlock(nn.Module):
         width = u.shape[1]
         h = F.linear(u, first.weight[:, :width], first.bias)
         per_set = F.linear(pooled, first.weight[:, width:]).contiguous()
-        h = h + torch.ops.hepms.segment_gather(per_set, offsets, values.shape[0], False)
+        # The raw op takes int64 only; the pooling wrappers above accept int32 offsets too.
+        h = h + torch.ops.hepms.segment_gather(per_set, offsets.long(), values.shape[0], False)
         index = 0
         for layer in self.phi_b:
             if index > 0:

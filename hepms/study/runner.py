@@ -24,11 +24,11 @@ import torch
 
 import hepms
 from hepms import metrics
-from hepms.config import settings_hash
+from hepms.config import ConfigError, settings_hash
 from hepms.nn.models import MultiStep
 from hepms.study.dataset import PreparedData
 from hepms.study.plan import run_settings
-from hepms.train.trainer import CheckpointError, TrainConfig, Trainer
+from hepms.train.trainer import CheckpointError, TrainConfig, Trainer, check_device
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,10 @@ def build_model(cfg: Mapping[str, Any], data: PreparedData, seed: int) -> MultiS
 def train_config(cfg: Mapping[str, Any], seed: int, folder: Optional[Path], progress: bool) -> TrainConfig:
     """The :class:`~hepms.train.TrainConfig` of ``cfg["trainer"]``, logging into ``folder``."""
     t = cfg["trainer"]
+    try:
+        check_device(t["device"])
+    except ValueError as error:
+        raise ConfigError(f"trainer.device: {error}") from None
     return TrainConfig(
         strategy=t["strategy"],
         balancer=t["balancer"],

@@ -44,7 +44,8 @@ from hepms.train.strategies import STRATEGIES, Phase, monitor_key, phases_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "Trainer", "History", "EarlyStopping", "CheckpointError", "data_digest"]
+__all__ = ["TrainConfig", "Trainer", "History", "EarlyStopping", "CheckpointError", "data_digest",
+           "check_device"]
 
 # 2: checkpoints carry what produced them (model configuration, data digest, caller identity).
 CHECKPOINT_FORMAT = 2
@@ -127,10 +128,34 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        torch.device(self.device)  # raises on a malformed device string
+        check_device(self.device)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+def check_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` as a :class:`torch.device`, after checking that this machine has it.
+
+    Raises:
+        ValueError: not a device name (``"gpu"``), or CUDA requested where torch has none (a
+            CPU-only build, no GPU visible, or an index beyond the GPU count); the message says which.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a torch device ({error}); use 'cpu', 'cuda' or "
+                         "'cuda:N'") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(f"device {device!r}: this torch ({torch.__version__}) was built without "
+                             "CUDA; use device 'cpu' or install a CUDA build of torch")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is visible (torch {torch.__version__}, "
+                             f"CUDA {torch.version.cuda}); use device 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
 
 
 # ----------------------------------------------------------------------------------------------
