@@ -592,9 +592,21 @@ def _leaf_tensor(data: object, where: str) -> Tensor:
 
 
 def _is_readonly(data: object) -> bool:
-    """A numpy buffer that must not be written: ``np.memmap(mode="r")`` (writing segfaults),
-    Arrow-backed arrays (immutable by contract). cupy buffers are always writable."""
-    return isinstance(data, np.ndarray) and not data.flags.writeable
+    """A numpy buffer that must not be written: read-only ones (``np.memmap(mode="r")``, where a
+    write segfaults) and Arrow-backed ones (immutable by contract, even where pyarrow allocated
+    the memory as mutable). cupy buffers are always writable."""
+    if not isinstance(data, np.ndarray):
+        return False
+    if not data.flags.writeable:
+        return True
+    base = data.base
+    for _ in range(8):  # views of views: the owner is a few levels up at most
+        if base is None:
+            return False
+        if type(base).__module__.startswith("pyarrow"):
+            return True
+        base = getattr(base, "base", None)
+    return False
 
 
 def _readonly_tensor(data: np.ndarray) -> Tensor:

@@ -36,6 +36,7 @@ __all__ = [
     "RESULT_FORMAT",
     "build_model",
     "train_config",
+    "check_trainer_device",
     "fit_trial",
     "trial_identity",
     "run_trial",
@@ -138,13 +139,18 @@ def build_model(cfg: Mapping[str, Any], data: PreparedData, seed: int) -> MultiS
     )
 
 
+def check_trainer_device(cfg: Mapping[str, Any]) -> None:
+    """Fail early, naming the key, when ``trainer.device`` does not exist on this machine."""
+    try:
+        check_device(cfg["trainer"]["device"])
+    except ValueError as error:
+        raise ConfigError(f"trainer.device: {error}") from None
+
+
 def train_config(cfg: Mapping[str, Any], seed: int, folder: Optional[Path], progress: bool) -> TrainConfig:
     """The :class:`~hepms.train.TrainConfig` of ``cfg["trainer"]``, logging into ``folder``."""
     t = cfg["trainer"]
-    try:
-        check_device(t["device"])
-    except ValueError as error:
-        raise ConfigError(f"trainer.device: {error}") from None
+    check_trainer_device(cfg)
     return TrainConfig(
         strategy=t["strategy"],
         balancer=t["balancer"],

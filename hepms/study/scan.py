@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from hepms.config import dump_yaml, settings_hash
 from hepms.study.dataset import PreparedData, prepare_data
 from hepms.study.plan import PlannedRun, ensure_inside, expand_studies, unique_runs
-from hepms.study.runner import load_predictions, read_result, run_trial, versions, write_json
+from hepms.study.runner import check_trainer_device, load_predictions, read_result, run_trial, versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,7 @@ def run_scan(
     for name, value in (("trials", trials), ("max_trials", max_trials)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name}: {value!r} must be an integer >= 1")
+    check_trainer_device(cfg)  # before the data are prepared (possibly generated): fail fast
     run_dir = Path(run_dir or cfg["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     trials = int(trials if trials is not None else cfg["scan"]["trials"])

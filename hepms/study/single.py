@@ -31,6 +31,7 @@ from hepms.data import Standardizer
 from hepms.nn.models import MultiStep
 from hepms.study.dataset import PreparedData, prepare_data
 from hepms.study.runner import (
+    check_trainer_device,
     evaluate_predictions,
     fit_trial,
     load_predictions,
@@ -68,6 +69,7 @@ def train_run(
     """
     run_dir = Path(run_dir or cfg["run_dir"])
     progress = cfg["progress"] if progress is None else progress
+    check_trainer_device(cfg)  # before the data are prepared (possibly generated): fail fast
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     data = _prepare(cfg, run_dir, progress)
