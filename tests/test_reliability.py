@@ -155,7 +155,9 @@ def test_corrupt_model_file_retrains_and_evaluate_names_it(sample: Path, tmp_pat
     train_run(cfg)
     model_path = Path(cfg["run_dir"]) / "model.pt"
     model_path.write_bytes(model_path.read_bytes()[:100])  # truncated
-    with pytest.raises(ValueError, match=r"model\.pt is unreadable .*hepms train --force"):
+    from hepms.generate.io import UnreadableFileError
+
+    with pytest.raises(UnreadableFileError, match=r"model\.pt is unreadable .*hepms train --force"):
         load_model(Path(cfg["run_dir"]))
     with caplog.at_level(logging.WARNING):
         result = train_run(cfg)  # no crash in the up-to-date check: trains again
@@ -201,6 +203,14 @@ def test_scan_retrains_trials_of_a_regenerated_sample_and_survives_corrupt_files
     (folder / "result.json").write_text(json.dumps({**result, "seed": 7}))
     assert read_result(folder, data.fingerprint, seed=1) is None  # another scan.seed: redo
     assert read_result(folder, data.fingerprint, seed=7) is not None
+
+    from hepms.generate.io import UnreadableFileError
+    from hepms.study.runner import load_predictions
+
+    bad = folder / "predictions.npz"
+    bad.write_bytes(b"PK\x03\x04truncated")
+    with pytest.raises(UnreadableFileError, match=r"predictions\.npz is unreadable"):
+        load_predictions(bad)
 
 
 # ================================================================================================
@@ -620,43 +630,75 @@ def test_property_resume_iff_nothing_changed(interrupted_checkpoint: Path, tmp_p
         assert history.epochs[0]["epoch"] == 0 and len(history.epochs) == 2
 
 
-_leaf = st.floats(allow_nan=False, width=32, min_value=-1e6, max_value=1e6)
+_OVERRIDES = st.fixed_dictionaries({
+    "model.k": st.sampled_from([1, 2, 3]),
+    "model.tau": st.sampled_from([{}, {"block_activation": "relu"}, {"pool": ["sum"]}]),
+    "data.max_events": st.sampled_from([None, 500]),
+    "trainer.lr": st.sampled_from([1e-3, 3e-3]),
+    "trainer.device": st.sampled_from(["cpu", "cuda"]),  # where it runs: not part of the identity
+    "seed": st.sampled_from([1, 2]),
+})
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=_OVERRIDES, b=_OVERRIDES)
+def test_property_trial_identity_covers_every_result_defining_setting(a, b) -> None:
+    """Two configurations get the same checkpoint identity exactly when every setting that can
+    change the result (the model configuration included) and the seed agree."""
+    from hepms.config import set_key
+    from hepms.study.runner import trial_identity
+
+    def build(overrides):
+        raw: dict = {}
+        for key, value in overrides.items():
+            set_key(raw, key, value)
+        cfg = validate(raw, studies=False)
+        return trial_identity(cfg, cfg["seed"])
+
+    relevant = [k for k in a if k != "trainer.device"]
+    assert (build(a) == build(b)) == all(a[k] == b[k] for k in relevant)
+
+
+@st.composite
+def _jagged_inputs(draw):
+    """Counts for one or two list levels, the flat leaf values, and how to present the buffers."""
+    two_levels = draw(st.booleans())
+    outer = draw(st.lists(st.integers(0, 3), min_size=1, max_size=5)) if two_levels else None
+    n_lists = sum(outer) if two_levels else draw(st.integers(1, 6))
+    inner = draw(st.lists(st.integers(0, 4), min_size=n_lists, max_size=n_lists))
+    leaf = st.floats(allow_nan=False, width=32, min_value=-1e6, max_value=1e6)
+    values = draw(st.lists(leaf, min_size=sum(inner), max_size=sum(inner)))
+    return outer, inner, values, draw(st.booleans()), draw(st.integers(0, 2))
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    lists=st.lists(st.lists(st.lists(_leaf, max_size=4), max_size=3), min_size=1, max_size=5),
-    two_levels=st.booleans(),
-    readonly=st.booleans(),
-    dtype=st.sampled_from([torch.float32, torch.float64]),
-    start=st.integers(0, 2),
-)
-def test_property_jagged_bridge(lists, two_levels, readonly, dtype, start) -> None:
+@given(case=_jagged_inputs(), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_property_jagged_bridge(case, dtype) -> None:
     """Random lists, one or two levels, sliced, in writable or read-only buffers: values and offsets
-    match awkward, and editing the values never reaches a read-only source."""
-    array = ak.Array(lists if two_levels else [x for event in lists for x in event] or [[]])
-    layout = ak.to_packed(array).layout
-    flat = ak.to_numpy(ak.flatten(array, axis=None)).astype(np.float32)
-    flat.flags.writeable = not readonly
+    match awkward, writable buffers are shared and editing never reaches a read-only source."""
+    outer, inner, values, readonly, start = case
+    flat = np.asarray(values, dtype=np.float32)
+    offsets = [np.concatenate([[0], np.cumsum(inner)]).astype(np.int64)]
+    if outer is not None:
+        offsets.insert(0, np.concatenate([[0], np.cumsum(outer)]).astype(np.int64))
+    for buffer in (flat, *offsets):
+        buffer.flags.writeable = not readonly
     content = ak.contents.NumpyArray(flat)
-    node = layout
-    inner_offsets = []
-    while isinstance(node, ak.contents.ListOffsetArray):
-        inner_offsets.append(np.asarray(node.offsets))
-        node = node.content
-    for offs in reversed(inner_offsets):
-        offs = offs.astype(np.int64)
-        offs.flags.writeable = not readonly
+    for offs in reversed(offsets):
         content = ak.contents.ListOffsetArray(ak.index.Index64(offs), content)
-    source = ak.Array(content)[min(start, len(array)):]
+    source = ak.Array(content)
+    source = source[min(start, len(source)):]
     before = flat.copy()
     j = hepms.to_jagged(source, dtype=dtype)
     expected = ak.to_numpy(ak.flatten(source, axis=None)).astype(np.float64)
-    np.testing.assert_allclose(j.values.double().flatten().numpy(), expected.astype(np.float32).astype(np.float64))
-    counts = ak.to_numpy(ak.num(source, axis=-1) if not two_levels else ak.flatten(ak.num(source, axis=2)))
-    assert j.counts.tolist() == counts.tolist()
-    if two_levels:
+    np.testing.assert_array_equal(j.values.double().flatten().numpy(), expected)
+    if outer is None:
+        assert j.counts.tolist() == ak.to_numpy(ak.num(source, axis=1)).tolist()
+    else:
         assert j.outer_counts.tolist() == ak.to_numpy(ak.num(source, axis=1)).tolist()
+        assert j.counts.tolist() == ak.to_numpy(ak.flatten(ak.num(source, axis=2))).tolist()
     j.values.add_(1)
     if readonly:
         np.testing.assert_array_equal(flat, before)
+    elif dtype == torch.float32 and j.values.numel():
+        assert ak.to_numpy(ak.flatten(source, axis=None))[0] == j.values[0, 0]  # shared memory

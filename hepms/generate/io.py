@@ -263,7 +263,8 @@ def read_events(
 
 
 class UnreadableFileError(OSError):
-    """An input file that cannot be read (truncated, not ROOT); the message names it."""
+    """An input file that cannot be read (truncated, corrupt, not of the expected kind); the
+    message names it and says what to do."""
 
 
 class MissingBranchError(KeyError):

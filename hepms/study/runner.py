@@ -25,6 +25,7 @@ import torch
 import hepms
 from hepms import metrics
 from hepms.config import ConfigError, settings_hash
+from hepms.generate.io import UnreadableFileError
 from hepms.nn.models import MultiStep
 from hepms.study.dataset import PreparedData
 from hepms.study.plan import run_settings
@@ -226,8 +227,20 @@ def save_predictions(path: Path, predictions: Mapping[str, np.ndarray]) -> None:
 
 
 def load_predictions(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as npz:
-        return {k: npz[k] for k in npz.files}
+    """The arrays of ``predictions.npz``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnreadableFileError: a truncated or corrupt file (named in the message).
+    """
+    try:
+        with np.load(path) as npz:
+            return {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # zipfile.BadZipFile, EOFError, ValueError, OSError, ...
+        raise UnreadableFileError(f"{path} is unreadable (truncated or corrupt?): {type(error).__name__}: "
+                                  f"{error}; delete it and rerun the run or trial that wrote it") from error
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from hepms.config import dump_yaml, settings_hash
+from hepms.generate.io import UnreadableFileError
 from hepms.study.dataset import PreparedData, prepare_data
 from hepms.study.plan import PlannedRun, ensure_inside, expand_studies, unique_runs
 from hepms.study.runner import check_trainer_device, load_predictions, read_result, run_trial, versions, write_json
@@ -245,16 +246,19 @@ def _release(folder: Path) -> None:
 # The scan
 # ----------------------------------------------------------------------------------------------
 def collect_results(
-    run_dir: Path, planned: Sequence[PlannedRun], fingerprint: Optional[str]
+    run_dir: Path, planned: Sequence[PlannedRun], fingerprint: Optional[str], seed: Optional[int] = None
 ) -> dict[str, list[dict[str, Any]]]:
     """Finished results per run key: every ``trial_*`` folder with a valid result of the sample
-    ``fingerprint`` (None: any sample), in trial order."""
+    ``fingerprint`` (None: any sample) and, when ``seed`` (``scan.seed``) is given, of the seed
+    ``seed + trial``, in trial order."""
     out: dict[str, list[dict[str, Any]]] = {}
     for run in unique_runs(planned):
         folder = config_folder(run_dir, run)
         found = []
         for trial_dir in sorted(folder.glob("trial_*")) if folder.is_dir() else []:
-            result = read_result(trial_dir, fingerprint)
+            number = trial_dir.name[len("trial_"):]
+            trial_seed = seed + int(number) if seed is not None and number.isdigit() else None
+            result = read_result(trial_dir, fingerprint, trial_seed)
             if result is not None:
                 result["_folder"] = str(trial_dir)
                 found.append(result)
@@ -403,7 +407,7 @@ def build_outputs(
             fingerprint, info = manifest.get("data_fingerprint"), manifest.get("data", {})
         except (OSError, ValueError):
             pass
-    results = collect_results(run_dir, planned, fingerprint)
+    results = collect_results(run_dir, planned, fingerprint, cfg["scan"]["seed"])
     out: dict[str, Any] = {"tables": [], "figures": []}
     table_data = study_tables(cfg, planned, results)
     if tables:
@@ -445,7 +449,10 @@ def scan_figures(
         for res in results.get(run.key, []):
             path = Path(res["_folder"]) / "predictions.npz"
             if path.is_file():
-                return load_predictions(path)
+                try:
+                    return load_predictions(path)
+                except UnreadableFileError as error:  # one bad file costs a figure, not the scan
+                    log.warning("skipped: %s", error)
         return None
 
     def describe(run: PlannedRun) -> str:

@@ -28,6 +28,7 @@ import torch
 
 from hepms.config import ConfigError, dump_yaml
 from hepms.data import Standardizer
+from hepms.generate.io import UnreadableFileError
 from hepms.nn.models import MultiStep
 from hepms.study.dataset import PreparedData, prepare_data
 from hepms.study.runner import (
@@ -119,7 +120,7 @@ def load_model(run_dir: Path) -> tuple[MultiStep, dict[str, Any]]:
         raise FileNotFoundError(f"{path} not found: run `hepms train` first")
     state = _read_model_file(path)
     if state is None:
-        raise ValueError(f"{path} is unreadable (truncated or corrupt?): retrain with `hepms train --force`")
+        raise UnreadableFileError(f"{path} is unreadable (truncated or corrupt?): retrain with `hepms train --force`")
     if state.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: unknown model format {state.get('format')!r}; retrain with `hepms train --force`")
     try:

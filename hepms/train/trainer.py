@@ -47,8 +47,10 @@ log = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "Trainer", "History", "EarlyStopping", "CheckpointError", "data_digest",
            "check_device"]
 
-# 2: checkpoints carry what produced them (model configuration, data digest, caller identity).
-CHECKPOINT_FORMAT = 2
+# Readers for inference (hepms.export) need only model_config and model, unchanged in format 1.
+# Resuming also needs "identity" (model configuration, data digest, the caller's identity): a
+# checkpoint without it, or with another one, is refused (CheckpointError).
+CHECKPOINT_FORMAT = 1
 
 
 class CheckpointError(ValueError):
