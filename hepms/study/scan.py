@@ -209,25 +209,23 @@ def _acquire(folder: Path) -> bool:
     tmp = folder / f".lock.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     tmp.write_text(me)
     try:
-        for _ in range(2):
+        try:
+            os.link(tmp, lock)
+            return True
+        except FileExistsError:
+            pass
+        with _exclusive(folder / ".lock.guard"):
+            # Only takeovers remove another process's lock, and they are serialised here: a lock
+            # found stale cannot turn into a live one before we remove it.
+            if not _lock_is_stale(lock):
+                return False
+            log.info("%s: taking over the lock of a process that no longer runs", folder)
+            lock.unlink(missing_ok=True)
             try:
                 os.link(tmp, lock)
                 return True
             except FileExistsError:
-                pass
-            with _exclusive(folder / ".lock.guard"):
-                # Only takeovers remove another process's lock, and they are serialised here:
-                # a lock found stale cannot turn into a live one before we remove it.
-                if not _lock_is_stale(lock):
-                    return False
-                log.info("%s: taking over the lock of a process that no longer runs", folder)
-                lock.unlink(missing_ok=True)
-                try:
-                    os.link(tmp, lock)
-                    return True
-                except FileExistsError:
-                    return False  # a fresh acquirer won between unlink and link: it holds it
-        return False
+                return False  # a fresh acquirer won between unlink and link: it holds the lock
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -56,6 +56,8 @@ CHECKPOINT_FORMAT = 1
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed: unreadable (truncated, corrupt), of another format, or
     made with other settings, another model or other data. The message names the file and why."""
+
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 
