@@ -99,7 +99,7 @@ def test_checkpoint_of_other_model_data_or_settings_is_refused(
         _resume(interrupted_checkpoint, tmp_path, **change)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "not_a_dict"])
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "not_a_dict", "no_identity", "no_phase"])
 def test_unreadable_checkpoint_names_the_file(interrupted_checkpoint: Path, tmp_path: Path, damage: str) -> None:
     target = tmp_path / "checkpoint.pt"
     data = interrupted_checkpoint.read_bytes()
@@ -109,8 +109,12 @@ def test_unreadable_checkpoint_names_the_file(interrupted_checkpoint: Path, tmp_
         target.write_bytes(np.random.default_rng(0).bytes(4096))
     elif damage == "empty":
         target.write_bytes(b"")
-    else:
+    elif damage == "not_a_dict":
         torch.save([1, 2, 3], target)
+    else:  # an older hepms wrote no identity; or a key is missing
+        state = torch.load(interrupted_checkpoint, weights_only=True)
+        del state["identity" if damage == "no_identity" else "phase"]
+        torch.save(state, target)
     with pytest.raises(CheckpointError, match=str(target).replace(".", r"\.")):
         _resume(target, tmp_path)
 

@@ -269,7 +269,7 @@ def fit_trial(
         history = trainer.fit(data.train, data.val, resume_from=resume, identity=identity)
     except CheckpointError as error:
         # Unreadable, or made by other settings/data: never resume it, start this run again.
-        log.warning("discarding %s: %s; training from scratch", checkpoint, error)
+        log.warning("discarding %s: %s; training from scratch", checkpoint, error.reason)
         checkpoint.unlink(missing_ok=True)
         model = build_model(cfg, data, seed)
         trainer = Trainer(model, train_config(cfg, seed, folder, progress))

@@ -55,7 +55,17 @@ CHECKPOINT_FORMAT = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed: unreadable (truncated, corrupt), of another format, or
-    made with other settings, another model or other data. The message names the file and why."""
+    made with other settings, another model or other data. The message names the file and why.
+
+    Attributes:
+        path: the checkpoint file.
+        reason: why it cannot be resumed.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"checkpoint {path}: {reason}; delete it to train from scratch")
+        self.path = Path(path)
+        self.reason = reason
 
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -665,38 +675,35 @@ class Trainer:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
             raise CheckpointError(
-                f"checkpoint {path} is unreadable (truncated or corrupt?): {type(error).__name__}: "
-                f"{error}; delete it to train from scratch"
+                path, f"unreadable (truncated or corrupt?): {type(error).__name__}: {error}"
             ) from error
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             found = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise CheckpointError(f"checkpoint {path} has format {found!r}, this hepms writes "
-                                  f"{CHECKPOINT_FORMAT}; delete it to train from scratch")
+            raise CheckpointError(path, f"format {found!r}, this hepms writes {CHECKPOINT_FORMAT}")
         mine = self.config.to_dict()
         theirs = state.get("config") if isinstance(state.get("config"), dict) else {}
         for key in ("strategy", "balancer", "balancer_options", "upstream_loss", "lr",
                     "batch_size", "seed", "max_epochs", "patience", "monitor"):
             if theirs.get(key) != mine.get(key):
                 raise CheckpointError(
-                    f"{path}: checkpoint has {key}={theirs.get(key)!r}, this trainer "
-                    f"{mine.get(key)!r}; resume with the same configuration"
+                    path, f"made with {key}={theirs.get(key)!r}, this trainer has {mine.get(key)!r}"
                 )
-        saved = state.get("identity") if isinstance(state.get("identity"), dict) else {}
+        saved = state.get("identity")
+        if not isinstance(saved, dict):
+            raise CheckpointError(path, "records no model/data identity (written by an older hepms)")
         assert self._identity is not None  # set by fit before loading
         for key, what in (("model_config", "another model configuration"),
                           ("data", "other training/validation data"),
                           ("caller", "other settings or another data fingerprint")):
             if saved.get(key) != self._identity[key]:
                 raise CheckpointError(
-                    f"{path}: checkpoint was made with {what} ({key}: {_diff(saved.get(key), self._identity[key])}); "
-                    "delete it to train from scratch"
+                    path, f"made with {what} ({key}: {_diff(saved.get(key), self._identity[key])})"
                 )
-        phase_index, epoch = int(state["phase"]), int(state["epoch"])
         try:
+            phase_index, epoch = int(state["phase"]), int(state["epoch"])
             stopper = self._restore(state)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-            raise CheckpointError(f"checkpoint {path} does not fit this trainer ({type(error).__name__}: "
-                                  f"{error}); delete it to train from scratch") from error
+            raise CheckpointError(path, f"does not fit this trainer ({type(error).__name__}: {error})") from error
         log.info("resumed from %s: phase %d, epoch %d", path, phase_index, epoch)
         return phase_index, epoch, stopper
 
