@@ -217,6 +217,24 @@ def test_scan_retrains_trials_of_a_regenerated_sample_and_survives_corrupt_files
         load_predictions(bad)
 
 
+def test_corrupt_files_in_a_trial_folder_do_not_abort_the_scan(sample: Path, tmp_path: Path, caplog) -> None:
+    from hepms.study.plan import expand_studies
+    from hepms.study.scan import run_scan, trial_folder
+
+    cfg = _config(tmp_path, sample, scan={"trials": 1, "plots": False})
+    first = expand_studies(cfg)[0]
+    folder = trial_folder(Path(cfg["run_dir"]), first, 0)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(np.random.default_rng(1).bytes(3000))
+    (folder / "result.json").write_bytes(b"\x00\xff not json")
+    with caplog.at_level(logging.WARNING):
+        summary = run_scan(cfg, only=[first.ref])
+    assert summary["trained"] == summary["total"] == summary["finished_trials"] >= 1
+    assert json.loads((folder / "result.json").read_text())["status"] == "done"
+    messages = " ".join(r.message for r in caplog.records)
+    assert "result.json" in messages and "checkpoint.pt" in messages and "unreadable" in messages
+
+
 # ================================================================================================
 # Crashes: read-only buffers in to_jagged (subprocess: a segfault must fail, not kill pytest)
 # ================================================================================================
