@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hepms import ops
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Jagged", "to_jagged", "from_jagged"]
@@ -70,6 +72,8 @@ class Jagged:
         (3, 2, [2, 0, 3])
         >>> j[1:].offsets.tolist(), j[1:].values.shape
         ([0, 0, 3], torch.Size([3, 2]))
+        >>> j.sum().tolist()                       # = hepms.segment_sum(j); also .mean(), .max()
+        [[2.0, 4.0], [0.0, 0.0], [18.0, 21.0]]
     """
 
     values: Tensor
@@ -136,6 +140,19 @@ class Jagged:
     @property
     def dtype(self) -> torch.dtype:
         return self.values.dtype
+
+    # -- pooling over the innermost sets (hepms.segment_*) ----------------------------------------
+    def sum(self, validate: Optional[bool] = None) -> Tensor:
+        """Sum over each innermost set (jet), ``[B, F]``; 0 for empty sets (``hepms.segment_sum``)."""
+        return ops.segment_sum(self.values, self.offsets, validate)
+
+    def mean(self, validate: Optional[bool] = None) -> Tensor:
+        """Mean over each innermost set (jet), ``[B, F]``; 0 for empty sets."""
+        return ops.segment_mean(self.values, self.offsets, validate)
+
+    def max(self, validate: Optional[bool] = None) -> tuple[Tensor, Tensor]:
+        """``(max, argmax)`` over each innermost set (jet), as :func:`hepms.segment_max`."""
+        return ops.segment_max(self.values, self.offsets, validate)
 
     # -- conversions ----------------------------------------------------------------------------
     def to(
