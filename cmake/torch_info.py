@@ -25,8 +25,8 @@ except ImportError as error:
         why = f"torch is not installed in {sys.executable}."
     sys.stderr.write(
         f"could not import torch ({error}): {why}\n"
-        "hepms compiles its kernels against the torch installed where it will run. Install torch and\n"
-        "the build tools, then build without isolation:\n"
+        "hepms compiles its kernels against the torch installed where it will run.\n"
+        "Install torch and the build tools, then build without isolation:\n"
         "    pip install torch==2.14.1        # or torch==2.13.0, the small CPU-only build\n"
         '    pip install "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja numpy\n'
         "    pip install --no-build-isolation .\n")

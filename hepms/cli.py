@@ -226,7 +226,8 @@ def plot(args: argparse.Namespace) -> int:
         from hepms.study.single import plot_run
 
         files = [str(p) for p in plot_run(cfg, run_dir)]
-    print(f"wrote {len(files)} figure files to {run_dir}/figures")
+    print(f"wrote {len(files)} figure files to {run_dir}/figures (tau-ID working point for the versus-pT "
+          f"figures: {cfg['evaluate']['tau_efficiency']:.0%} efficiency, evaluate.tau_efficiency)")
     return 0
 
 

@@ -269,7 +269,10 @@ def to_jagged(
     Args:
         array: anything ``ak.to_layout`` accepts; CPU or CUDA (cupy) backend.
         fields: record fields to use, in column order; ``None`` takes all fields.
-        dtype: dtype of ``values``.
+        dtype: dtype of ``values``, float32 by default: every field (float64, integers such as a
+            charge, booleans) is cast to it, within the one copy that stacking the fields needs
+            anyway. Pass ``torch.float64`` to keep double precision; ``values`` never has mixed
+            dtypes, and offsets are always int64.
         option: ``"error"`` raises ``ValueError`` on missing (``None``) entries; a number fills
             missing numbers with it and turns missing lists into empty lists.
         check_nan: raise ``ValueError`` naming the fields that contain NaN.

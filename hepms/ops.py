@@ -326,6 +326,8 @@ def offsets_from_counts(counts: Any, device: Union[str, torch.device, None] = No
         array = np.asarray(counts)  # numpy, awkward (1-D, no missing values) and lists
         if array.dtype == object:
             raise TypeError(f"offsets_from_counts: counts must be 1-D integers, got {type(counts).__name__}")
+        if array.size == 0:
+            array = array.astype(np.int64)  # np.asarray([]) is float64: no sets is not a dtype error
         tensor = torch.tensor(array)
     if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
         raise TypeError(f"offsets_from_counts: counts must be integers, got {tensor.dtype}")
