@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from hepms import __version__
-from hepms._console import add_verbosity_arguments, setup_logging, show_progress
+from hepms.console import add_verbosity_arguments, setup_logging, show_progress
 
 if TYPE_CHECKING:
     import torch

@@ -278,7 +278,8 @@ def imported_by(code: str) -> list[str]:
 
 
 def test_help_and_version_import_neither_torch_nor_the_scikit_hep_stack() -> None:
-    for argv in (["--help"], ["--version"], ["train", "--help"], ["scan", "--help"], ["generate", "--help"]):
+    for argv in (["--help"], ["--version"], ["train", "--help"], ["scan", "--help"], ["generate", "--help"],
+                 ["select", "--help"]):
         code = f"from hepms.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
         assert imported_by(code) == [], argv
     assert imported_by("import hepms") == []

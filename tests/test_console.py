@@ -61,7 +61,7 @@ def test_quiet_and_verbose_set_the_same_levels_everywhere() -> None:
     import argparse
     import logging
 
-    from hepms._console import add_verbosity_arguments, setup_logging, show_progress
+    from hepms.console import add_verbosity_arguments, setup_logging, show_progress
 
     parser = argparse.ArgumentParser()
     add_verbosity_arguments(parser)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hepms._console import add_verbosity_arguments, setup_logging, show_progress
+from hepms.console import add_verbosity_arguments, setup_logging, show_progress
 
 
 def _process_list(text: str) -> list[str]:

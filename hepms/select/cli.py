@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from hepms._console import add_verbosity_arguments, setup_logging, show_progress
+from hepms.console import add_verbosity_arguments, setup_logging, show_progress
 
 __all__ = ["main", "build_parser"]
 

@@ -1,4 +1,6 @@
-"""What every ``hepms`` command shares: ``-q``/``-v``/``--no-progress`` and where messages go.
+"""Console policy shared by every ``hepms`` command and analyses/htautau/run.py.
+
+``-q``/``-v``/``--no-progress`` and where messages go.
 
 One policy for all subcommands (train, evaluate, plot, scan, config, generate, select):
 
