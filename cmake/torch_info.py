@@ -10,8 +10,7 @@ import sys
 
 def _isolated() -> bool:
     # pip's isolated build environments live in pip-build-env-*; pypa/build's in build-env-*.
-    return any("pip-build-env-" in p or "build-env-" in os.path.basename(os.path.dirname(p) or "")
-               for p in sys.path)
+    return any("pip-build-env-" in p or f"{os.sep}build-env-" in p for p in sys.path)
 
 
 try:

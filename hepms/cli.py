@@ -156,9 +156,13 @@ def _configured(func):
     """Run a configured command; configuration errors -> status 2, missing inputs -> 1."""
 
     def wrapper(args: argparse.Namespace) -> int:
+        import logging
+
         from hepms.config import ConfigError
 
         setup_logging(args)
+        if args.command != "config":  # at once, before the seconds that importing torch & co. take
+            logging.getLogger("hepms.cli").info("hepms %s %s: loading", args.command, args.config)
         try:
             return func(args)
         except ConfigError as error:

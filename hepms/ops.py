@@ -342,9 +342,7 @@ def offsets_from_counts(counts: Any, device: Union[str, torch.device, None] = No
     return offsets
 
 
-def _unpack(
-    name: str, values: Any, offsets: Any
-) -> tuple[Any, Any]:
+def _unpack(name: str, values: Any, offsets: Any) -> tuple[Any, Any]:
     """``(values, offsets)`` from a Jagged-like first argument, and numpy offsets as a tensor."""
     if not isinstance(values, Tensor) and hasattr(values, "values") and hasattr(values, "offsets"):
         # a hepms.Jagged (duck-typed: hepms.jagged imports this module): its innermost sets
