@@ -321,3 +321,17 @@ def test_generate_processes_do_not_swallow_the_output_folder() -> None:
     assert args.processes == ["H", "Z"] and str(args.output_dir) == "out"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["out", "--processes", ","])
+
+
+def test_generate_without_the_generate_extra_says_how_to_install_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    # as if pythia8mc were not installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pythia8mc" else real(name, *a))
+    assert main(["generate", str(tmp_path / "out"), "--events", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "pythia8mc not installed" in err and '".[generate]"' in err
+    assert not (tmp_path / "out").exists()

@@ -51,10 +51,23 @@ def build_parser(prog: str = "hepms generate") -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_generators() -> list[str]:
+    """The generator packages (an optional extra) that are not installed."""
+    import importlib.util
+
+    return [name for name in ("pythia8mc", "fastjet") if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``hepms generate``; return the exit status (0 ok, 2 bad settings)."""
     args = build_parser().parse_args(argv)
     setup_logging(args)
+    missing = _missing_generators()
+    if missing:
+        print(f"hepms generate: error: {' and '.join(missing)} not installed; they are the optional "
+              "'generate' extra: pip install --no-build-isolation \".[generate]\" (from the repository)",
+              file=sys.stderr)
+        return 2
     from hepms.generate.pipeline import generate
     from hepms.generate.plots import summarize, validation_plots
 
