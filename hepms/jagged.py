@@ -58,7 +58,8 @@ class Jagged:
 
     Args:
         values: ``[N, F]`` tensor (usually floating; ``to_jagged`` returns it contiguous).
-        offsets: int64 ``[B + 1]``, ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == N``.
+        offsets: int64 ``[B + 1]``, ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == N``
+            (an integer numpy array is converted; from set lengths: ``hepms.offsets_from_counts``).
         outer_offsets: optional int64 ``[E + 1]`` into the ``B`` sets, same rules with
             ``outer_offsets[-1] == B``.
         validate: check the rules above (this reads the offsets, i.e. synchronises a GPU);
@@ -83,6 +84,11 @@ class Jagged:
     validate: InitVar[bool] = True
 
     def __post_init__(self, validate: bool) -> None:
+        for name in ("offsets", "outer_offsets"):  # numpy offsets (e.g. from awkward) as int64 tensors
+            given = getattr(self, name)
+            if isinstance(given, np.ndarray) and given.dtype.kind in "iu":
+                device = self.values.device if isinstance(self.values, Tensor) else None
+                object.__setattr__(self, name, torch.tensor(given.astype(np.int64, copy=False), device=device))
         if validate:
             self._validate()
 

@@ -547,3 +547,13 @@ def test_to_jagged_casts_every_field_to_one_dtype():
     j = to_jagged(records, dtype=torch.float64)
     assert j.values.dtype == torch.float64
     assert j.values.tolist() == [[1.5, -1.0, 1.0], [2.25, 1.0, 0.0]]
+
+
+def test_jagged_takes_numpy_offsets():
+    values = torch.arange(10.0).view(5, 2)
+    j = Jagged(values, np.array([0, 2, 2, 5], dtype=np.uint32), np.array([0, 1, 3]))
+    assert j.offsets.dtype == torch.int64 and j.offsets.tolist() == [0, 2, 2, 5]
+    assert j.outer_offsets.dtype == torch.int64 and j.outer_offsets.tolist() == [0, 1, 3]
+    assert j.sum().tolist() == [[2.0, 4.0], [0.0, 0.0], [18.0, 21.0]]
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):  # float offsets are not converted
+        Jagged(values, np.array([0.0, 5.0]))
