@@ -8,6 +8,11 @@
     hepms scan     CONFIG [--trials N]        repeated trials over the configured studies
     hepms config   [CONFIG] [--keys]          the resolved configuration, or every key documented
     hepms select   ...                        model selection (hepms.select, when installed)
+    hepms --version
+
+Every command takes -q (warnings only, no progress bars) and -v (debug messages). Progress bars are
+drawn only when stderr is a terminal; otherwise (a log file) each phase, epoch and trial is one log
+line.
 
 CONFIG is a YAML file (see ``hepms config --keys``); ``--set section.key=value`` overrides a key
 (the value is read as YAML). Configuration errors name the key and the allowed keys or values
@@ -16,15 +21,18 @@ and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-import torch
+from hepms import __version__
+from hepms.console import add_verbosity_arguments, setup_logging, show_progress
 
-import hepms
-from hepms._machine import cpu_model
+if TYPE_CHECKING:
+    import torch
+
+# torch and the rest of hepms are imported inside the commands: `hepms --help` and
+# `hepms --version` must answer at once (importing torch alone takes seconds).
 
 
 def _median_ms(fn, repeats: int = 7) -> float:
@@ -37,12 +45,19 @@ def _median_ms(fn, repeats: int = 7) -> float:
     return 1e3 * sorted(times)[len(times) // 2]
 
 
-def _rounded(tensor: torch.Tensor) -> list:
+def _rounded(tensor: "torch.Tensor") -> list:
+    import torch
+
     return torch.round(tensor.double(), decimals=2).tolist()
 
 
 def demo(args: argparse.Namespace) -> int:
     """Pool jet constituents of different lengths without padding, with gradients, and time it."""
+    import torch
+
+    import hepms
+    from hepms._machine import cpu_model
+
     torch.manual_seed(args.seed)
     print("hepms demo: segment pooling over variable-length sets (no padding)\n")
     print("Three jets with 3, 0 and 2 constituents, two features each (log pT, charge):")
@@ -62,8 +77,7 @@ def demo(args: argparse.Namespace) -> int:
     print("  (each maximum sends its gradient to exactly one row)\n")
 
     counts = torch.poisson(torch.full((args.jets,), 30.0)).long().clamp(max=200)
-    offsets = torch.zeros(args.jets + 1, dtype=torch.long)
-    offsets[1:] = counts.cumsum(0)
+    offsets = hepms.offsets_from_counts(counts)
     values = torch.randn(int(offsets[-1]), args.features)
     print(
         f"Timing on {args.jets} jets, {int(offsets[-1])} constituents, {args.features} features "
@@ -85,6 +99,12 @@ def demo(args: argparse.Namespace) -> int:
 
 def info(args: argparse.Namespace) -> int:
     """Print how hepms was built and what it runs on."""
+    import platform
+
+    import torch
+
+    import hepms
+
     print(f"hepms {hepms.__version__}, torch {torch.__version__}, Python {platform.python_version()}")
     if hepms.extension_available():
         from hepms import _C
@@ -101,14 +121,6 @@ def info(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 # Configured commands: train, evaluate, plot, scan, config
 # ----------------------------------------------------------------------------------------------
-def _setup_logging(verbose: bool) -> None:
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # our messages only; matplotlib, fontTools & co. stay at WARNING
-    logging.getLogger("hepms").setLevel(logging.INFO if verbose else logging.WARNING)
-
-
 def _load(args: argparse.Namespace):
     """(config, run_dir, kind) from the positional CONFIG (a YAML file or a run directory)."""
     import json
@@ -131,9 +143,11 @@ def _load(args: argparse.Namespace):
         except (OSError, ValueError):
             kind = None
     cfg = load_config(source, overrides)
-    if getattr(args, "no_progress", False):
-        cfg["progress"] = False
+    if not show_progress(args):
+        cfg["progress"] = False  # -q, --no-progress, or not a terminal: log lines instead of bars
     if cfg["threads"] is not None:
+        import torch
+
         torch.set_num_threads(cfg["threads"])
     return cfg, Path(run_dir or cfg["run_dir"]), kind
 
@@ -142,10 +156,14 @@ def _configured(func):
     """Run a configured command; configuration errors -> status 2, missing inputs -> 1."""
 
     def wrapper(args: argparse.Namespace) -> int:
+        import logging
+
         from hepms.config import ConfigError
         from hepms.generate.io import MissingBranchError
 
-        _setup_logging(getattr(args, "verbose", False))
+        setup_logging(args)
+        if args.command != "config":  # at once, before the seconds that importing torch & co. take
+            logging.getLogger("hepms.cli").info("hepms %s %s: loading", args.command, args.config)
         try:
             return func(args)
         except ConfigError as error:
@@ -193,8 +211,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
     out = evaluate_run(cfg, run_dir)
     m = out["metrics"]
-    print(f"test AUC: tau ID {m['auc_tau']:.4f}, H/Z {m['auc_event']:.4f}; light-jet rejection at 50 % "
-          f"tau efficiency {m['rejection_tau_50']:.2f}")
+    wp = cfg["evaluate"]["tau_efficiency"]
+    print(f"test AUC: tau ID {m['auc_tau']:.4f}, H/Z {m['auc_event']:.4f}; light-jet rejection at "
+          f"{wp:.0%} tau efficiency {m['rejection_tau_wp']:.2f} (working point: evaluate.tau_efficiency)")
     print("wrote " + ", ".join(out["files"]))
     return 0
 
@@ -212,7 +231,8 @@ def plot(args: argparse.Namespace) -> int:
         from hepms.study.single import plot_run
 
         files = [str(p) for p in plot_run(cfg, run_dir)]
-    print(f"wrote {len(files)} figure files to {run_dir}/figures")
+    print(f"wrote {len(files)} figure files to {run_dir}/figures (tau-ID working point for the versus-pT "
+          f"figures: {cfg['evaluate']['tau_efficiency']:.0%} efficiency, evaluate.tau_efficiency)")
     return 0
 
 
@@ -260,22 +280,24 @@ def _add_config_arguments(p: argparse.ArgumentParser, run_dir: bool = True) -> N
                    help="override a key, e.g. --set trainer.epochs=5 (repeatable; value read as YAML)")
     if run_dir:
         p.add_argument("--run-dir", help="output folder (default: the config's run_dir, or CONFIG if a run directory)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    add_verbosity_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hepms", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hepms {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_demo = sub.add_parser("demo", help="a short tour of the pooling ops, with timings")
     p_demo.add_argument("--jets", type=int, default=50_000, help="jets in the timing example")
     p_demo.add_argument("--features", type=int, default=64, help="features per constituent")
     p_demo.add_argument("--seed", type=int, default=0, help="random seed")
+    add_verbosity_arguments(p_demo, progress=False)
     p_demo.set_defaults(func=demo)
 
     p_info = sub.add_parser("info", help="build and runtime information")
+    add_verbosity_arguments(p_info, progress=False)
     p_info.set_defaults(func=info)
 
     sub.add_parser(
@@ -319,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_cfg.add_argument("config", nargs="?", help="YAML configuration file or run directory")
     p_cfg.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
     p_cfg.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
+    add_verbosity_arguments(p_cfg, progress=False)
     p_cfg.set_defaults(func=config_cmd)
 
     sub.add_parser("select", help="model selection (dispatched to hepms.select; see hepms select --help)",
@@ -355,6 +378,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "select":
         return _select(argv[1:])
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     return args.func(args)
 
 

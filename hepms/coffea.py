@@ -690,8 +690,7 @@ def _run_model(model: nn.Module, inputs: _Inputs, device: str) -> _Outputs:
         kept = jet_counts.clamp(max=inputs.max_jets)
         n_extra = int(extra.sum())
         counts = torch.cat([kept, torch.ones(n_extra, dtype=torch.int64)])
-        jet_offsets = torch.zeros(counts.shape[0] + 1, dtype=torch.int64)
-        torch.cumsum(counts, 0, out=jet_offsets[1:])
+        jet_offsets = hepms.offsets_from_counts(counts)
         rows, constituent_offsets = _gather_ranges(constituent_offsets, permutation)
         constituents = constituents.index_select(0, rows)
         jet_features = jet_features.index_select(0, permutation)
@@ -712,8 +711,7 @@ def _gather_ranges(offsets: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     """Rows of the segments ``index`` (in that order) and the offsets over them."""
     starts = offsets[:-1].index_select(0, index)
     counts = offsets[1:].index_select(0, index) - starts
-    new_offsets = torch.zeros(index.shape[0] + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=new_offsets[1:])
+    new_offsets = hepms.offsets_from_counts(counts)
     total = int(new_offsets[-1])
     shift = torch.repeat_interleave(starts - new_offsets[:-1], counts, output_size=total)
     return shift + torch.arange(total, dtype=torch.int64), new_offsets

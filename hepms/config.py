@@ -201,8 +201,9 @@ def _build_schema() -> dict[str, Any]:
             "device": Key("cpu", "torch device", "str", check=_device_name),
         },
         "evaluate": {
-            "tau_efficiency": Key(0.6, "tau-ID working point (overall tau-jet efficiency) for the "
-                                  "efficiency / rejection versus pT", "float", check=_unit_interval),
+            "tau_efficiency": Key(0.6, "the tau-ID working point (overall tau-jet efficiency): light-jet "
+                                  "rejection in hepms evaluate and its tables, efficiency / rejection "
+                                  "versus pT in the figures", "float", check=_unit_interval),
             "pt_bins": Key([20.0, 30.0, 40.0, 50.0, 70.0, 100.0, 150.0, 300.0], "jet pT bin edges in GeV",
                            "list[float]", check=_increasing),
         },

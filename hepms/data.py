@@ -36,6 +36,7 @@ from torch import Tensor
 
 from hepms import physics
 from hepms.jagged import Jagged, to_jagged
+from hepms.ops import offsets_from_counts
 
 log = logging.getLogger(__name__)
 
@@ -356,8 +357,7 @@ def _gather_ranges(offsets: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     """Rows of the selected segments ``index`` of ``offsets``, and the new offsets over them."""
     starts = offsets[:-1].index_select(0, index)
     counts = offsets[1:].index_select(0, index) - starts
-    new_offsets = torch.zeros(index.shape[0] + 1, dtype=torch.int64, device=offsets.device)
-    torch.cumsum(counts, 0, out=new_offsets[1:])
+    new_offsets = offsets_from_counts(counts)
     total = int(new_offsets[-1])
     # Row r of the result is row r + (start of its segment - new start of its segment).
     shift = torch.repeat_interleave(starts - new_offsets[:-1], counts, output_size=total)
@@ -672,10 +672,8 @@ def toy_dataset(
         1 + torch.poisson(torch.full((n_jets,), mean_constituents - 1.0), generator=g).long()
     ).clamp_max(max_constituents)
     n_parts = int(parts_per_jet.sum())
-    outer = torch.zeros(num_events + 1, dtype=torch.int64)
-    torch.cumsum(jets_per_event, 0, out=outer[1:])
-    offsets = torch.zeros(n_jets + 1, dtype=torch.int64)
-    torch.cumsum(parts_per_jet, 0, out=offsets[1:])
+    outer = offsets_from_counts(jets_per_event)
+    offsets = offsets_from_counts(parts_per_jet)
     event_labels = torch.randint(0, 2, (num_events,), generator=g).to(dtype)
     jet_labels = torch.randint(0, 2, (n_jets,), generator=g).to(dtype)
     values = torch.randn(n_parts, constituent_features, generator=g, dtype=dtype)

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hepms import ops
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Jagged", "to_jagged", "from_jagged"]
@@ -56,7 +58,8 @@ class Jagged:
 
     Args:
         values: ``[N, F]`` tensor (usually floating; ``to_jagged`` returns it contiguous).
-        offsets: int64 ``[B + 1]``, ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == N``.
+        offsets: int64 ``[B + 1]``, ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == N``
+            (an integer numpy array is converted; from set lengths: ``hepms.offsets_from_counts``).
         outer_offsets: optional int64 ``[E + 1]`` into the ``B`` sets, same rules with
             ``outer_offsets[-1] == B``.
         validate: check the rules above (this reads the offsets, i.e. synchronises a GPU);
@@ -70,6 +73,8 @@ class Jagged:
         (3, 2, [2, 0, 3])
         >>> j[1:].offsets.tolist(), j[1:].values.shape
         ([0, 0, 3], torch.Size([3, 2]))
+        >>> j.sum().tolist()                       # = hepms.segment_sum(j); also .mean(), .max()
+        [[2.0, 4.0], [0.0, 0.0], [18.0, 21.0]]
     """
 
     values: Tensor
@@ -79,6 +84,11 @@ class Jagged:
     validate: InitVar[bool] = True
 
     def __post_init__(self, validate: bool) -> None:
+        for name in ("offsets", "outer_offsets"):  # numpy offsets (e.g. from awkward) as int64 tensors
+            given = getattr(self, name)
+            if isinstance(given, np.ndarray) and given.dtype.kind in "iu":
+                device = self.values.device if isinstance(self.values, Tensor) else None
+                object.__setattr__(self, name, torch.tensor(given.astype(np.int64, copy=False), device=device))
         if validate:
             self._validate()
 
@@ -136,6 +146,19 @@ class Jagged:
     @property
     def dtype(self) -> torch.dtype:
         return self.values.dtype
+
+    # -- pooling over the innermost sets (hepms.segment_*) ----------------------------------------
+    def sum(self, validate: Optional[bool] = None) -> Tensor:
+        """Sum over each innermost set (jet), ``[B, F]``; 0 for empty sets (``hepms.segment_sum``)."""
+        return ops.segment_sum(self.values, self.offsets, validate)
+
+    def mean(self, validate: Optional[bool] = None) -> Tensor:
+        """Mean over each innermost set (jet), ``[B, F]``; 0 for empty sets."""
+        return ops.segment_mean(self.values, self.offsets, validate)
+
+    def max(self, validate: Optional[bool] = None) -> tuple[Tensor, Tensor]:
+        """``(max, argmax)`` over each innermost set (jet), as :func:`hepms.segment_max`."""
+        return ops.segment_max(self.values, self.offsets, validate)
 
     # -- conversions ----------------------------------------------------------------------------
     def to(
@@ -253,7 +276,10 @@ def to_jagged(
     Args:
         array: anything ``ak.to_layout`` accepts; CPU or CUDA (cupy) backend.
         fields: record fields to use, in column order; ``None`` takes all fields.
-        dtype: dtype of ``values``.
+        dtype: dtype of ``values``, float32 by default: every field (float64, integers such as a
+            charge, booleans) is cast to it, within the one copy that stacking the fields needs
+            anyway. Pass ``torch.float64`` to keep double precision; ``values`` never has mixed
+            dtypes, and offsets are always int64.
         option: ``"error"`` raises ``ValueError`` on missing (``None``) entries; a number fills
             missing numbers with it and turns missing lists into empty lists.
         check_nan: raise ``ValueError`` naming the fields that contain NaN.

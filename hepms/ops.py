@@ -33,7 +33,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -46,6 +48,7 @@ __all__ = [
     "segment_sum",
     "segment_mean",
     "segment_max",
+    "offsets_from_counts",
     "set_validation",
     "validation",
     "extension_available",
@@ -300,13 +303,69 @@ def validation(enabled: bool) -> Iterator[None]:
         _validate_by_default = previous
 
 
+def offsets_from_counts(counts: Any, device: Union[str, torch.device, None] = None) -> Tensor:
+    """CSR offsets ``[0, c0, c0 + c1, ...]`` (int64, ``[B + 1]``) from set lengths ``[B]``.
+
+    ``counts`` may be a tensor, a numpy array, an awkward array of counts (``ak.num(jets)``) or a
+    list of non-negative integers. The result is on ``device`` (default: the device of a tensor
+    ``counts``, else the CPU).
+
+    Example:
+        >>> import hepms
+        >>> hepms.offsets_from_counts([3, 0, 2]).tolist()
+        [0, 3, 3, 5]
+    """
+    if isinstance(counts, Tensor):
+        tensor = counts
+    else:
+        array = np.asarray(counts)  # numpy, awkward (1-D, no missing values) and lists
+        if array.dtype == object:
+            raise TypeError(f"offsets_from_counts: counts must be 1-D integers, got {type(counts).__name__}")
+        if array.size == 0:
+            array = array.astype(np.int64)  # np.asarray([]) is float64: no sets is not a dtype error
+        tensor = torch.tensor(array)
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(f"offsets_from_counts: counts must be integers, got {tensor.dtype}")
+    if tensor.dim() != 1:
+        raise ValueError(f"offsets_from_counts: counts must be 1-D [B], got shape {tuple(tensor.shape)}")
+    tensor = tensor.to(device=device if device is not None else tensor.device, dtype=torch.int64)
+    if tensor.numel() and bool((tensor < 0).any()):
+        bad = int(torch.nonzero(tensor < 0)[0, 0])
+        raise ValueError(f"offsets_from_counts: counts must be >= 0, got counts[{bad}] = {int(tensor[bad])}")
+    offsets = tensor.new_zeros(tensor.shape[0] + 1)
+    torch.cumsum(tensor, 0, out=offsets[1:])
+    return offsets
+
+
+def _unpack(name: str, values: Any, offsets: Any) -> tuple[Any, Any]:
+    """``(values, offsets)`` from a Jagged-like first argument, and numpy offsets as a tensor."""
+    if not isinstance(values, Tensor) and hasattr(values, "values") and hasattr(values, "offsets"):
+        # a hepms.Jagged (duck-typed: hepms.jagged imports this module): its innermost sets
+        if offsets is not None:
+            raise TypeError(
+                f"{name}: got a {type(values).__name__} and offsets; pass either a Jagged alone "
+                "or values and offsets"
+            )
+        values, offsets = values.values, values.offsets
+    if offsets is None:
+        raise TypeError(f"{name}: offsets missing: pass values and offsets, or a hepms.Jagged")
+    if isinstance(offsets, np.ndarray):
+        if offsets.dtype.kind not in "iu":
+            raise TypeError(f"{name}: offsets must be integers, got a numpy array of {offsets.dtype}")
+        device = values.device if isinstance(values, Tensor) else None
+        offsets = torch.tensor(offsets.astype(np.int64, copy=False), device=device)
+    return values, offsets
+
+
 def _check_arguments(
-    name: str, values: Tensor, offsets: Tensor, validate: Optional[bool]
+    name: str, values: Tensor, offsets: Optional[Tensor], validate: Optional[bool]
 ) -> tuple[Tensor, Tensor]:
     """Type/shape/device checks (always) and offsets content checks (unless disabled).
 
-    Returns ``offsets`` as int64 (int32 and other integer offsets are accepted and converted).
+    ``values`` may be a :class:`hepms.Jagged` (with ``offsets`` None) and ``offsets`` a numpy
+    array. Returns ``offsets`` as int64 (int32 and other integer offsets are accepted and converted).
     """
+    values, offsets = _unpack(name, values, offsets)
     if not isinstance(values, Tensor):
         raise TypeError(f"{name}: values must be a torch.Tensor, got {type(values).__name__}")
     if not isinstance(offsets, Tensor):
@@ -347,32 +406,48 @@ def _check_offsets_content(name: str, offsets: Tensor, num_rows: int) -> None:
     decreasing = (offsets[1:] < offsets[:-1]).any() if offsets.numel() > 1 else first.new_zeros(())
     first_v, last_v, decreasing_v = torch.stack([first, last, decreasing.long()]).tolist()
     if first_v != 0:
-        raise ValueError(f"{name}: offsets[0] must be 0, got {first_v}")
+        raise ValueError(f"{name}: offsets[0] must be 0, got {first_v}{_counts_hint(offsets, num_rows)}")
     if decreasing_v:
         steps = offsets[1:] - offsets[:-1]
         bad = int(torch.nonzero(steps < 0)[0, 0])
         raise ValueError(
             f"{name}: offsets must be non-decreasing, but offsets[{bad + 1}] = "
             f"{int(offsets[bad + 1])} < offsets[{bad}] = {int(offsets[bad])}"
+            f"{_counts_hint(offsets, num_rows)}"
         )
     if last_v != num_rows:
         raise ValueError(
             f"{name}: offsets[-1] must equal the number of rows of values ({num_rows}), "
-            f"got {last_v}"
+            f"got {last_v}{_counts_hint(offsets, num_rows)}"
         )
+
+
+def _counts_hint(offsets: Tensor, num_rows: int) -> str:
+    """A hint when the 'offsets' look like set lengths (they add up to the number of rows)."""
+    if int(offsets.sum()) != num_rows:
+        return ""
+    return (
+        "; these look like counts (set lengths, summing to the number of rows), not offsets: "
+        "convert them with hepms.offsets_from_counts(counts)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Public API. The `torch.jit.is_scripting()` branches keep these functions scriptable: inside
 # TorchScript only the op call remains (offsets are still converted to int64).
 # --------------------------------------------------------------------------------------------
-def segment_sum(values: Tensor, offsets: Tensor, validate: Optional[bool] = None) -> Tensor:
+def segment_sum(
+    values: Tensor, offsets: Optional[Tensor] = None, validate: Optional[bool] = None
+) -> Tensor:
     """Sum of each set: ``out[b] = values[offsets[b]:offsets[b+1]].sum(0)`` (0 for empty sets).
 
     Args:
-        values: ``[N]`` or ``[N, F]`` floating tensor (float32/64, float16, bfloat16).
-        offsets: ``[B + 1]`` integer tensor on the same device, ``offsets[0] == 0``,
-            non-decreasing, ``offsets[-1] == N``.
+        values: ``[N]`` or ``[N, F]`` floating tensor (float32/64, float16, bfloat16), or a
+            :class:`hepms.Jagged` (then without ``offsets``; its innermost sets are pooled:
+            ``hepms.segment_sum(jagged)`` is ``jagged.sum()``).
+        offsets: ``[B + 1]`` integer tensor on the same device (a numpy array is converted),
+            ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == N``. Set lengths (counts)
+            become offsets with :func:`offsets_from_counts`.
         validate: check the offsets content (None: the process-wide default, see
             :func:`set_validation`).
 
@@ -381,18 +456,22 @@ def segment_sum(values: Tensor, offsets: Tensor, validate: Optional[bool] = None
     """
     if not torch.jit.is_scripting():
         values, offsets = _check_arguments("segment_sum", values, offsets, validate)
+    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
     return torch.ops.hepms.segment_sum(values, offsets.long())
 
 
-def segment_mean(values: Tensor, offsets: Tensor, validate: Optional[bool] = None) -> Tensor:
+def segment_mean(
+    values: Tensor, offsets: Optional[Tensor] = None, validate: Optional[bool] = None
+) -> Tensor:
     """Mean of each set (0 for empty sets). Arguments as :func:`segment_sum`."""
     if not torch.jit.is_scripting():
         values, offsets = _check_arguments("segment_mean", values, offsets, validate)
+    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
     return torch.ops.hepms.segment_mean(values, offsets.long())
 
 
 def segment_max(
-    values: Tensor, offsets: Tensor, validate: Optional[bool] = None
+    values: Tensor, offsets: Optional[Tensor] = None, validate: Optional[bool] = None
 ) -> tuple[Tensor, Tensor]:
     """Element-wise maximum of each set and its arg-max row.
 
@@ -403,4 +482,5 @@ def segment_max(
     """
     if not torch.jit.is_scripting():
         values, offsets = _check_arguments("segment_max", values, offsets, validate)
+    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
     return torch.ops.hepms.segment_max(values, offsets.long())

@@ -192,14 +192,17 @@ def delta_phi(phi1: ArrayLike, phi2: ArrayLike) -> ArrayLike:
 
     Written out rather than taken from ``vector.deltaphi``, because the modulo can round to
     exactly ``+pi`` (e.g. ``delta_phi(-1e-17, 0)``): the convention needs the half-open range, so
-    such values are moved to ``-pi``.
+    such values are moved to ``-pi``. The result keeps the inputs' floating dtype (float32 stays
+    float32).
     """
     diff = phi1 - phi2
     if isinstance(diff, torch.Tensor):
         wrapped = torch.remainder(diff + math.pi, _TWO_PI) - math.pi
         return torch.where(wrapped >= math.pi, wrapped - _TWO_PI, wrapped)
     wrapped = np.mod(diff + math.pi, _TWO_PI) - math.pi
-    return wrapped - _TWO_PI * (wrapped >= math.pi)
+    # np.where, not `wrapped - 2 pi * (wrapped >= pi)`: a bool array times a Python float is float64
+    result = np.where(wrapped >= math.pi, wrapped - _TWO_PI, wrapped)
+    return result[()] if isinstance(result, np.ndarray) and result.ndim == 0 else result
 
 
 def delta_r(first: ak.Array, second: ak.Array) -> ak.Array:
@@ -240,6 +243,11 @@ def constituent_features(jets: ak.Array, constituents: ak.Array) -> ak.Array:
     * ``delta_r``: sqrt(deta**2 + dphi**2);
     * ``charge``: only when the constituent records have a charge field (any case).
 
+    dtype: every field has one floating dtype, that of the input kinematics (numpy promotion of the
+    jets' and constituents' coordinates: float32 for float32 NanoAOD branches, float64 if either is
+    float64); the charge is cast to it. ``hepms.to_jagged`` then casts to its own ``dtype``
+    (float32 by default) in one pass.
+
     Zero-pT constituents give ``-inf`` relative logs: cut them beforehand.
 
     Example:
@@ -272,7 +280,19 @@ def constituent_features(jets: ak.Array, constituents: ak.Array) -> ak.Array:
     charge = _find_field(_as_array(constituents), "charge")
     if charge is not None:
         features["charge"] = constituents[charge]
+    dtype = np.result_type(*(_leaf_dtype(v) for k, v in features.items() if k != "charge"))
+    if not np.issubdtype(dtype, np.floating):
+        dtype = np.dtype(np.float64)
+    features = {k: v if _leaf_dtype(v) == dtype else ak.values_astype(v, dtype) for k, v in features.items()}
     return ak.zip(features)
+
+
+def _leaf_dtype(array: ak.Array) -> np.dtype:
+    """The numpy dtype of the numbers in an awkward array of (nested, optional) lists."""
+    kind = array.type.content
+    while not isinstance(kind, ak.types.NumpyType):
+        kind = kind.content  # ListType, RegularType, OptionType
+    return np.dtype(kind.primitive)
 
 
 def _check_same_jets(jets: ak.Array, constituents: ak.Array) -> None:

@@ -68,6 +68,11 @@ def test_generate_train_evaluate_plot(sample: Path, tmp_path: Path, capsys: pyte
     assert float(rows["upstream (tau ID) AUC"]) == pytest.approx(metrics["auc_tau"], abs=5e-5)
     assert float(rows["downstream (H/Z) AUC"]) == pytest.approx(metrics["auc_event"], abs=5e-5)
     assert json.loads((run_dir / "tables" / "evaluation.json").read_text())["auc_event"] == metrics["auc_event"]
+    # One tau-ID working point (evaluate.tau_efficiency, 60 %), stated in the printout and the table,
+    # the one the efficiency / rejection versus pT figures use.
+    assert f"light-jet rejection at 60% tau efficiency {metrics['rejection_tau_wp']:.2f}" in out
+    assert "evaluate.tau_efficiency" in out
+    assert [k for k in rows if "tau efficiency" in k] == ["light-jet rejection at 60% tau efficiency"]
 
     assert main(["plot", str(run_dir)]) == 0
     stems = ["roc_tau", "roc_event", "scores_tau", "scores_event", "tau_efficiency_vs_pt",
@@ -249,3 +254,84 @@ def test_select_dispatch(capsys: pytest.CaptureFixture, monkeypatch: pytest.Monk
 def test_info_still_works(capsys: pytest.CaptureFixture) -> None:
     assert main(["info"]) == 0
     assert "hepms" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# Start-up, --version, argument parsing (issue 19)
+# ----------------------------------------------------------------------------------------------
+HEAVY = ("torch", "numpy", "awkward", "uproot", "vector", "sympy", "hist", "mplhep", "matplotlib", "sklearn",
+         "coffea", "dask", "yaml", "tqdm", "pythia8mc", "fastjet", "gpytorch", "hepms.ops", "hepms._C")
+
+IMPORTED = """
+import json, sys
+{code}
+heavy = {heavy!r}
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in heavy or name in heavy)))
+"""
+
+
+def imported_by(code: str) -> list[str]:
+    script = IMPORTED.format(code=code, heavy=HEAVY)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_help_and_version_import_neither_torch_nor_the_scikit_hep_stack() -> None:
+    for argv in (["--help"], ["--version"], ["train", "--help"], ["scan", "--help"], ["generate", "--help"],
+                 ["select", "--help"]):
+        code = f"from hepms.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
+        assert imported_by(code) == [], argv
+    assert imported_by("import hepms") == []
+
+
+def test_lazy_names_and_op_registration() -> None:
+    # The lazy re-exports resolve to the real objects, and listing them imports nothing heavy.
+    import hepms
+    import hepms.jagged
+    import hepms.ops
+
+    assert hepms.segment_sum is hepms.ops.segment_sum and hepms.Jagged is hepms.jagged.Jagged
+    assert {"segment_sum", "offsets_from_counts", "Jagged", "to_jagged", "physics"} <= set(dir(hepms))
+    with pytest.raises(AttributeError, match="no attribute 'segment_summ'"):
+        hepms.segment_summ  # noqa: B018
+    assert imported_by("import hepms\nnames = dir(hepms)") == []
+    # Exported models need torch.ops.hepms.*: `import hepms` registers them whichever of hepms and
+    # torch comes first (as before the imports were lazy).
+    for code in ("import hepms, torch", "import torch, hepms"):
+        loaded = imported_by(code + "\nassert torch.ops.hepms.segment_sum.default is not None")
+        assert "hepms.ops" in loaded, code
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    import hepms
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hepms {hepms.__version__}"
+
+
+def test_generate_processes_do_not_swallow_the_output_folder() -> None:
+    from hepms.generate.cli import build_parser
+
+    args = build_parser().parse_args(["--processes", "H", "out"])
+    assert args.processes == ["H"] and str(args.output_dir) == "out"
+    args = build_parser().parse_args(["out", "--processes", "H,Z"])
+    assert args.processes == ["H", "Z"] and str(args.output_dir) == "out"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["out", "--processes", ","])
+
+
+def test_generate_without_the_generate_extra_says_how_to_install_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    # as if pythia8mc were not installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pythia8mc" else real(name, *a))
+    assert main(["generate", str(tmp_path / "out"), "--events", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "pythia8mc not installed" in err and '".[generate]"' in err
+    assert not (tmp_path / "out").exists()

@@ -530,3 +530,33 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_jagged_pooling_methods_match_the_segment_ops():
+    events = ak.Array([[[1.0, 2.0], [3.0]], [], [[4.0], [], [5.0, -6.0]]])
+    j = to_jagged(events)  # two levels: the methods pool the innermost sets (jets)
+    assert j.sum().flatten().tolist() == [3.0, 3.0, 4.0, 0.0, -1.0]
+    assert j.mean().flatten().tolist() == [1.5, 3.0, 4.0, 0.0, -0.5]
+    maxima, argmax = j.max()
+    assert maxima.flatten().tolist() == [2.0, 3.0, 4.0, 0.0, 5.0]
+    assert argmax.flatten().tolist() == [1, 2, 3, -1, 4]
+    assert torch.equal(j.sum(), hepms.segment_sum(j.values, j.offsets))
+    assert torch.equal(hepms.segment_mean(j), j.mean())
+
+
+def test_to_jagged_casts_every_field_to_one_dtype():
+    records = ak.Array([[{"pt": 1.5, "charge": -1, "good": True}], [{"pt": 2.25, "charge": 1, "good": False}]])
+    assert to_jagged(records).values.dtype == torch.float32  # the documented default
+    j = to_jagged(records, dtype=torch.float64)
+    assert j.values.dtype == torch.float64
+    assert j.values.tolist() == [[1.5, -1.0, 1.0], [2.25, 1.0, 0.0]]
+
+
+def test_jagged_takes_numpy_offsets():
+    values = torch.arange(10.0).view(5, 2)
+    j = Jagged(values, np.array([0, 2, 2, 5], dtype=np.uint32), np.array([0, 1, 3]))
+    assert j.offsets.dtype == torch.int64 and j.offsets.tolist() == [0, 2, 2, 5]
+    assert j.outer_offsets.dtype == torch.int64 and j.outer_offsets.tolist() == [0, 1, 3]
+    assert j.sum().tolist() == [[2.0, 4.0], [0.0, 0.0], [18.0, 21.0]]
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):  # float offsets are not converted
+        Jagged(values, np.array([0.0, 5.0]))

@@ -604,3 +604,61 @@ def test_cuda_torch_compile():
     values, offsets = values.cuda(), offsets.cuda()
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(values, offsets), model(values, offsets))
+
+
+# ----------------------------------------------------------------------------------------------
+# Convenience inputs: a Jagged, numpy offsets, counts (issue 19)
+# ----------------------------------------------------------------------------------------------
+def test_segment_ops_accept_a_jagged_and_numpy_offsets():
+    import numpy as np
+
+    torch.manual_seed(5)
+    values = torch.randn(6, 3)
+    offsets = make_offsets([2, 0, 4])
+    jagged = hepms.Jagged(values, offsets)
+    assert torch.equal(hepms.segment_sum(jagged), hepms.segment_sum(values, offsets))
+    assert torch.equal(hepms.segment_mean(jagged), hepms.segment_mean(values, offsets))
+    for got, want in zip(hepms.segment_max(jagged), hepms.segment_max(values, offsets)):
+        assert torch.equal(got, want)
+    for np_offsets in (offsets.numpy(), offsets.numpy().astype(np.int32), offsets.numpy().astype(np.uint32)):
+        assert torch.equal(hepms.segment_sum(values, np_offsets), hepms.segment_sum(values, offsets))
+    # read-only numpy buffers (e.g. from awkward) are copied, not written to
+    frozen = offsets.numpy().copy()
+    frozen.flags.writeable = False
+    assert torch.equal(hepms.segment_mean(values, frozen), hepms.segment_mean(values, offsets))
+    with pytest.raises(TypeError, match="offsets must be integers.*float64"):
+        hepms.segment_sum(values, offsets.numpy().astype(np.float64))
+    with pytest.raises(TypeError, match="pass either a Jagged alone"):
+        hepms.segment_sum(jagged, offsets)
+    with pytest.raises(TypeError, match="offsets missing"):
+        hepms.segment_sum(values)
+
+
+def test_counts_instead_of_offsets_get_a_hint():
+    values = torch.randn(5, 2)
+    for counts in ([3, 0, 2], [0, 3, 2]):  # offsets[0] != 0, or decreasing
+        with pytest.raises(ValueError, match=r"look like counts.*hepms\.offsets_from_counts\(counts\)"):
+            hepms.segment_sum(values, torch.tensor(counts))
+    with pytest.raises(ValueError, match="offsets\\[0\\] must be 0, got 1$"):  # not counts: no hint
+        hepms.segment_sum(values, torch.tensor([1, 5]))
+
+
+def test_offsets_from_counts():
+    import awkward as ak
+    import numpy as np
+
+    expected = [0, 3, 3, 5]
+    for counts in ([3, 0, 2], np.array([3, 0, 2], dtype=np.uint8), torch.tensor([3, 0, 2], dtype=torch.int32),
+                   ak.num(ak.Array([[1, 2, 3], [], [4, 5]]))):
+        offsets = hepms.offsets_from_counts(counts)
+        assert offsets.dtype == torch.int64 and offsets.tolist() == expected, counts
+    assert hepms.offsets_from_counts([]).tolist() == [0]
+    values = torch.randn(5, 2)
+    assert torch.equal(hepms.segment_sum(values, hepms.offsets_from_counts([3, 0, 2])),
+                       hepms.segment_sum(values, torch.tensor(expected)))
+    with pytest.raises(ValueError, match=r"counts must be >= 0, got counts\[1\] = -1"):
+        hepms.offsets_from_counts([2, -1])
+    with pytest.raises(TypeError, match="integers"):
+        hepms.offsets_from_counts(torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="1-D"):
+        hepms.offsets_from_counts(torch.ones(2, 2, dtype=torch.long))

@@ -317,3 +317,17 @@ def test_constituent_features_keep_charge_of_vector_records():
     features = physics.constituent_features(jets, parts)
     assert "charge" in features.fields
     assert ak.to_list(features.charge) == [[[-1, 0]]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_constituent_features_have_one_dtype_the_inputs(dtype):
+    jets = ak.Array([[{"pt": 10.0, "eta": 0.0, "phi": 3.0, "mass": 0.0}]])
+    parts = ak.Array([[[{"pt": 10.0, "eta": 0.5, "phi": -3.0, "mass": 0.0, "charge": 1},
+                        {"pt": 2.0, "eta": -0.1, "phi": 2.9, "mass": 0.1, "charge": -1}]]])
+    cast = {name: ak.values_astype(parts[name], dtype) for name in ("pt", "eta", "phi", "mass")}
+    parts = ak.zip({**cast, "charge": parts["charge"]})  # charge stays int64 in the input
+    features = physics.constituent_features(ak.values_astype(jets, dtype), parts)
+    for name in features.fields:
+        assert ak.flatten(features[name], axis=None).to_numpy().dtype == dtype, name
+    assert ak.flatten(features.charge, axis=None).tolist() == [1.0, -1.0]
+    assert physics.delta_phi(np.array([3.0], dtype=dtype), np.array([-3.0], dtype=dtype)).dtype == dtype

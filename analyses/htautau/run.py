@@ -14,11 +14,12 @@ Afterwards the tables, a few key PNG figures, the configuration and the manifest
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
+
+from hepms.console import add_verbosity_arguments, setup_logging, show_progress
 
 HERE = Path(__file__).resolve().parent
 PRESETS = ("quick", "full")
@@ -79,12 +80,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--publish-only", action="store_true", help="rebuild tables/figures and copy them; train nothing")
     parser.add_argument("--results", type=Path, help="where to publish (default: analyses/htautau/results/<preset>)")
     parser.add_argument("--no-publish", action="store_true", help="do not copy results into analyses/htautau/results")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    add_verbosity_arguments(parser)  # -q, -v, --no-progress: as every hepms command
     args = parser.parse_args(argv)
-
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("hepms").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    setup_logging(args)
 
     import torch
 
@@ -96,8 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as error:
         print(f"run.py: config error: {error}", file=sys.stderr)
         return 2
-    if args.no_progress:
-        cfg["progress"] = False
+    if not show_progress(args):
+        cfg["progress"] = False  # -q, --no-progress, or not a terminal: log lines instead of bars
     if cfg["threads"] is not None:
         torch.set_num_threads(cfg["threads"])
     run_dir = Path(cfg["run_dir"])

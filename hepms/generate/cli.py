@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from hepms.console import add_verbosity_arguments, setup_logging, show_progress
+
+
+def _process_list(text: str) -> list[str]:
+    """``H,Z`` -> ``["H", "Z"]``: one argument, so it cannot swallow the output folder."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected process names separated by commas, e.g. H,Z; got {text!r}")
+    return names
 
 
 def build_parser(prog: str = "hepms generate") -> argparse.ArgumentParser:
@@ -24,7 +33,8 @@ def build_parser(prog: str = "hepms generate") -> argparse.ArgumentParser:
     )
     parser.add_argument("output_dir", type=Path, help="output folder (created if missing)")
     parser.add_argument("--events", type=int, default=1000, help="events per process (default 1000)")
-    parser.add_argument("--processes", nargs="+", default=["H", "Z"], help="processes: H and/or Z")
+    parser.add_argument("--processes", type=_process_list, default=["H", "Z"], metavar="H,Z",
+                        help="processes, comma-separated: H and/or Z (default H,Z)")
     parser.add_argument("--mu", type=float, default=50.0, help="mean pileup interactions (default 50; 0: none)")
     parser.add_argument("--chs", action="store_true", help="remove charged pileup with a track (CHS)")
     parser.add_argument("--seed", type=int, default=12345, help="master seed (default 12345)")
@@ -33,21 +43,31 @@ def build_parser(prog: str = "hepms generate") -> argparse.ArgumentParser:
     parser.add_argument("--pileup-pool", type=int, default=10000, help="minimum-bias pool size (default 10000)")
     parser.add_argument("--pileup-process", default="inelastic", help="inelastic (default) or nondiffractive")
     parser.add_argument("--no-pileup-subtraction", action="store_true", help="keep raw jet pT (no rho*A)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--plots", nargs="?", const="", default=None, metavar="DIR",
         help="also write validation plots (default folder: OUTPUT_DIR/plots)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    add_verbosity_arguments(parser)
     return parser
+
+
+def _missing_generators() -> list[str]:
+    """The generator packages (an optional extra) that are not installed."""
+    import importlib.util
+
+    return [name for name in ("pythia8mc", "fastjet") if importlib.util.find_spec(name) is None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``hepms generate``; return the exit status (0 ok, 2 bad settings)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.verbose:  # our messages only; matplotlib & co. stay at WARNING
-        logging.getLogger("hepms").setLevel(logging.INFO)
+    setup_logging(args)
+    missing = _missing_generators()
+    if missing:
+        print(f"hepms generate: error: {' and '.join(missing)} not installed; they are the optional "
+              "'generate' extra: pip install --no-build-isolation \".[generate]\" (from the repository)",
+              file=sys.stderr)
+        return 2
     from hepms.generate.pipeline import generate
     from hepms.generate.plots import summarize, validation_plots
 
@@ -60,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             chs=args.chs,
             seed=args.seed,
             workers=args.workers,
-            progress=not args.no_progress,
+            progress=show_progress(args),  # no bars in a log file: one line per block instead
             block_size=args.block_size,
             pileup_pool=args.pileup_pool,
             pileup_process=args.pileup_process,

@@ -349,6 +349,8 @@ def generate(
                     bar.update(part.n_events)
             pool = PileupPool.concatenate([parts[i] for i in range(len(pool_jobs))])
             pool_mean = pool.mean_particles
+            logger.info("pileup pool: %d minimum-bias events (%.1f s)", config.pileup_pool,
+                        time.perf_counter() - t_start)
             pool_dir = Path(tempfile.mkdtemp(prefix="hepms-pileup-pool-"))
             _save_pool(pool, pool_dir)
             del parts, pool
@@ -360,6 +362,7 @@ def generate(
         jobs = [(i, task, config, str(pool_dir) if pool_dir else None) for i, task in enumerate(tasks)]
         pending: dict[int, dict[str, Any]] = {}
         next_to_write = 0
+        events_done = 0
         with tqdm(total=config.events_per_process * len(config.processes), desc="events", unit="evt",
                   disable=not progress) as bar:
             for order, columns, cpu in _run_jobs(_block_job, jobs, mp_pool):
@@ -368,6 +371,11 @@ def generate(
                 s = stats[task.process]
                 s["cpu_s"] += cpu
                 bar.update(task.n_events)
+                events_done += task.n_events
+                if not progress:  # no bar (e.g. a log file): one line per block instead
+                    logger.info("%s block %d: %d events done (%d/%d, %.1f s)", task.process, task.block_index,
+                                task.n_events, events_done, len(config.processes) * config.events_per_process,
+                                time.perf_counter() - t_start)
                 # write in block order, whatever order the workers finish in
                 while next_to_write in pending:
                     cols = pending.pop(next_to_write)

@@ -27,31 +27,42 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from hepms.data import TauEventData
-from hepms.select.candidates import (
-    DEFAULT_CANDIDATES,
-    DOWNSTREAM_KINDS,
-    DUMMY_KINDS,
-    UPSTREAM_KINDS,
-    SpaceContext,
-    build_candidates,
-    replicate,
-)
-from hepms.select.darts import DartsSupernet, darts_search
-from hepms.select.data import Inputs, JetKinematics, PreparedData, Targets, make_batch, prepare_data
-from hepms.select.grid import grid_search
-from hepms.select.space import Chain, SearchSpace
-from hepms.select.spos import spos_search
-from hepms.select.tasks import CalibrationTask, TauIDTask, make_task
-from hepms.select.training import (
-    Pretrained,
-    SearchSettings,
-    SelectionResult,
-    evaluate_chain,
-    pretrain,
-)
+# Lazy re-exports (PEP 562), as in hepms and hepms.generate: `hepms select --help` must not pay
+# for torch and the selection code (seconds) before printing its usage.
+_LAZY = {
+    **dict.fromkeys(("DEFAULT_CANDIDATES", "DOWNSTREAM_KINDS", "DUMMY_KINDS", "UPSTREAM_KINDS", "SpaceContext",
+                     "build_candidates", "replicate"), "hepms.select.candidates"),
+    **dict.fromkeys(("DartsSupernet", "darts_search"), "hepms.select.darts"),
+    **dict.fromkeys(("Inputs", "JetKinematics", "PreparedData", "Targets", "make_batch", "prepare_data"),
+                    "hepms.select.data"),
+    "grid_search": "hepms.select.grid",
+    **dict.fromkeys(("Chain", "SearchSpace"), "hepms.select.space"),
+    "spos_search": "hepms.select.spos",
+    **dict.fromkeys(("CalibrationTask", "TauIDTask", "make_task"), "hepms.select.tasks"),
+    **dict.fromkeys(("Pretrained", "SearchSettings", "SelectionResult", "evaluate_chain", "pretrain"),
+                    "hepms.select.training"),
+}
+
+if TYPE_CHECKING:
+    from hepms.data import TauEventData
+    from hepms.select.candidates import (  # noqa: F401
+        DEFAULT_CANDIDATES,
+        DOWNSTREAM_KINDS,
+        DUMMY_KINDS,
+        UPSTREAM_KINDS,
+        SpaceContext,
+        build_candidates,
+        replicate,
+    )
+    from hepms.select.darts import DartsSupernet, darts_search  # noqa: F401
+    from hepms.select.data import Inputs, JetKinematics, PreparedData, Targets, make_batch, prepare_data  # noqa: F401
+    from hepms.select.grid import grid_search  # noqa: F401
+    from hepms.select.space import Chain, SearchSpace  # noqa: F401
+    from hepms.select.spos import spos_search  # noqa: F401
+    from hepms.select.tasks import CalibrationTask, TauIDTask, make_task  # noqa: F401
+    from hepms.select.training import Pretrained, SearchSettings, SelectionResult, evaluate_chain, pretrain  # noqa: F401
 
 __all__ = [
     "prepare_data",
@@ -85,7 +96,31 @@ __all__ = [
     "METHODS",
 ]
 
-METHODS = {"grid": grid_search, "darts": darts_search, "spos": spos_search}
+
+
+def _methods() -> dict:
+    from hepms.select.darts import darts_search
+    from hepms.select.grid import grid_search
+    from hepms.select.spos import spos_search
+
+    return {"grid": grid_search, "darts": darts_search, "spos": spos_search}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METHODS":  # name -> search function
+        value = _methods()
+    elif name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'hepms.select' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def select(
@@ -101,8 +136,9 @@ def select(
 
     Only the training and validation splits are accepted: the test split stays out of selection.
     """
+    methods = _methods()
     try:
-        fn = METHODS[method]
+        fn = methods[method]
     except KeyError:
-        raise ValueError(f"unknown selection method {method!r}; choose from {sorted(METHODS)}") from None
+        raise ValueError(f"unknown selection method {method!r}; choose from {sorted(methods)}") from None
     return fn(space, train, val, settings, pretrained=pretrained)

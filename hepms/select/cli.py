@@ -7,9 +7,10 @@ writes results and plots to ``--out``. Command-line options override the config'
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional, Sequence
+
+from hepms.console import add_verbosity_arguments, setup_logging, show_progress
 
 __all__ = ["main", "build_parser"]
 
@@ -30,16 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="torch device, e.g. cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbosity_arguments(parser)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``hepms select``; returns the exit status."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    setup_logging(args)
 
     from hepms.select.config import load_config
     from hepms.select.study import run_study
@@ -69,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.no_plots:
         config.plots = False
 
-    summary = run_study(config, args.out, progress=not args.quiet)
+    summary = run_study(config, args.out, progress=show_progress(args))
     rows = summary["rows"]
     metric = "test_mse" if config.task == "calibration" else "test_auc_tau"
     print(f"hepms select: {len(rows)} selections in {summary['seconds']:.0f} s -> {args.out}")

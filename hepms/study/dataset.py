@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -131,7 +132,10 @@ def _build(cfg: Mapping[str, Any], path: Path) -> TauEventData:
     from hepms.generate import read_events
 
     d = cfg["data"]
+    started = time.perf_counter()
+    log.info("building the dataset: reading events from %s", path)
     events = read_events(path, max_jets=d["max_jets"], max_constituents=d["max_constituents"])
+    log.info("building the dataset: features of %d events (jets, constituents, labels)", len(events))
     data = build_dataset(
         events,
         max_jets=d["max_jets"],
@@ -145,6 +149,7 @@ def _build(cfg: Mapping[str, Any], path: Path) -> TauEventData:
         generator = torch.Generator().manual_seed(int(d["split_seed"]) + 7919)
         index = torch.randperm(len(data), generator=generator)[: d["max_events"]]
         data = data.take(torch.sort(index).values)
+    log.info("dataset built: %d events, %d jets (%.1f s)", len(data), data.num_jets, time.perf_counter() - started)
     return data
 
 

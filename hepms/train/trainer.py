@@ -808,7 +808,9 @@ def _progress(total: int, desc: str, enabled: bool):
         enabled = False
     if not enabled:
         return _NoBar()
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    # The epoch history must stay on screen: when each epoch is logged (INFO, the CLI's default)
+    # the bar is transient and the log line replaces it; otherwise the finished bars are the history.
+    return tqdm(total=total, desc=desc, leave=not log.isEnabledFor(logging.INFO), dynamic_ncols=True)
 
 
 class _NoBar:
