@@ -15,6 +15,8 @@
 #include <tuple>
 #include <vector>
 
+#include "segment_index.h"
+
 namespace hepms {
 
 // Shape of the pooled output: [B, trailing...].
@@ -71,13 +73,6 @@ inline void check_max_backward_args(const at::Tensor& grad, const at::Tensor& ar
               " but grad on ", grad.device());
   TORCH_CHECK(grad.size(0) == offsets.numel() - 1, "segment_max_backward: grad has ", grad.size(0),
               " rows but offsets describe ", offsets.numel() - 1, " segments");
-}
-
-// Clamp a segment to the valid row range: malformed offsets can never index out of bounds.
-template <typename index_t>
-inline void clamp_segment(index_t& begin, index_t& end, index_t num_rows) {
-  begin = begin < 0 ? 0 : (begin > num_rows ? num_rows : begin);
-  end = end < begin ? begin : (end > num_rows ? num_rows : end);
 }
 
 // CPU kernels (csrc/cpu/).

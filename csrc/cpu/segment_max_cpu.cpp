@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "../segment.h"
 #include "segment_cpu_common.h"
@@ -24,13 +25,15 @@ namespace {
 // Arguments of the forward, shared by the tasks.
 template <typename scalar_t>
 struct MaxArgs {
+  using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* __restrict__ values;
   const int64_t* __restrict__ offsets;
   scalar_t* __restrict__ out;
   int64_t* __restrict__ argmax;
+  acc_t* __restrict__ partial;            // chunked split: each chunk's maximum, else unused
+  int64_t* __restrict__ partial_argmax;   // and its row (-1: empty chunk)
   int64_t width;
-  int64_t num_rows;
-  TaskSplit split;
+  const TaskSplit& split;
 };
 
 // best[j] / where[j] take row[j] when it is larger, or the first NaN: the compare-and-select
@@ -63,34 +66,38 @@ HEPMS_ALWAYS_INLINE void max_tasks(const MaxArgs<scalar_t>& a, int64_t first, in
   rel_t where[kFeatureBlock];
   int64_t where_long[kFeatureBlock];
   for (int64_t task = first; task < last; ++task) {
-    const auto [seg, f0, w, begin, end] = a.split.at(task, a.offsets, a.width, a.num_rows);
-    scalar_t* dst = a.out + seg * a.width + f0;
-    int64_t* dst_arg = a.argmax + seg * a.width + f0;
+    const auto t = a.split.at(task, a.offsets, a.width);
+    const int64_t f0 = t.f0, w = t.w, begin = t.begin, end = t.end;
+    int64_t* dst_arg = (a.split.chunked() ? a.partial_argmax + t.unit * a.width
+                                          : a.argmax + t.seg * a.width) + f0;
     if (end <= begin) {  // empty set: 0 and no arg-max
-      for (int64_t j = 0; j < w; ++j) {
-        dst[j] = scalar_t(0);
-        dst_arg[j] = -1;
+      for (int64_t j = 0; j < w; ++j) best[j] = acc_t(0);
+      for (int64_t j = 0; j < w; ++j) dst_arg[j] = -1;
+    } else {
+      const auto* row0 = as_acc<kWiden>(a.values + begin * a.width + f0, x, w);
+      for (int64_t j = 0; j < w; ++j) best[j] = static_cast<acc_t>(row0[j]);
+      if (end - begin <= std::numeric_limits<rel_t>::max()) {
+        for (int64_t j = 0; j < w; ++j) where[j] = 0;
+        for (int64_t r = begin + 1; r < end; ++r) {
+          const auto* row = as_acc<kWiden>(a.values + r * a.width + f0, x, w);
+          take_larger(row, best, where, static_cast<rel_t>(r - begin), w);
+        }
+        for (int64_t j = 0; j < w; ++j) dst_arg[j] = begin + where[j];
+      } else {  // a segment longer than the relative index type can count (2^31 rows)
+        for (int64_t j = 0; j < w; ++j) where_long[j] = begin;
+        for (int64_t r = begin + 1; r < end; ++r) {
+          const auto* row = as_acc<kWiden>(a.values + r * a.width + f0, x, w);
+          take_larger(row, best, where_long, r, w);
+        }
+        for (int64_t j = 0; j < w; ++j) dst_arg[j] = where_long[j];
       }
-      continue;
     }
-    const auto* row0 = as_acc<kWiden>(a.values + begin * a.width + f0, x, w);
-    for (int64_t j = 0; j < w; ++j) best[j] = static_cast<acc_t>(row0[j]);
-    if (end - begin <= std::numeric_limits<rel_t>::max()) {
-      for (int64_t j = 0; j < w; ++j) where[j] = 0;
-      for (int64_t r = begin + 1; r < end; ++r) {
-        const auto* row = as_acc<kWiden>(a.values + r * a.width + f0, x, w);
-        take_larger(row, best, where, static_cast<rel_t>(r - begin), w);
-      }
-      for (int64_t j = 0; j < w; ++j) dst_arg[j] = begin + where[j];
-    } else {  // a segment longer than the relative index type can count (2^31 rows)
-      for (int64_t j = 0; j < w; ++j) where_long[j] = begin;
-      for (int64_t r = begin + 1; r < end; ++r) {
-        const auto* row = as_acc<kWiden>(a.values + r * a.width + f0, x, w);
-        take_larger(row, best, where_long, r, w);
-      }
-      for (int64_t j = 0; j < w; ++j) dst_arg[j] = where_long[j];
+    if (a.split.chunked()) {  // a partial result: combined by combine_max_chunks
+      acc_t* dst = a.partial + t.unit * a.width + f0;
+      for (int64_t j = 0; j < w; ++j) dst[j] = best[j];
+    } else {
+      store_row<kAvx2>(best, a.out + t.seg * a.width + f0, w);
     }
-    store_row<kAvx2>(best, dst, w);
   }
 }
 
@@ -104,12 +111,46 @@ void max_tasks_baseline(const MaxArgs<scalar_t>& a, int64_t first, int64_t last)
   max_tasks<scalar_t, false>(a, first, last);
 }
 
+// Chunked split: each segment's maximum from its chunks' maxima, taken in row order with the
+// rule of the serial scan (a later chunk wins when it is larger or the first NaN), so the result
+// and the arg-max are those of one pass.
+template <typename scalar_t>
+void combine_max_chunks(const MaxArgs<scalar_t>& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const TaskSplit& split = a.split;
+  at::parallel_for(0, split.num_segments, 1, [&](int64_t first, int64_t last) {
+    for (int64_t seg = first; seg < last; ++seg) {
+      const int64_t c0 = split.first_chunk[seg], c1 = split.first_chunk[seg + 1];
+      for (int64_t f = 0; f < a.width; ++f) {
+        acc_t best = a.partial[c0 * a.width + f];
+        int64_t where = a.partial_argmax[c0 * a.width + f];
+        for (int64_t c = c0 + 1; c < c1; ++c) {
+          const acc_t x = a.partial[c * a.width + f];
+          const int64_t row = a.partial_argmax[c * a.width + f];
+          if (row >= 0 && (where < 0 || (!(x <= best) && best == best))) {
+            best = x;
+            where = row;
+          }
+        }
+        a.out[seg * a.width + f] = static_cast<scalar_t>(best);
+        a.argmax[seg * a.width + f] = where;
+      }
+    }
+  });
+}
+
 template <typename scalar_t>
 void max_forward(const scalar_t* values, const int64_t* offsets, scalar_t* out, int64_t* argmax,
                  int64_t num_segments, int64_t width, int64_t num_rows) {
-  const MaxArgs<scalar_t> args{values, offsets, out, argmax, width, num_rows,
-                               TaskSplit(num_segments, width, num_rows)};
+  using acc_t = at::opmath_type<scalar_t>;
+  const TaskSplit split(offsets, num_segments, width, num_rows);
+  const int64_t partial_size = split.chunked() ? split.num_units() * width : 0;
+  std::vector<acc_t> partial(partial_size);
+  std::vector<int64_t> partial_argmax(partial_size);
+  const MaxArgs<scalar_t> args{values, offsets, out, argmax, partial.data(), partial_argmax.data(),
+                               width, split};
   run_tasks(args, &max_tasks_avx2<scalar_t>, &max_tasks_baseline<scalar_t>);
+  if (split.chunked()) combine_max_chunks(args);
 }
 
 // grad_values[argmax[s, f], f] = grad[s, f]; every other entry 0. Each task zeroes the rows of
@@ -118,17 +159,18 @@ template <typename scalar_t>
 void max_backward(const scalar_t* __restrict__ grad, const int64_t* __restrict__ argmax,
                   const int64_t* __restrict__ offsets, scalar_t* __restrict__ out,
                   int64_t num_segments, int64_t width, int64_t num_rows) {
-  const TaskSplit split(num_segments, width, num_rows);
+  const TaskSplit split(offsets, num_segments, width, num_rows);
   at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
     for (int64_t task = first; task < last; ++task) {
-      const auto [seg, f0, w, begin, end] = split.at(task, offsets, width, num_rows);
+      const auto [seg, unit, f0, w, begin, end, seg_begin, seg_end] = split.at(task, offsets, width);
       for (int64_t r = begin; r < end; ++r)
         std::memset(out + r * width + f0, 0, sizeof(scalar_t) * w);
       const scalar_t* g = grad + seg * width + f0;
       const int64_t* a = argmax + seg * width + f0;
       for (int64_t j = 0; j < w; ++j) {
-        // An arg-max outside its own segment (a corrupted argmax tensor) is ignored rather than
-        // written: it could race with another task or fall out of bounds.
+        // Only the arg-max rows inside this task's rows (its segment, or its chunk of a split
+        // segment): one outside its own segment (a corrupted argmax tensor) is ignored rather
+        // than written, as it could race with another task or fall out of bounds.
         if (a[j] >= begin && a[j] < end) out[a[j] * width + f0 + j] = g[j];
       }
     }
