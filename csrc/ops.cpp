@@ -15,6 +15,10 @@ TORCH_LIBRARY(hepms, m) {
   m.def(
       "segment_max_backward(Tensor grad, Tensor argmax, Tensor offsets, SymInt num_rows) -> "
       "Tensor");
+  // Softmax over the rows of each set (per feature), its backward, and the pooled log-sum-exp.
+  m.def("segment_softmax(Tensor values, Tensor offsets) -> Tensor");
+  m.def("segment_softmax_backward(Tensor grad, Tensor out, Tensor offsets) -> Tensor");
+  m.def("segment_logsumexp(Tensor values, Tensor offsets) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hepms, CPU, m) {
@@ -23,4 +27,7 @@ TORCH_LIBRARY_IMPL(hepms, CPU, m) {
   m.impl("segment_max", &hepms::segment_max_cpu);
   m.impl("segment_gather", &hepms::segment_gather_cpu);
   m.impl("segment_max_backward", &hepms::segment_max_backward_cpu);
+  m.impl("segment_softmax", &hepms::segment_softmax_cpu);
+  m.impl("segment_softmax_backward", &hepms::segment_softmax_backward_cpu);
+  m.impl("segment_logsumexp", &hepms::segment_logsumexp_cpu);
 }

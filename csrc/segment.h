@@ -75,6 +75,17 @@ inline void check_max_backward_args(const at::Tensor& grad, const at::Tensor& ar
               " rows but offsets describe ", offsets.numel() - 1, " segments");
 }
 
+// Checks of segment_softmax_backward: grad and the softmax output have the values' shape.
+inline void check_softmax_backward_args(const at::Tensor& grad, const at::Tensor& out,
+                                        const at::Tensor& offsets) {
+  check_pool_args("segment_softmax_backward", grad, offsets);
+  TORCH_CHECK(out.sizes() == grad.sizes() && out.scalar_type() == grad.scalar_type() &&
+                  out.device() == grad.device(),
+              "segment_softmax_backward: the softmax output (", out.scalar_type(), " ", out.sizes(),
+              " on ", out.device(), ") must match grad (", grad.scalar_type(), " ", grad.sizes(),
+              " on ", grad.device(), ")");
+}
+
 // CPU kernels (csrc/cpu/).
 at::Tensor segment_sum_cpu(const at::Tensor& values, const at::Tensor& offsets);
 at::Tensor segment_mean_cpu(const at::Tensor& values, const at::Tensor& offsets);
@@ -84,5 +95,9 @@ std::tuple<at::Tensor, at::Tensor> segment_max_cpu(const at::Tensor& values,
                                                    const at::Tensor& offsets);
 at::Tensor segment_max_backward_cpu(const at::Tensor& grad, const at::Tensor& argmax,
                                     const at::Tensor& offsets, int64_t num_rows);
+at::Tensor segment_softmax_cpu(const at::Tensor& values, const at::Tensor& offsets);
+at::Tensor segment_softmax_backward_cpu(const at::Tensor& grad, const at::Tensor& out,
+                                        const at::Tensor& offsets);
+at::Tensor segment_logsumexp_cpu(const at::Tensor& values, const at::Tensor& offsets);
 
 }  // namespace hepms

@@ -8,8 +8,10 @@ __version__ = "0.1.0"
 
 from hepms.ops import (  # noqa: F401
     extension_available,
+    segment_logsumexp,
     segment_max,
     segment_mean,
+    segment_softmax,
     segment_sum,
     set_validation,
     validation,

@@ -46,6 +46,8 @@ __all__ = [
     "segment_sum",
     "segment_mean",
     "segment_max",
+    "segment_softmax",
+    "segment_logsumexp",
     "set_validation",
     "validation",
     "extension_available",
@@ -122,6 +124,26 @@ def _define_python_ops() -> None:
         ("segment_max", _reference.segment_max_reference),
         ("segment_gather", gather),
         ("segment_max_backward", max_backward),
+    ):
+        lib.impl(name, fn, "CompositeExplicitAutograd")
+    _define_python_softmax_ops(lib)
+
+
+def _define_python_softmax_ops(lib: torch.library.Library) -> None:
+    """The softmax family's schemas and reference kernels (mirroring csrc/ops.cpp)."""
+    lib.define("segment_softmax(Tensor values, Tensor offsets) -> Tensor")
+    lib.define("segment_softmax_backward(Tensor grad, Tensor out, Tensor offsets) -> Tensor")
+    lib.define("segment_logsumexp(Tensor values, Tensor offsets) -> Tensor")
+
+    def softmax_backward(grad: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
+        ids = _reference._segment_ids(offsets, grad.shape[0])
+        dot = _reference.segment_sum_reference(grad * out, offsets)
+        return out * (grad - dot.index_select(0, ids))
+
+    for name, fn in (
+        ("segment_softmax", _reference.segment_softmax_reference),
+        ("segment_softmax_backward", softmax_backward),
+        ("segment_logsumexp", _reference.segment_logsumexp_reference),
     ):
         lib.impl(name, fn, "CompositeExplicitAutograd")
 
@@ -282,6 +304,85 @@ torch.library.register_autograd(
 
 
 # --------------------------------------------------------------------------------------------
+# The softmax family: fake kernels and autograd.
+#   softmax:   y = softmax_set(x);  dx = y * (g - gather(sum_set(g * y)))  (segment_softmax_backward)
+#   logsumexp: l = log sum_set exp(x);  dx = softmax_set(x) * gather(g)
+# The backward of segment_softmax_backward is written with the forward ops, so double backward
+# works too.
+# --------------------------------------------------------------------------------------------
+@torch.library.register_fake("hepms::segment_softmax")
+def _segment_softmax_fake(values: Tensor, offsets: Tensor) -> Tensor:
+    return values.new_empty(values.shape)
+
+
+@torch.library.register_fake("hepms::segment_softmax_backward")
+def _segment_softmax_backward_fake(grad: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
+    return grad.new_empty(grad.shape)
+
+
+@torch.library.register_fake("hepms::segment_logsumexp")
+def _segment_logsumexp_fake(values: Tensor, offsets: Tensor) -> Tensor:
+    return values.new_empty(_pooled_shape(values, offsets))
+
+
+def _setup_softmax(ctx, inputs, output) -> None:
+    _, offsets = inputs
+    ctx.save_for_backward(output, offsets)
+
+
+def _segment_softmax_autograd(ctx, grad: Tensor):
+    out, offsets = ctx.saved_tensors
+    return torch.ops.hepms.segment_softmax_backward(grad.contiguous(), out, offsets), None
+
+
+def _setup_softmax_backward(ctx, inputs, output) -> None:
+    grad, out, offsets = inputs
+    ctx.save_for_backward(grad, out, offsets)
+
+
+def _segment_softmax_backward_autograd(ctx, upstream: Tensor):
+    # z = y * (g - S(g * y)) with S = gather(sum_set(.)):
+    #   dz/dg . u = y * (u - S(u * y))          = segment_softmax_backward(u, y)
+    #   dz/dy . u = u * (g - S(g * y)) - g * S(u * y)
+    grad, out, offsets = ctx.saved_tensors
+    upstream = upstream.contiguous()
+    rows = grad.shape[0]
+
+    def spread(x: Tensor) -> Tensor:
+        pooled = torch.ops.hepms.segment_sum(x.contiguous(), offsets)
+        return torch.ops.hepms.segment_gather(pooled, offsets, rows, False)
+
+    grad_grad = torch.ops.hepms.segment_softmax_backward(upstream, out, offsets)
+    grad_out = upstream * (grad - spread(grad * out)) - grad * spread(upstream * out)
+    return grad_grad, grad_out, None
+
+
+def _setup_logsumexp(ctx, inputs, output) -> None:
+    values, offsets = inputs
+    ctx.save_for_backward(values, offsets)
+
+
+def _segment_logsumexp_autograd(ctx, grad: Tensor):
+    values, offsets = ctx.saved_tensors
+    weights = torch.ops.hepms.segment_softmax(values, offsets)
+    spread = torch.ops.hepms.segment_gather(grad.contiguous(), offsets, values.shape[0], False)
+    return weights * spread, None
+
+
+torch.library.register_autograd(
+    "hepms::segment_softmax", _segment_softmax_autograd, setup_context=_setup_softmax
+)
+torch.library.register_autograd(
+    "hepms::segment_softmax_backward",
+    _segment_softmax_backward_autograd,
+    setup_context=_setup_softmax_backward,
+)
+torch.library.register_autograd(
+    "hepms::segment_logsumexp", _segment_logsumexp_autograd, setup_context=_setup_logsumexp
+)
+
+
+# --------------------------------------------------------------------------------------------
 # Argument validation
 # --------------------------------------------------------------------------------------------
 _validate_by_default = os.environ.get("HEPMS_VALIDATE", "1") not in ("0", "false", "False")
@@ -409,3 +510,34 @@ def segment_max(
     if not torch.jit.is_scripting():
         values, offsets = _check_arguments("segment_max", values, offsets, validate)
     return torch.ops.hepms.segment_max(values, offsets.long())
+
+
+def segment_softmax(values: Tensor, offsets: Tensor, validate: Optional[bool] = None) -> Tensor:
+    """Softmax over the rows of each set, per feature: the attention weights of set pooling.
+
+    ``out[i] = exp(values[i]) / sum(exp(values[j]) for j in the set of i)``, computed stably (the
+    set's maximum is subtracted first; 16-bit inputs are computed in float32). Each set's rows
+    sum to 1 in every column; empty sets have no rows.
+
+    Args:
+        values: ``[N]`` or ``[N, F]`` floating tensor (float32/64, float16, bfloat16).
+        offsets: ``[B + 1]`` integer tensor, as for :func:`segment_sum`.
+        validate: check the offsets content (None: the process-wide default).
+
+    Returns:
+        A tensor of the shape and dtype of ``values``.
+    """
+    if not torch.jit.is_scripting():
+        values, offsets = _check_arguments("segment_softmax", values, offsets, validate)
+    return torch.ops.hepms.segment_softmax(values, offsets.long())
+
+
+def segment_logsumexp(values: Tensor, offsets: Tensor, validate: Optional[bool] = None) -> Tensor:
+    """``log(sum(exp(values)))`` over the rows of each set, computed stably; 0 for empty sets.
+
+    A smooth maximum: its gradient is :func:`segment_softmax` of the values. Arguments as
+    :func:`segment_sum`; returns ``[B]`` or ``[B, F]`` of the dtype of ``values``.
+    """
+    if not torch.jit.is_scripting():
+        values, offsets = _check_arguments("segment_logsumexp", values, offsets, validate)
+    return torch.ops.hepms.segment_logsumexp(values, offsets.long())

@@ -49,12 +49,15 @@ struct TaskSplit {
   std::vector<int64_t> first_chunk;  // chunked only: index of segment b's first chunk, [B + 1]
   int64_t elements_per_task;       // average rows x features touched by one task
 
-  TaskSplit(const int64_t* offsets, int64_t segments, int64_t width, int64_t rows)
+  // allow_chunks = false: one chunk per segment whatever the lengths (kernels that need a whole
+  // set in one task).
+  TaskSplit(const int64_t* offsets, int64_t segments, int64_t width, int64_t rows,
+            bool allow_chunks = true)
       : num_segments(segments), num_blocks(index::num_feature_blocks(width, kFeatureBlock)),
         num_rows(rows) {
     const int64_t threads = at::get_num_threads();
     const int64_t candidate = index::chunk_rows_for(rows, 4 * threads, kCascadeRows, kMinChunkRows);
-    if (threads > 1 && rows > candidate) {
+    if (allow_chunks && threads > 1 && rows > candidate) {
       int64_t longest = 0;
       for (int64_t b = 0; b < segments; ++b) {
         int64_t begin = offsets[b], end = offsets[b + 1];
