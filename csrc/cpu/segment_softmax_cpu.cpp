@@ -65,7 +65,8 @@ HEPMS_ALWAYS_INLINE acc_t exp_nonpositive(acc_t d) {
   const acc_t r = (clamped - n * C::kLn2Hi) - n * C::kLn2Lo;
   acc_t p = acc_t(1);
   // Horner form of sum_{k <= kTerms} r^k / k!: p = 1 + r/1 (1 + r/2 (1 + r/3 (...))); the
-  // loop has a constant trip count and is unrolled.
+  // loop is unrolled before vectorization (otherwise GCC sees control flow and gives up).
+#pragma GCC unroll 16
   for (int k = C::kTerms; k >= 1; --k) p = acc_t(1) + p * (r * acc_t(1.0 / k));
   const int_t n_int = std::bit_cast<int_t>(shifted) - std::bit_cast<int_t>(C::kMagic);
   const acc_t scale = std::bit_cast<acc_t>((n_int + C::kBias) << C::kMantissa);
