@@ -13,7 +13,9 @@ Shapes (``--shapes``):
   - ``many-tiny``: 1M sets of 0-3 rows, at ``--shape-features``.
 
 Methods, for sum / mean / max (forward, and forward+backward with a random upstream gradient):
-  - hepms.segment_* (validation off: the offsets are known to be good),
+  - hepms.segment_* (validation off: the offsets are known to be good); for max,
+    hepms.segment_amax ("hepms", the max pooling of hepms.nn) and hepms.segment_max, which also
+    writes the int64 arg-max,
   - torch.segment_reduce (offsets),
   - index_add_ (sum, mean) / scatter_reduce amax (max) with per-row segment ids,
   - padding to the longest set + mask (dense reduction), when it fits in ``--pad-limit-gb``,
@@ -148,13 +150,13 @@ def competitors(values: torch.Tensor, offsets: torch.Tensor, reduce: str, pad_li
     ids = torch.repeat_interleave(torch.arange(num_segments, device=values.device), counts)
     width = values.shape[1]
     functions: dict = {}
-    hepms_fn = getattr(hepms, f"segment_{reduce}", None)
+    # max: hepms.segment_amax (the max pooling of hepms.nn), and segment_max, which also
+    # returns the int64 arg-max
+    hepms_fn = getattr(hepms, f"segment_{'amax' if reduce == 'max' else reduce}", None)
     if hepms_fn is not None:
-        def ours(x: torch.Tensor) -> torch.Tensor:
-            out = hepms_fn(x, offsets, validate=False)
-            return out[0] if isinstance(out, tuple) else out
-
-        functions["hepms"] = ours
+        functions["hepms"] = lambda x: hepms_fn(x, offsets, validate=False)
+    if reduce == "max":
+        functions["hepms.segment_max (+arg-max)"] = lambda x: hepms.segment_max(x, offsets, validate=False)[0]
 
     if reduce == "softmax":
         functions["scatter softmax"] = lambda x: _scatter_softmax(x, ids, num_segments)
@@ -336,7 +338,7 @@ def check_targets(table: dict) -> None:
         if e["reduce"] != "floor":
             by_key.setdefault((e["reduce"], e["mode"]), {})[e["method"]] = e
     for (reduce, mode), methods in by_key.items():
-        others = {k: v for k, v in methods.items() if k != "hepms"}
+        others = {k: v for k, v in methods.items() if not k.startswith("hepms")}
         if "hepms" not in methods or not others:
             continue
         ours = methods["hepms"]

@@ -86,6 +86,21 @@ inline void check_softmax_backward_args(const at::Tensor& grad, const at::Tensor
               " on ", grad.device(), ")");
 }
 
+// Checks of segment_amax_backward: grad and the maximum [B, ...], values [N, ...], same dtype.
+inline void check_amax_backward_args(const at::Tensor& grad, const at::Tensor& values,
+                                     const at::Tensor& out, const at::Tensor& offsets) {
+  check_pool_args("segment_amax_backward", values, offsets);
+  TORCH_CHECK(grad.sizes() == out.sizes() && grad.dim() == values.dim() &&
+                  grad.size(0) == offsets.numel() - 1 &&
+                  grad.sizes().slice(1) == values.sizes().slice(1),
+              "segment_amax_backward: grad ", grad.sizes(), " and the maximum ", out.sizes(),
+              " must have one row per segment (", offsets.numel() - 1, ") of the values' rows ",
+              values.sizes());
+  TORCH_CHECK(grad.scalar_type() == values.scalar_type() && out.scalar_type() == values.scalar_type() &&
+                  grad.device() == values.device() && out.device() == values.device(),
+              "segment_amax_backward: grad, values and the maximum must share dtype and device");
+}
+
 // CPU kernels (csrc/cpu/).
 at::Tensor segment_sum_cpu(const at::Tensor& values, const at::Tensor& offsets);
 at::Tensor segment_mean_cpu(const at::Tensor& values, const at::Tensor& offsets);
@@ -95,6 +110,9 @@ std::tuple<at::Tensor, at::Tensor> segment_max_cpu(const at::Tensor& values,
                                                    const at::Tensor& offsets);
 at::Tensor segment_max_backward_cpu(const at::Tensor& grad, const at::Tensor& argmax,
                                     const at::Tensor& offsets, int64_t num_rows);
+at::Tensor segment_amax_cpu(const at::Tensor& values, const at::Tensor& offsets);
+at::Tensor segment_amax_backward_cpu(const at::Tensor& grad, const at::Tensor& values,
+                                     const at::Tensor& out, const at::Tensor& offsets);
 at::Tensor segment_softmax_cpu(const at::Tensor& values, const at::Tensor& offsets);
 at::Tensor segment_softmax_backward_cpu(const at::Tensor& grad, const at::Tensor& out,
                                         const at::Tensor& offsets);

@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from hepms.ops import (  # noqa: F401
     extension_available,
+    segment_amax,
     segment_logsumexp,
     segment_max,
     segment_mean,

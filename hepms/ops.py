@@ -46,6 +46,7 @@ __all__ = [
     "segment_sum",
     "segment_mean",
     "segment_max",
+    "segment_amax",
     "segment_softmax",
     "segment_logsumexp",
     "set_validation",
@@ -130,7 +131,9 @@ def _define_python_ops() -> None:
 
 
 def _define_python_softmax_ops(lib: torch.library.Library) -> None:
-    """The softmax family's schemas and reference kernels (mirroring csrc/ops.cpp)."""
+    """segment_amax's and the softmax family's schemas and reference kernels (as csrc/ops.cpp)."""
+    lib.define("segment_amax(Tensor values, Tensor offsets) -> Tensor")
+    lib.define("segment_amax_backward(Tensor grad, Tensor values, Tensor out, Tensor offsets) -> Tensor")
     lib.define("segment_softmax(Tensor values, Tensor offsets) -> Tensor")
     lib.define("segment_softmax_backward(Tensor grad, Tensor out, Tensor offsets) -> Tensor")
     lib.define("segment_logsumexp(Tensor values, Tensor offsets) -> Tensor")
@@ -140,7 +143,17 @@ def _define_python_softmax_ops(lib: torch.library.Library) -> None:
         dot = _reference.segment_sum_reference(grad * out, offsets)
         return out * (grad - dot.index_select(0, ids))
 
+    def amax(values: Tensor, offsets: Tensor) -> Tensor:
+        return _reference.segment_max_reference(values, offsets)[0]
+
+    def amax_backward(grad: Tensor, values: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
+        _, argmax = _reference.segment_max_reference(values, offsets)
+        zeros = grad.new_zeros(values.shape)
+        return zeros.scatter_add(0, argmax.clamp_min(0), torch.where(argmax >= 0, grad, grad.new_zeros(())))
+
     for name, fn in (
+        ("segment_amax", amax),
+        ("segment_amax_backward", amax_backward),
         ("segment_softmax", _reference.segment_softmax_reference),
         ("segment_softmax_backward", softmax_backward),
         ("segment_logsumexp", _reference.segment_logsumexp_reference),
@@ -310,6 +323,50 @@ torch.library.register_autograd(
 # The backward of segment_softmax_backward is written with the forward ops, so double backward
 # works too.
 # --------------------------------------------------------------------------------------------
+@torch.library.register_fake("hepms::segment_amax")
+def _segment_amax_fake(values: Tensor, offsets: Tensor) -> Tensor:
+    return values.new_empty(_pooled_shape(values, offsets))
+
+
+@torch.library.register_fake("hepms::segment_amax_backward")
+def _segment_amax_backward_fake(grad: Tensor, values: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
+    return grad.new_empty(values.shape)
+
+
+def _setup_amax(ctx, inputs, output) -> None:
+    values, offsets = inputs
+    ctx.save_for_backward(values, output, offsets)
+
+
+def _segment_amax_autograd(ctx, grad: Tensor):
+    values, out, offsets = ctx.saved_tensors
+    return torch.ops.hepms.segment_amax_backward(grad.contiguous(), values, out, offsets), None
+
+
+def _setup_amax_backward(ctx, inputs, output) -> None:
+    grad, values, out, offsets = inputs
+    ctx.save_for_backward(grad, values, out, offsets)
+
+
+def _segment_amax_backward_autograd(ctx, upstream: Tensor):
+    # The backward is linear in grad: it places grad[s] on the routing rows. Its adjoint picks
+    # the upstream at those rows: the routing mask (the backward of ones) times the upstream,
+    # summed per set. The routing does not change with small changes of the values: no gradient.
+    grad, values, out, offsets = ctx.saved_tensors
+    mask = torch.ops.hepms.segment_amax_backward(torch.ones_like(grad), values, out, offsets)
+    return torch.ops.hepms.segment_sum((upstream * mask).contiguous(), offsets), None, None, None
+
+
+torch.library.register_autograd(
+    "hepms::segment_amax", _segment_amax_autograd, setup_context=_setup_amax
+)
+torch.library.register_autograd(
+    "hepms::segment_amax_backward",
+    _segment_amax_backward_autograd,
+    setup_context=_setup_amax_backward,
+)
+
+
 @torch.library.register_fake("hepms::segment_softmax")
 def _segment_softmax_fake(values: Tensor, offsets: Tensor) -> Tensor:
     return values.new_empty(values.shape)
@@ -510,6 +567,20 @@ def segment_max(
     if not torch.jit.is_scripting():
         values, offsets = _check_arguments("segment_max", values, offsets, validate)
     return torch.ops.hepms.segment_max(values, offsets.long())
+
+
+def segment_amax(values: Tensor, offsets: Tensor, validate: Optional[bool] = None) -> Tensor:
+    """The maximum of each set, without its arg-max: ``segment_max(values, offsets)[0]``.
+
+    Same values, same gradient (to the first maximal row of each set and feature, 0 for empty
+    sets), but no int64 arg-max tensor is written: its backward finds the maximal rows again
+    from the values. That matters when there are about as many sets as rows (the arg-max is
+    then twice the size of the values in float32). :class:`hepms.nn.Pooling` uses it.
+    Arguments as :func:`segment_sum`.
+    """
+    if not torch.jit.is_scripting():
+        values, offsets = _check_arguments("segment_amax", values, offsets, validate)
+    return torch.ops.hepms.segment_amax(values, offsets.long())
 
 
 def segment_softmax(values: Tensor, offsets: Tensor, validate: Optional[bool] = None) -> Tensor:

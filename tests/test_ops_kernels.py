@@ -166,6 +166,43 @@ def test_shared_index_arithmetic():
 
 
 # ----------------------------------------------------------------------------------------------
+# segment_amax: the max without the arg-max
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("counts", [[3, 0, 1, 45, 0, 2], [0, 90_000, 5, 40_000]])
+def test_amax_matches_segment_max_values_and_gradient(dtype, counts):
+    torch.set_num_threads(2)  # the long sets are split into chunks
+    offsets = make_offsets(counts)
+    n = int(offsets[-1])
+    values = torch.randn(n, 5, generator=torch.Generator().manual_seed(4)).to(dtype)
+    values[:2, 0] = 3.0  # a tie
+    values[1, 1] = float("nan")
+    upstream = torch.randn(len(counts), 5).to(dtype)
+    x1 = values.clone().requires_grad_()
+    x2 = values.clone().requires_grad_()
+    ours = hepms.segment_amax(x1, offsets)
+    theirs, _ = hepms.segment_max(x2, offsets)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+    ours.backward(upstream)
+    theirs.backward(upstream)
+    assert torch.equal(x1.grad, x2.grad)
+
+
+def test_amax_gradcheck_opcheck_and_errors():
+    offsets = make_offsets([3, 0, 1, 6, 0])
+    values = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: hepms.segment_amax(x, offsets), (values,))
+    assert torch.autograd.gradgradcheck(lambda x: hepms.segment_amax(x, offsets), (values,))
+    torch.library.opcheck(torch.ops.hepms.segment_amax, (values, offsets))
+    with pytest.raises(ValueError, match=r"segment_amax: offsets\[0\] must be 0"):
+        hepms.segment_amax(values, torch.tensor([1, 10]))
+    with pytest.raises(RuntimeError, match="segment_amax_backward: grad"):
+        torch.ops.hepms.segment_amax_backward(torch.ones(2, 3, dtype=torch.float64), values.detach(),
+                                              torch.ones(2, 3, dtype=torch.float64), offsets)
+
+
+# ----------------------------------------------------------------------------------------------
 # segment_softmax and segment_logsumexp
 # ----------------------------------------------------------------------------------------------
 def softmax_by_loop(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -321,11 +358,12 @@ assert not hepms.extension_available()
 torch.manual_seed(3)
 offsets = torch.tensor([0, 3, 3, 10, 11])
 values = torch.randn(11, 4, dtype=torch.float64, requires_grad=True)
-for fn in (hepms.segment_softmax, hepms.segment_logsumexp):
+for fn in (hepms.segment_softmax, hepms.segment_logsumexp, hepms.segment_amax):
     assert torch.autograd.gradcheck(lambda x: fn(x, offsets), (values,))
     assert torch.autograd.gradgradcheck(lambda x: fn(x, offsets), (values,))
 print(json.dumps({"softmax": hepms.segment_softmax(values, offsets).tolist(),
-                  "logsumexp": hepms.segment_logsumexp(values, offsets).tolist()}))
+                  "logsumexp": hepms.segment_logsumexp(values, offsets).tolist(),
+                  "amax": hepms.segment_amax(values, offsets).tolist()}))
 """
 
 
@@ -344,6 +382,7 @@ def test_softmax_fallback_matches_compiled():
                                hepms.segment_softmax(values, offsets))
     torch.testing.assert_close(torch.tensor(fallback["logsumexp"], dtype=torch.float64),
                                hepms.segment_logsumexp(values, offsets))
+    assert torch.equal(torch.tensor(fallback["amax"], dtype=torch.float64), hepms.segment_amax(values, offsets))
 
 
 # ----------------------------------------------------------------------------------------------

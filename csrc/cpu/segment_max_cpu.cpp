@@ -65,11 +65,13 @@ HEPMS_ALWAYS_INLINE void max_tasks(const MaxArgs<scalar_t>& a, int64_t first, in
   acc_t x[kFeatureBlock];
   rel_t where[kFeatureBlock];
   int64_t where_long[kFeatureBlock];
+  int64_t discarded[kFeatureBlock];  // the arg-max of segment_amax, which does not return it
   for (int64_t task = first; task < last; ++task) {
     const auto t = a.split.at(task, a.offsets, a.width);
     const int64_t f0 = t.f0, w = t.w, begin = t.begin, end = t.end;
-    int64_t* dst_arg = (a.split.chunked() ? a.partial_argmax + t.unit * a.width
-                                          : a.argmax + t.seg * a.width) + f0;
+    int64_t* dst_arg = a.split.chunked() ? a.partial_argmax + t.unit * a.width + f0
+                       : a.argmax != nullptr ? a.argmax + t.seg * a.width + f0
+                                             : discarded;
     if (end <= begin) {  // empty set: 0 and no arg-max
       for (int64_t j = 0; j < w; ++j) best[j] = acc_t(0);
       for (int64_t j = 0; j < w; ++j) dst_arg[j] = -1;
@@ -133,7 +135,7 @@ void combine_max_chunks(const MaxArgs<scalar_t>& a) {
           }
         }
         a.out[seg * a.width + f] = static_cast<scalar_t>(best);
-        a.argmax[seg * a.width + f] = where;
+        if (a.argmax != nullptr) a.argmax[seg * a.width + f] = where;
       }
     }
   });
@@ -177,7 +179,85 @@ void max_backward(const scalar_t* __restrict__ grad, const int64_t* __restrict__
   });
 }
 
+// Backward of segment_amax, which keeps no arg-max: grad_values[r, f] = grad[s, f] for the first
+// row r of segment s where values[r, f] equals the maximum (or is NaN when the maximum is), the
+// row segment_max's arg-max names; 0 elsewhere. Two passes: zero the rows (split like the
+// forward, so huge sets use every thread), then find the first maximal row of each set and
+// feature (reading its rows until every feature is found).
+template <typename scalar_t>
+void amax_backward(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ values,
+                   const scalar_t* __restrict__ maxima, const int64_t* __restrict__ offsets,
+                   scalar_t* __restrict__ out, int64_t num_segments, int64_t width,
+                   int64_t num_rows) {
+  const TaskSplit zero_split(offsets, num_segments, width, num_rows);
+  at::parallel_for(0, zero_split.num_tasks(), zero_split.grain(), [&](int64_t first, int64_t last) {
+    for (int64_t task = first; task < last; ++task) {
+      const auto t = zero_split.at(task, offsets, width);
+      for (int64_t r = t.begin; r < t.end; ++r)
+        std::memset(out + r * width + t.f0, 0, sizeof(scalar_t) * t.w);
+    }
+  });
+  const TaskSplit split(offsets, num_segments, width, num_rows, /*allow_chunks=*/false);
+  at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
+    bool found[kFeatureBlock];
+    for (int64_t task = first; task < last; ++task) {
+      const auto t = split.at(task, offsets, width);
+      const scalar_t* m = maxima + t.seg * width + t.f0;
+      const scalar_t* g = grad + t.seg * width + t.f0;
+      int64_t remaining = t.w;
+      for (int64_t j = 0; j < t.w; ++j) found[j] = false;
+      for (int64_t r = t.begin; r < t.end && remaining > 0; ++r) {
+        const scalar_t* row = values + r * width + t.f0;
+        for (int64_t j = 0; j < t.w; ++j) {
+          const bool nan_max = m[j] != m[j];
+          const bool match = nan_max ? row[j] != row[j] : row[j] == m[j];
+          if (!found[j] && match) {
+            found[j] = true;
+            --remaining;
+            out[r * width + t.f0 + j] = g[j];
+          }
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
+
+at::Tensor segment_amax_cpu(const at::Tensor& values_in, const at::Tensor& offsets_in) {
+  check_pool_args("segment_amax", values_in, offsets_in);
+  const at::Tensor values = values_in.contiguous();
+  const at::Tensor offsets = offsets_in.contiguous();
+  const int64_t num_segments = offsets.numel() - 1;
+  at::Tensor out = at::empty(pooled_shape(values, num_segments), values.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "segment_amax", [&] {
+    max_forward<scalar_t>(values.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
+                          out.mutable_data_ptr<scalar_t>(), nullptr, num_segments, row_width(values),
+                          values.size(0));
+  });
+  return out;
+}
+
+at::Tensor segment_amax_backward_cpu(const at::Tensor& grad_in, const at::Tensor& values_in,
+                                     const at::Tensor& out_in, const at::Tensor& offsets_in) {
+  check_amax_backward_args(grad_in, values_in, out_in, offsets_in);
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor values = values_in.contiguous();
+  const at::Tensor maxima = out_in.contiguous();
+  const at::Tensor offsets = offsets_in.contiguous();
+  const int64_t num_segments = offsets.numel() - 1;
+  const int64_t num_rows = values.size(0);
+  at::Tensor out = allocate_row_output(offsets.const_data_ptr<int64_t>(), num_segments, num_rows,
+                                       values.sizes(), grad.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "segment_amax_backward", [&] {
+    amax_backward<scalar_t>(grad.const_data_ptr<scalar_t>(), values.const_data_ptr<scalar_t>(),
+                            maxima.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
+                            out.mutable_data_ptr<scalar_t>(), num_segments, row_width(grad), num_rows);
+  });
+  return out;
+}
 
 std::tuple<at::Tensor, at::Tensor> segment_max_cpu(const at::Tensor& values_in,
                                                    const at::Tensor& offsets_in) {

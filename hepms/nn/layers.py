@@ -133,7 +133,7 @@ class Pooling(nn.Module):
     """Pools each set of rows with one or several of sum / mean / max / attention, concatenated.
 
     Runs on flat ``values [N, F]`` + ``offsets [B + 1]`` through :func:`hepms.segment_sum`,
-    :func:`hepms.segment_mean`, :func:`hepms.segment_max` and :class:`AttentionPooling` (empty
+    :func:`hepms.segment_mean`, :func:`hepms.segment_amax` (the max without its arg-max) and :class:`AttentionPooling` (empty
     sets pool to 0).
 
     Args:
@@ -179,7 +179,7 @@ class Pooling(nn.Module):
             elif mode == "mean":
                 pooled.append(hepms.segment_mean(values, offsets))
             elif mode == "max":
-                pooled.append(hepms.segment_max(values, offsets)[0])
+                pooled.append(hepms.segment_amax(values, offsets))
             else:
                 attention = self.attention
                 if attention is not None:
