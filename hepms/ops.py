@@ -1,4 +1,4 @@
-"""Segment (CSR) pooling: sum, mean and max over variable-length sets.
+"""Segment (CSR) pooling: sum, mean, max, log-sum-exp and softmax over variable-length sets.
 
 ``values`` holds the elements of all sets stacked along dimension 0 (shape ``[N]`` or ``[N, F]``);
 ``offsets`` (int64, shape ``[B + 1]``) marks where each set starts: set ``b`` is
@@ -13,6 +13,10 @@ Example:
     >>> out, arg = hepms.segment_max(values, offsets)
     >>> out.flatten().tolist(), arg.flatten().tolist()
     ([2.0, 0.0, 5.0], [1, -1, 2])
+
+Besides :func:`segment_sum`, :func:`segment_mean` and :func:`segment_max`: :func:`segment_amax`
+(the max without its arg-max), :func:`segment_logsumexp` (a smooth max) and
+:func:`segment_softmax` (per-row weights that sum to 1 over each set: attention pooling).
 
 Conventions: empty sets pool to 0 and get zero gradient; max returns the arg-max row index
 (the first one on ties, -1 for an empty set) and its backward sends the whole gradient to that row.
