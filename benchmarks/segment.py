@@ -41,6 +41,7 @@ Prints tables, the machine (with its load average, read before and after) and a 
     python benchmarks/segment.py --device cuda             # GPU
     python benchmarks/segment.py --jets 20000 --features 64 --shapes jets --json out.json
     python benchmarks/segment.py --dtype float16 --cpu-capability baseline   # the SSE2 kernels
+    python benchmarks/segment.py --report results_segment_cpu.json            # README tables
 """
 from __future__ import annotations
 
@@ -349,6 +350,43 @@ def check_targets(table: dict) -> None:
                   f"vs {best['method']} {best[stat]:.2f} ms ({best[stat] / ours[stat]:.2f}x)")
 
 
+def markdown(result: dict) -> str:
+    """The README tables of a result: per shape, F, reduction and mode, hepms and the best other
+    method at the median and the 90th percentile, and hepms over the floor."""
+    m = result["machine"]
+    lines = [f"Machine: {m['platform']}, {m['cpu']!r}, {m['cpu_count']} cores, torch {m['torch']}, "
+             f"{m['torch_threads']} threads, hepms CPU kernels {m['hepms_cpu_kernels']}; load average "
+             f"(1/5/15 min) {m['load_average_start']} at the start, {m['load_average_end']} at the end; "
+             f"THP {m['transparent_hugepage']}, THP_MEM_ALLOC_ENABLE={m['THP_MEM_ALLOC_ENABLE']}; "
+             f"{result['settings']['repeats']} interleaved repetitions, started {result['started_utc']} UTC.",
+             "",
+             "| shape | F | floors: read / copy / fresh copy ms | reduce | mode | hepms median (x floor) | "
+             "hepms p90 | best other median | best other p90 | hepms ahead by (median / p90) |",
+             "| --- | ---: | --- | --- | --- | ---: | ---: | --- | --- | --- |"]
+    for table in result["tables"]:
+        floors = table["floors_median_ms"]
+        floor_text = f"{floors['read']:.1f} / {floors['copy']:.1f} / {floors['fresh copy']:.1f}"
+        by_key: dict = {}
+        for e in table["results"]:
+            if e["reduce"] != "floor":
+                by_key.setdefault((e["reduce"], e["mode"]), {})[e["method"]] = e
+        for (reduce, mode), methods in by_key.items():
+            if "hepms" not in methods:
+                continue
+            ours = methods["hepms"]
+            others = {k: v for k, v in methods.items() if not k.startswith("hepms")}
+            floor = floors["read"] if mode == "fwd" else floors["fresh copy"]
+            best_med = min(others.values(), key=lambda e: e["median_ms"])
+            best_p90 = min(others.values(), key=lambda e: e["p90_ms"])
+            lines.append(
+                f"| {table['shape']} | {table['features']} | {floor_text} | {reduce} | {mode} | "
+                f"{ours['median_ms']:.1f} ({ours['median_ms'] / floor:.2f}) | {ours['p90_ms']:.1f} | "
+                f"{best_med['method']} {best_med['median_ms']:.1f} | {best_p90['method']} {best_p90['p90_ms']:.1f} | "
+                f"{best_med['median_ms'] / ours['median_ms']:.2f}x / {best_p90['p90_ms'] / ours['p90_ms']:.2f}x |")
+            floor_text = ""
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -371,7 +409,12 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--cpu-capability", choices=["auto", "baseline", "avx2"],
                         help="force a variant of hepms's CPU kernels (default: the best the CPU supports)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--report", metavar="JSON", help="print the README tables of a saved result and exit")
     args = parser.parse_args(argv)
+    if args.report:
+        with open(args.report) as saved:
+            print(markdown(json.load(saved)))
+        return
     result = run(args)
     print(f"\nload average (1, 5, 15 min): start {result['machine']['load_average_start']}, "
           f"end {result['machine']['load_average_end']}")
