@@ -252,6 +252,8 @@ def run_table(shape: str, width: int, counts: torch.Tensor, args: argparse.Names
     ]
     skipped = []
     for reduce in args.reductions:
+        if reduce == "softmax" and width not in args.softmax_features:
+            continue  # the scatter softmax alone takes seconds per call at F >= 64
         grad_out = grad_rows if reduce == "softmax" else grad_pooled
         for name, fn in competitors(values, offsets, reduce, args.pad_limit_gb * 2**30).items():
             if fn is None:
@@ -284,6 +286,17 @@ def run_table(shape: str, width: int, counts: torch.Tensor, args: argparse.Names
     return table
 
 
+def argv_text(args: argparse.Namespace) -> list:
+    """The options of this run as command-line words (recorded in the JSON)."""
+    words = []
+    for key, value in vars(args).items():
+        if value is None or key in ("json", "report"):
+            continue
+        flag = "--" + key.replace("_", "-")
+        words += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return words
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
@@ -299,6 +312,7 @@ def run(args: argparse.Namespace) -> dict:
                     "load_average_start": load_average(), "transparent_hugepage": thp_mode,
                     "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE")},
         "settings": {"repeats": args.repeats, "dtype": args.dtype, "seed": args.seed,
+                     "command": "python benchmarks/segment.py " + " ".join(argv_text(args)),
                      "timing": "interleaved, order rotated (and reversed every other repetition)"},
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "tables": [],
@@ -401,7 +415,9 @@ def main(argv: Optional[list] = None) -> None:
                         help="row widths of the 'few-huge' and 'many-tiny' shapes")
     parser.add_argument("--reductions", nargs="+", default=["sum", "mean", "max"],
                         choices=["sum", "mean", "max", "softmax"])
-    parser.add_argument("--repeats", type=int, default=9, help="interleaved repetitions")
+    parser.add_argument("--softmax-features", type=int, nargs="+", default=[16],
+                        help="row widths at which softmax is timed (when in --reductions)")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repetitions")
     parser.add_argument("--pad-limit-gb", type=float, default=2.0,
                         help="skip the padded reference when it would need more memory")
     parser.add_argument("--seed", type=int, default=0)
