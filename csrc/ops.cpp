@@ -15,6 +15,14 @@ TORCH_LIBRARY(hepms, m) {
   m.def(
       "segment_max_backward(Tensor grad, Tensor argmax, Tensor offsets, SymInt num_rows) -> "
       "Tensor");
+  // The maximum without its arg-max (the pooling of hepms.nn): the backward finds the first
+  // maximal row again from the values, so the forward writes no int64 arg-max tensor.
+  m.def("segment_amax(Tensor values, Tensor offsets) -> Tensor");
+  m.def("segment_amax_backward(Tensor grad, Tensor values, Tensor out, Tensor offsets) -> Tensor");
+  // Softmax over the rows of each set (per feature), its backward, and the pooled log-sum-exp.
+  m.def("segment_softmax(Tensor values, Tensor offsets) -> Tensor");
+  m.def("segment_softmax_backward(Tensor grad, Tensor out, Tensor offsets) -> Tensor");
+  m.def("segment_logsumexp(Tensor values, Tensor offsets) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hepms, CPU, m) {
@@ -23,4 +31,9 @@ TORCH_LIBRARY_IMPL(hepms, CPU, m) {
   m.impl("segment_max", &hepms::segment_max_cpu);
   m.impl("segment_gather", &hepms::segment_gather_cpu);
   m.impl("segment_max_backward", &hepms::segment_max_backward_cpu);
+  m.impl("segment_amax", &hepms::segment_amax_cpu);
+  m.impl("segment_amax_backward", &hepms::segment_amax_backward_cpu);
+  m.impl("segment_softmax", &hepms::segment_softmax_cpu);
+  m.impl("segment_softmax_backward", &hepms::segment_softmax_backward_cpu);
+  m.impl("segment_logsumexp", &hepms::segment_logsumexp_cpu);
 }

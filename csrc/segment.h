@@ -15,6 +15,8 @@
 #include <tuple>
 #include <vector>
 
+#include "segment_index.h"
+
 namespace hepms {
 
 // Shape of the pooled output: [B, trailing...].
@@ -73,11 +75,30 @@ inline void check_max_backward_args(const at::Tensor& grad, const at::Tensor& ar
               " rows but offsets describe ", offsets.numel() - 1, " segments");
 }
 
-// Clamp a segment to the valid row range: malformed offsets can never index out of bounds.
-template <typename index_t>
-inline void clamp_segment(index_t& begin, index_t& end, index_t num_rows) {
-  begin = begin < 0 ? 0 : (begin > num_rows ? num_rows : begin);
-  end = end < begin ? begin : (end > num_rows ? num_rows : end);
+// Checks of segment_softmax_backward: grad and the softmax output have the values' shape.
+inline void check_softmax_backward_args(const at::Tensor& grad, const at::Tensor& out,
+                                        const at::Tensor& offsets) {
+  check_pool_args("segment_softmax_backward", grad, offsets);
+  TORCH_CHECK(out.sizes() == grad.sizes() && out.scalar_type() == grad.scalar_type() &&
+                  out.device() == grad.device(),
+              "segment_softmax_backward: the softmax output (", out.scalar_type(), " ", out.sizes(),
+              " on ", out.device(), ") must match grad (", grad.scalar_type(), " ", grad.sizes(),
+              " on ", grad.device(), ")");
+}
+
+// Checks of segment_amax_backward: grad and the maximum [B, ...], values [N, ...], same dtype.
+inline void check_amax_backward_args(const at::Tensor& grad, const at::Tensor& values,
+                                     const at::Tensor& out, const at::Tensor& offsets) {
+  check_pool_args("segment_amax_backward", values, offsets);
+  TORCH_CHECK(grad.sizes() == out.sizes() && grad.dim() == values.dim() &&
+                  grad.size(0) == offsets.numel() - 1 &&
+                  grad.sizes().slice(1) == values.sizes().slice(1),
+              "segment_amax_backward: grad ", grad.sizes(), " and the maximum ", out.sizes(),
+              " must have one row per segment (", offsets.numel() - 1, ") of the values' rows ",
+              values.sizes());
+  TORCH_CHECK(grad.scalar_type() == values.scalar_type() && out.scalar_type() == values.scalar_type() &&
+                  grad.device() == values.device() && out.device() == values.device(),
+              "segment_amax_backward: grad, values and the maximum must share dtype and device");
 }
 
 // CPU kernels (csrc/cpu/).
@@ -89,5 +110,12 @@ std::tuple<at::Tensor, at::Tensor> segment_max_cpu(const at::Tensor& values,
                                                    const at::Tensor& offsets);
 at::Tensor segment_max_backward_cpu(const at::Tensor& grad, const at::Tensor& argmax,
                                     const at::Tensor& offsets, int64_t num_rows);
+at::Tensor segment_amax_cpu(const at::Tensor& values, const at::Tensor& offsets);
+at::Tensor segment_amax_backward_cpu(const at::Tensor& grad, const at::Tensor& values,
+                                     const at::Tensor& out, const at::Tensor& offsets);
+at::Tensor segment_softmax_cpu(const at::Tensor& values, const at::Tensor& offsets);
+at::Tensor segment_softmax_backward_cpu(const at::Tensor& grad, const at::Tensor& out,
+                                        const at::Tensor& offsets);
+at::Tensor segment_logsumexp_cpu(const at::Tensor& values, const at::Tensor& offsets);
 
 }  // namespace hepms

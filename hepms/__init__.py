@@ -19,8 +19,9 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _LAZY = {
     **dict.fromkeys(
-        ("extension_available", "offsets_from_counts", "segment_max", "segment_mean",
-         "segment_sum", "set_validation", "validation"),
+        ("extension_available", "offsets_from_counts", "segment_amax", "segment_logsumexp",
+         "segment_max", "segment_mean", "segment_softmax", "segment_sum", "set_validation",
+         "validation"),
         "hepms.ops",
     ),
     **dict.fromkeys(("Jagged", "from_jagged", "to_jagged"), "hepms.jagged"),
@@ -41,8 +42,11 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from hepms.ops import (  # noqa: F401
         extension_available,
         offsets_from_counts,
+        segment_amax,
+        segment_logsumexp,
         segment_max,
         segment_mean,
+        segment_softmax,
         segment_sum,
         set_validation,
         validation,

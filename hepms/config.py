@@ -354,6 +354,22 @@ def _check_module_options(key: str, options: Mapping[str, Any], cls: type, reser
         raise ConfigError(f"{key}.{unknown[0]}: unknown key; allowed keys in {key}: {allowed}")
 
 
+def _check_pool_modes(model: Mapping[str, Any]) -> None:
+    """model.tau.pool / model.event.pool: each a list of hepms.nn.POOLING_MODES (e.g. [attention])."""
+    from hepms.nn.layers import POOLING_MODES
+
+    for section in ("tau", "event"):
+        if "pool" not in model[section]:
+            continue
+        modes = model[section]["pool"]
+        modes = [modes] if isinstance(modes, str) else modes
+        if not isinstance(modes, list) or not modes or any(m not in POOLING_MODES for m in modes):
+            raise ConfigError(
+                f"model.{section}.pool: {model[section]['pool']!r} must be a non-empty list of "
+                f"{list(POOLING_MODES)}"
+            )
+
+
 def _check_consistency(cfg: dict[str, Any]) -> None:
     from hepms.nn.models import EventClassifier, TauID
 
@@ -377,6 +393,7 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
                           ("constituent_features", "jet_features", "outputs", "regression_outputs"))
     _check_module_options("model.event", model["event"], EventClassifier,
                           ("jet_features", "intermediate_features"))
+    _check_pool_modes(model)
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in model["aux"]):
         raise ConfigError(f"model.aux: {model['aux']!r} must be a list of positive integers")
     # The balancer options are checked by building the balancer on the tasks it will see.

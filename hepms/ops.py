@@ -1,4 +1,4 @@
-"""Segment (CSR) pooling: sum, mean and max over variable-length sets.
+"""Segment (CSR) pooling: sum, mean, max, log-sum-exp and softmax over variable-length sets.
 
 ``values`` holds the elements of all sets stacked along dimension 0 (shape ``[N]`` or ``[N, F]``);
 ``offsets`` (int64, shape ``[B + 1]``) marks where each set starts: set ``b`` is
@@ -13,6 +13,10 @@ Example:
     >>> out, arg = hepms.segment_max(values, offsets)
     >>> out.flatten().tolist(), arg.flatten().tolist()
     ([2.0, 0.0, 5.0], [1, -1, 2])
+
+Besides :func:`segment_sum`, :func:`segment_mean` and :func:`segment_max`: :func:`segment_amax`
+(the max without its arg-max), :func:`segment_logsumexp` (a smooth max) and
+:func:`segment_softmax` (per-row weights that sum to 1 over each set: attention pooling).
 
 Conventions: empty sets pool to 0 and get zero gradient; max returns the arg-max row index
 (the first one on ties, -1 for an empty set) and its backward sends the whole gradient to that row.
@@ -49,6 +53,9 @@ __all__ = [
     "segment_mean",
     "segment_max",
     "offsets_from_counts",
+    "segment_amax",
+    "segment_softmax",
+    "segment_logsumexp",
     "set_validation",
     "validation",
     "extension_available",
@@ -120,6 +127,38 @@ def _define_python_ops() -> None:
         ("segment_max", _reference.segment_max_reference),
         ("segment_gather", gather),
         ("segment_max_backward", max_backward),
+    ):
+        lib.impl(name, fn, "CompositeExplicitAutograd")
+    _define_python_softmax_ops(lib)
+
+
+def _define_python_softmax_ops(lib: torch.library.Library) -> None:
+    """segment_amax's and the softmax family's schemas and reference kernels (as csrc/ops.cpp)."""
+    lib.define("segment_amax(Tensor values, Tensor offsets) -> Tensor")
+    lib.define("segment_amax_backward(Tensor grad, Tensor values, Tensor out, Tensor offsets) -> Tensor")
+    lib.define("segment_softmax(Tensor values, Tensor offsets) -> Tensor")
+    lib.define("segment_softmax_backward(Tensor grad, Tensor out, Tensor offsets) -> Tensor")
+    lib.define("segment_logsumexp(Tensor values, Tensor offsets) -> Tensor")
+
+    def softmax_backward(grad: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
+        ids = _reference._segment_ids(offsets, grad.shape[0])
+        dot = _reference.segment_sum_reference(grad * out, offsets)
+        return out * (grad - dot.index_select(0, ids))
+
+    def amax(values: Tensor, offsets: Tensor) -> Tensor:
+        return _reference.segment_max_reference(values, offsets)[0]
+
+    def amax_backward(grad: Tensor, values: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
+        _, argmax = _reference.segment_max_reference(values, offsets)
+        zeros = grad.new_zeros(values.shape)
+        return zeros.scatter_add(0, argmax.clamp_min(0), torch.where(argmax >= 0, grad, grad.new_zeros(())))
+
+    for name, fn in (
+        ("segment_amax", amax),
+        ("segment_amax_backward", amax_backward),
+        ("segment_softmax", _reference.segment_softmax_reference),
+        ("segment_softmax_backward", softmax_backward),
+        ("segment_logsumexp", _reference.segment_logsumexp_reference),
     ):
         lib.impl(name, fn, "CompositeExplicitAutograd")
 
@@ -276,6 +315,129 @@ torch.library.register_autograd(
     "hepms::segment_max_backward",
     _segment_max_backward_autograd,
     setup_context=_setup_max_backward,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The softmax family: fake kernels and autograd.
+#   softmax:   y = softmax_set(x);  dx = y * (g - gather(sum_set(g * y)))  (segment_softmax_backward)
+#   logsumexp: l = log sum_set exp(x);  dx = softmax_set(x) * gather(g)
+# The backward of segment_softmax_backward is written with the forward ops, so double backward
+# works too.
+# --------------------------------------------------------------------------------------------
+@torch.library.register_fake("hepms::segment_amax")
+def _segment_amax_fake(values: Tensor, offsets: Tensor) -> Tensor:
+    return values.new_empty(_pooled_shape(values, offsets))
+
+
+@torch.library.register_fake("hepms::segment_amax_backward")
+def _segment_amax_backward_fake(grad: Tensor, values: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
+    return grad.new_empty(values.shape)
+
+
+def _setup_amax(ctx, inputs, output) -> None:
+    values, offsets = inputs
+    ctx.save_for_backward(values, output, offsets)
+
+
+def _segment_amax_autograd(ctx, grad: Tensor):
+    values, out, offsets = ctx.saved_tensors
+    return torch.ops.hepms.segment_amax_backward(grad.contiguous(), values, out, offsets), None
+
+
+def _setup_amax_backward(ctx, inputs, output) -> None:
+    grad, values, out, offsets = inputs
+    ctx.save_for_backward(grad, values, out, offsets)
+
+
+def _segment_amax_backward_autograd(ctx, upstream: Tensor):
+    # The backward is linear in grad: it places grad[s] on the routing rows. Its adjoint picks
+    # the upstream at those rows: the routing mask (the backward of ones) times the upstream,
+    # summed per set. The routing does not change with small changes of the values: no gradient.
+    grad, values, out, offsets = ctx.saved_tensors
+    mask = torch.ops.hepms.segment_amax_backward(torch.ones_like(grad), values, out, offsets)
+    return torch.ops.hepms.segment_sum((upstream * mask).contiguous(), offsets), None, None, None
+
+
+torch.library.register_autograd(
+    "hepms::segment_amax", _segment_amax_autograd, setup_context=_setup_amax
+)
+torch.library.register_autograd(
+    "hepms::segment_amax_backward",
+    _segment_amax_backward_autograd,
+    setup_context=_setup_amax_backward,
+)
+
+
+@torch.library.register_fake("hepms::segment_softmax")
+def _segment_softmax_fake(values: Tensor, offsets: Tensor) -> Tensor:
+    return values.new_empty(values.shape)
+
+
+@torch.library.register_fake("hepms::segment_softmax_backward")
+def _segment_softmax_backward_fake(grad: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
+    return grad.new_empty(grad.shape)
+
+
+@torch.library.register_fake("hepms::segment_logsumexp")
+def _segment_logsumexp_fake(values: Tensor, offsets: Tensor) -> Tensor:
+    return values.new_empty(_pooled_shape(values, offsets))
+
+
+def _setup_softmax(ctx, inputs, output) -> None:
+    _, offsets = inputs
+    ctx.save_for_backward(output, offsets)
+
+
+def _segment_softmax_autograd(ctx, grad: Tensor):
+    out, offsets = ctx.saved_tensors
+    return torch.ops.hepms.segment_softmax_backward(grad.contiguous(), out, offsets), None
+
+
+def _setup_softmax_backward(ctx, inputs, output) -> None:
+    grad, out, offsets = inputs
+    ctx.save_for_backward(grad, out, offsets)
+
+
+def _segment_softmax_backward_autograd(ctx, upstream: Tensor):
+    # z = y * (g - S(g * y)) with S = gather(sum_set(.)):
+    #   dz/dg . u = y * (u - S(u * y))          = segment_softmax_backward(u, y)
+    #   dz/dy . u = u * (g - S(g * y)) - g * S(u * y)
+    grad, out, offsets = ctx.saved_tensors
+    upstream = upstream.contiguous()
+    rows = grad.shape[0]
+
+    def spread(x: Tensor) -> Tensor:
+        pooled = torch.ops.hepms.segment_sum(x.contiguous(), offsets)
+        return torch.ops.hepms.segment_gather(pooled, offsets, rows, False)
+
+    grad_grad = torch.ops.hepms.segment_softmax_backward(upstream, out, offsets)
+    grad_out = upstream * (grad - spread(grad * out)) - grad * spread(upstream * out)
+    return grad_grad, grad_out, None
+
+
+def _setup_logsumexp(ctx, inputs, output) -> None:
+    values, offsets = inputs
+    ctx.save_for_backward(values, offsets)
+
+
+def _segment_logsumexp_autograd(ctx, grad: Tensor):
+    values, offsets = ctx.saved_tensors
+    weights = torch.ops.hepms.segment_softmax(values, offsets)
+    spread = torch.ops.hepms.segment_gather(grad.contiguous(), offsets, values.shape[0], False)
+    return weights * spread, None
+
+
+torch.library.register_autograd(
+    "hepms::segment_softmax", _segment_softmax_autograd, setup_context=_setup_softmax
+)
+torch.library.register_autograd(
+    "hepms::segment_softmax_backward",
+    _segment_softmax_backward_autograd,
+    setup_context=_setup_softmax_backward,
+)
+torch.library.register_autograd(
+    "hepms::segment_logsumexp", _segment_logsumexp_autograd, setup_context=_setup_logsumexp
 )
 
 
@@ -484,3 +646,57 @@ def segment_max(
         values, offsets = _check_arguments("segment_max", values, offsets, validate)
     assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
     return torch.ops.hepms.segment_max(values, offsets.long())
+
+
+def segment_amax(
+    values: Tensor, offsets: Optional[Tensor] = None, validate: Optional[bool] = None
+) -> Tensor:
+    """The maximum of each set, without its arg-max: ``segment_max(values, offsets)[0]``.
+
+    Same values, same gradient (to the first maximal row of each set and feature, 0 for empty
+    sets), but no int64 arg-max tensor is written: its backward finds the maximal rows again
+    from the values. That matters when there are about as many sets as rows (the arg-max is
+    then twice the size of the values in float32). :class:`hepms.nn.Pooling` uses it.
+    Arguments as :func:`segment_sum`.
+    """
+    if not torch.jit.is_scripting():
+        values, offsets = _check_arguments("segment_amax", values, offsets, validate)
+    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+    return torch.ops.hepms.segment_amax(values, offsets.long())
+
+
+def segment_softmax(
+    values: Tensor, offsets: Optional[Tensor] = None, validate: Optional[bool] = None
+) -> Tensor:
+    """Softmax over the rows of each set, per feature: the attention weights of set pooling.
+
+    ``out[i] = exp(values[i]) / sum(exp(values[j]) for j in the set of i)``, computed stably (the
+    set's maximum is subtracted first; 16-bit inputs are computed in float32). Each set's rows
+    sum to 1 in every column; empty sets have no rows.
+
+    Args:
+        values: ``[N]`` or ``[N, F]`` floating tensor (float32/64, float16, bfloat16).
+        offsets: ``[B + 1]`` integer tensor, as for :func:`segment_sum`.
+        validate: check the offsets content (None: the process-wide default).
+
+    Returns:
+        A tensor of the shape and dtype of ``values``.
+    """
+    if not torch.jit.is_scripting():
+        values, offsets = _check_arguments("segment_softmax", values, offsets, validate)
+    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+    return torch.ops.hepms.segment_softmax(values, offsets.long())
+
+
+def segment_logsumexp(
+    values: Tensor, offsets: Optional[Tensor] = None, validate: Optional[bool] = None
+) -> Tensor:
+    """``log(sum(exp(values)))`` over the rows of each set, computed stably; 0 for empty sets.
+
+    A smooth maximum: its gradient is :func:`segment_softmax` of the values. Arguments as
+    :func:`segment_sum`; returns ``[B]`` or ``[B, F]`` of the dtype of ``values``.
+    """
+    if not torch.jit.is_scripting():
+        values, offsets = _check_arguments("segment_logsumexp", values, offsets, validate)
+    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+    return torch.ops.hepms.segment_logsumexp(values, offsets.long())

@@ -38,7 +38,7 @@ def _param_grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------
 # DeepSets: jagged == padded
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("pool", [("sum",), ("mean",), ("max",), ("sum", "mean", "max")])
+@pytest.mark.parametrize("pool", [("sum",), ("mean",), ("max",), ("sum", "mean", "max"), ("attention", "max")])
 @pytest.mark.parametrize("blocks", [0, 2])
 def test_deepsets_matches_padded_outputs_and_gradients(pool, blocks):
     torch.manual_seed(0)

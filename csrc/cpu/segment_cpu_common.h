@@ -9,16 +9,14 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
-#include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "../segment.h"
+#include "../segment_index.h"
 #include "cpu_capability.h"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 #if HEPMS_HAVE_AVX2_PATH
 #include <immintrin.h>
 #endif
@@ -32,39 +30,148 @@ namespace hepms {
 // Features handled by one task; the per-task accumulators (kFeatureBlock values) stay in L1.
 constexpr int64_t kFeatureBlock = 128;
 
-// Tasks are (segment, feature block) pairs: with many segments the split is over segments,
-// with few segments and many features it is over feature blocks as well.
+// Sums add kCascadeRows rows sequentially into a block, then combine the blocks pairwise
+// (Cascade, below). Long segments are split into chunks of kCascadeRows * 2^k rows.
+constexpr int64_t kCascadeRows = 64;
+// The smallest row chunk worth a task of its own.
+constexpr int64_t kMinChunkRows = 2048;
+
+// Tasks are (row chunk, feature block) pairs. A row chunk is a whole segment unless some segment
+// is long enough to keep one thread busy while the others idle (few huge sets): then every
+// segment is split into chunks of `chunk_rows` rows, whose partial results are combined after.
+// With many segments the split is over segments; with few segments and many features it is over
+// feature blocks as well.
 struct TaskSplit {
   int64_t num_segments;
   int64_t num_blocks;
-  int64_t elements_per_task;  // average rows x features touched by one task
+  int64_t num_rows;
+  int64_t chunk_rows = 0;          // 0: one chunk per segment
+  std::vector<int64_t> first_chunk;  // chunked only: index of segment b's first chunk, [B + 1]
+  int64_t elements_per_task;       // average rows x features touched by one task
 
-  TaskSplit(int64_t segments, int64_t width, int64_t rows)
-      : num_segments(segments),
-        num_blocks(std::max<int64_t>(1, (width + kFeatureBlock - 1) / kFeatureBlock)),
-        elements_per_task(std::max<int64_t>(
-            1, (rows / std::max<int64_t>(1, segments) + 1) * std::min(width, kFeatureBlock))) {}
+  // allow_chunks = false: one chunk per segment whatever the lengths (kernels that need a whole
+  // set in one task).
+  TaskSplit(const int64_t* offsets, int64_t segments, int64_t width, int64_t rows,
+            bool allow_chunks = true)
+      : num_segments(segments), num_blocks(index::num_feature_blocks(width, kFeatureBlock)),
+        num_rows(rows) {
+    const int64_t threads = at::get_num_threads();
+    const int64_t candidate = index::chunk_rows_for(rows, 4 * threads, kCascadeRows, kMinChunkRows);
+    if (allow_chunks && threads > 1 && rows > candidate) {
+      int64_t longest = 0;
+      for (int64_t b = 0; b < segments; ++b) {
+        int64_t begin = offsets[b], end = offsets[b + 1];
+        index::clamp_segment(begin, end, rows);
+        longest = std::max(longest, end - begin);
+      }
+      if (longest > candidate) {
+        chunk_rows = candidate;
+        first_chunk.resize(segments + 1);
+        first_chunk[0] = 0;
+        for (int64_t b = 0; b < segments; ++b) {
+          int64_t begin = offsets[b], end = offsets[b + 1];
+          index::clamp_segment(begin, end, rows);
+          first_chunk[b + 1] = first_chunk[b] + index::num_chunks(begin, end, chunk_rows);
+        }
+      }
+    }
+    elements_per_task = std::max<int64_t>(
+        1, (rows / std::max<int64_t>(1, num_units()) + 1) * std::min(width, kFeatureBlock));
+  }
 
-  int64_t num_tasks() const { return num_segments * num_blocks; }
+  bool chunked() const { return chunk_rows > 0; }
+  // Row chunks: segments, or the chunks of all segments when chunked.
+  int64_t num_units() const { return chunked() ? first_chunk.back() : num_segments; }
+  int64_t num_tasks() const { return num_units() * num_blocks; }
 
-  // Task t: segment `seg`, features [f0, f0 + w), rows [begin, end) clamped to [0, num_rows).
+  // Task t: segment `seg` ([seg_begin, seg_end)), its row chunk `unit` (global index) with rows
+  // [begin, end), features [f0, f0 + w); every bound clamped to [0, num_rows).
   struct Task {
-    int64_t seg, f0, w, begin, end;
+    int64_t seg, unit, f0, w, begin, end, seg_begin, seg_end;
   };
-  Task at(int64_t t, const int64_t* offsets, int64_t width, int64_t num_rows) const {
+  Task at(int64_t t, const int64_t* offsets, int64_t width) const {
     Task task;
-    task.seg = t / num_blocks;
+    task.unit = t / num_blocks;
     task.f0 = (t % num_blocks) * kFeatureBlock;
     task.w = std::min<int64_t>(kFeatureBlock, width - task.f0);
-    task.begin = offsets[task.seg];
-    task.end = offsets[task.seg + 1];
-    clamp_segment(task.begin, task.end, num_rows);
+    if (!chunked()) {
+      task.seg = task.unit;
+      index::segment_bounds(offsets, task.seg, num_rows, task.seg_begin, task.seg_end);
+      task.begin = task.seg_begin;
+      task.end = task.seg_end;
+    } else {
+      task.seg = std::upper_bound(first_chunk.begin(), first_chunk.end(), task.unit) -
+                 first_chunk.begin() - 1;
+      index::segment_bounds(offsets, task.seg, num_rows, task.seg_begin, task.seg_end);
+      index::chunk_bounds(task.seg_begin, task.seg_end, chunk_rows, task.unit - first_chunk[task.seg],
+                          task.begin, task.end);
+    }
     return task;
   }
 
   // Aim for chunks of at least ~32k elements so scheduling overhead stays negligible,
   // while keeping enough chunks to balance uneven segment lengths.
   int64_t grain() const { return std::max<int64_t>(1, 32768 / elements_per_task); }
+};
+
+// Pairwise (cascade) summation of blocks of kCascadeRows rows, as a binary counter: level l holds
+// the sum of 2^l consecutive blocks. The rounding error then grows with log2(rows / 64) + 64
+// instead of with the number of rows (over 1e6 float32 rows: ~1e-7 relative instead of ~1e-4).
+// Full blocks are pushed; an incomplete last block is the `tail`; finish() adds the tail, then the
+// levels from the lowest up. Because of this fixed order, a segment summed in chunks of
+// kCascadeRows * 2^k rows (each chunk finished, the chunks pushed into an outer Cascade, the last
+// incomplete chunk as its tail) gives the same bits as the whole segment in one pass.
+template <typename acc_t>
+struct Cascade {
+  static constexpr int kLevels = 32;  // the top level adds sequentially after 2^31 blocks
+  acc_t level[kLevels][kFeatureBlock];
+  uint64_t count = 0;
+  bool top_used = false;
+
+  void reset() {
+    count = 0;
+    top_used = false;
+  }
+
+  HEPMS_ALWAYS_INLINE void push(acc_t* __restrict__ block, int64_t w) {
+    int l = 0;
+    while (l < kLevels - 1 && ((count >> l) & 1)) {
+      const acc_t* __restrict__ lower = level[l];
+      for (int64_t j = 0; j < w; ++j) block[j] = lower[j] + block[j];
+      ++l;
+    }
+    acc_t* __restrict__ dst = level[l];
+    if (l == kLevels - 1 && top_used) {
+      for (int64_t j = 0; j < w; ++j) dst[j] = dst[j] + block[j];
+    } else {
+      for (int64_t j = 0; j < w; ++j) dst[j] = block[j];
+      top_used = top_used || l == kLevels - 1;
+    }
+    ++count;
+  }
+
+  // out = tail (when has_tail) + the levels in increasing order; 0 when there is nothing.
+  HEPMS_ALWAYS_INLINE void finish(const acc_t* __restrict__ tail, bool has_tail,
+                                  acc_t* __restrict__ out, int64_t w) const {
+    bool any = has_tail;
+    if (has_tail) {
+      for (int64_t j = 0; j < w; ++j) out[j] = tail[j];
+    }
+    for (int l = 0; l < kLevels; ++l) {
+      const bool used = l < kLevels - 1 ? ((count >> l) & 1) != 0 : top_used;
+      if (!used) continue;
+      const acc_t* __restrict__ src = level[l];
+      if (any) {
+        for (int64_t j = 0; j < w; ++j) out[j] = out[j] + src[j];
+      } else {
+        for (int64_t j = 0; j < w; ++j) out[j] = src[j];
+      }
+      any = true;
+    }
+    if (!any) {
+      for (int64_t j = 0; j < w; ++j) out[j] = acc_t(0);
+    }
+  }
 };
 
 // True when the offsets tile [0, num_rows) exactly (start at 0, non-decreasing, end at num_rows):
@@ -76,36 +183,22 @@ inline bool covers_all_rows(const int64_t* offsets, int64_t num_segments, int64_
   return true;
 }
 
-// Ask the kernel to back a freshly allocated, large output with transparent huge pages before we
-// first touch it. A backward output is as large as the input ([N, F]); with 4 KiB pages its
-// first-touch page faults cost more than writing it (measured here: values.clone() is 3-4x slower
-// than a copy into an existing buffer). With THP in "madvise" mode (the common default) torch's
-// allocator does not ask for huge pages unless THP_MEM_ALLOC_ENABLE=1, so we ask for this buffer.
-// Only whole 2 MiB pages inside the buffer are affected; failures (THP disabled) are harmless.
-inline void advise_huge_pages(void* data, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
-  if (data == nullptr || bytes < 4 * kHugePage) return;
-  const uintptr_t start = reinterpret_cast<uintptr_t>(data);
-  const uintptr_t begin = (start + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t end = (start + bytes) & ~(kHugePage - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)data;
-  (void)bytes;
-#endif
-}
-
-// Output of a backward ([num_rows, ...]). When the offsets tile every row, each row is written by
-// the kernel and the buffer need not be zeroed (it gets huge pages instead, see above); otherwise
-// (malformed offsets with validation off) rows outside every segment must read 0.
+// Output of a backward ([num_rows, ...]), from PyTorch's allocator. When the offsets tile every
+// row, each row is written by the kernel and the buffer need not be zeroed; otherwise (malformed
+// offsets with validation off) rows outside every segment must read 0.
+//
+// The buffer is as large as the values and, on the CPU, freshly mapped memory: its first-touch
+// page faults cost more than writing it (with 4 KiB pages). An earlier version asked the kernel
+// for transparent huge pages on it (madvise(MADV_HUGEPAGE)); that was fast when free huge pages
+// were at hand and several times slower when the kernel had to compact memory first (THP defrag
+// "madvise"), so the forward+backward time depended on what the process had done before. Huge
+// pages for PyTorch's allocations are the user's choice: THP_MEM_ALLOC_ENABLE=1 (see
+// benchmarks/README.md).
 inline at::Tensor allocate_row_output(const int64_t* offsets, int64_t num_segments,
                                       int64_t num_rows, at::IntArrayRef shape,
                                       const at::TensorOptions& options) {
   if (!covers_all_rows(offsets, num_segments, num_rows)) return at::zeros(shape, options);
-  at::Tensor out = at::empty(shape, options);
-  advise_huge_pages(out.data_ptr(), out.nbytes());
-  return out;
+  return at::empty(shape, options);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "../segment.h"
 #include "segment_cpu_common.h"
@@ -24,13 +25,15 @@ namespace {
 // Arguments of the forward, shared by the tasks.
 template <typename scalar_t>
 struct MaxArgs {
+  using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* __restrict__ values;
   const int64_t* __restrict__ offsets;
   scalar_t* __restrict__ out;
   int64_t* __restrict__ argmax;
+  acc_t* __restrict__ partial;            // chunked split: each chunk's maximum, else unused
+  int64_t* __restrict__ partial_argmax;   // and its row (-1: empty chunk)
   int64_t width;
-  int64_t num_rows;
-  TaskSplit split;
+  const TaskSplit& split;
 };
 
 // best[j] / where[j] take row[j] when it is larger, or the first NaN: the compare-and-select
@@ -62,35 +65,41 @@ HEPMS_ALWAYS_INLINE void max_tasks(const MaxArgs<scalar_t>& a, int64_t first, in
   acc_t x[kFeatureBlock];
   rel_t where[kFeatureBlock];
   int64_t where_long[kFeatureBlock];
+  int64_t discarded[kFeatureBlock];  // the arg-max of segment_amax, which does not return it
   for (int64_t task = first; task < last; ++task) {
-    const auto [seg, f0, w, begin, end] = a.split.at(task, a.offsets, a.width, a.num_rows);
-    scalar_t* dst = a.out + seg * a.width + f0;
-    int64_t* dst_arg = a.argmax + seg * a.width + f0;
+    const auto t = a.split.at(task, a.offsets, a.width);
+    const int64_t f0 = t.f0, w = t.w, begin = t.begin, end = t.end;
+    int64_t* dst_arg = a.split.chunked() ? a.partial_argmax + t.unit * a.width + f0
+                       : a.argmax != nullptr ? a.argmax + t.seg * a.width + f0
+                                             : discarded;
     if (end <= begin) {  // empty set: 0 and no arg-max
-      for (int64_t j = 0; j < w; ++j) {
-        dst[j] = scalar_t(0);
-        dst_arg[j] = -1;
+      for (int64_t j = 0; j < w; ++j) best[j] = acc_t(0);
+      for (int64_t j = 0; j < w; ++j) dst_arg[j] = -1;
+    } else {
+      const auto* row0 = as_acc<kWiden>(a.values + begin * a.width + f0, x, w);
+      for (int64_t j = 0; j < w; ++j) best[j] = static_cast<acc_t>(row0[j]);
+      if (end - begin <= std::numeric_limits<rel_t>::max()) {
+        for (int64_t j = 0; j < w; ++j) where[j] = 0;
+        for (int64_t r = begin + 1; r < end; ++r) {
+          const auto* row = as_acc<kWiden>(a.values + r * a.width + f0, x, w);
+          take_larger(row, best, where, static_cast<rel_t>(r - begin), w);
+        }
+        for (int64_t j = 0; j < w; ++j) dst_arg[j] = begin + where[j];
+      } else {  // a segment longer than the relative index type can count (2^31 rows)
+        for (int64_t j = 0; j < w; ++j) where_long[j] = begin;
+        for (int64_t r = begin + 1; r < end; ++r) {
+          const auto* row = as_acc<kWiden>(a.values + r * a.width + f0, x, w);
+          take_larger(row, best, where_long, r, w);
+        }
+        for (int64_t j = 0; j < w; ++j) dst_arg[j] = where_long[j];
       }
-      continue;
     }
-    const auto* row0 = as_acc<kWiden>(a.values + begin * a.width + f0, x, w);
-    for (int64_t j = 0; j < w; ++j) best[j] = static_cast<acc_t>(row0[j]);
-    if (end - begin <= std::numeric_limits<rel_t>::max()) {
-      for (int64_t j = 0; j < w; ++j) where[j] = 0;
-      for (int64_t r = begin + 1; r < end; ++r) {
-        const auto* row = as_acc<kWiden>(a.values + r * a.width + f0, x, w);
-        take_larger(row, best, where, static_cast<rel_t>(r - begin), w);
-      }
-      for (int64_t j = 0; j < w; ++j) dst_arg[j] = begin + where[j];
-    } else {  // a segment longer than the relative index type can count (2^31 rows)
-      for (int64_t j = 0; j < w; ++j) where_long[j] = begin;
-      for (int64_t r = begin + 1; r < end; ++r) {
-        const auto* row = as_acc<kWiden>(a.values + r * a.width + f0, x, w);
-        take_larger(row, best, where_long, r, w);
-      }
-      for (int64_t j = 0; j < w; ++j) dst_arg[j] = where_long[j];
+    if (a.split.chunked()) {  // a partial result: combined by combine_max_chunks
+      acc_t* dst = a.partial + t.unit * a.width + f0;
+      for (int64_t j = 0; j < w; ++j) dst[j] = best[j];
+    } else {
+      store_row<kAvx2>(best, a.out + t.seg * a.width + f0, w);
     }
-    store_row<kAvx2>(best, dst, w);
   }
 }
 
@@ -104,12 +113,46 @@ void max_tasks_baseline(const MaxArgs<scalar_t>& a, int64_t first, int64_t last)
   max_tasks<scalar_t, false>(a, first, last);
 }
 
+// Chunked split: each segment's maximum from its chunks' maxima, taken in row order with the
+// rule of the serial scan (a later chunk wins when it is larger or the first NaN), so the result
+// and the arg-max are those of one pass.
+template <typename scalar_t>
+void combine_max_chunks(const MaxArgs<scalar_t>& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const TaskSplit& split = a.split;
+  at::parallel_for(0, split.num_segments, 1, [&](int64_t first, int64_t last) {
+    for (int64_t seg = first; seg < last; ++seg) {
+      const int64_t c0 = split.first_chunk[seg], c1 = split.first_chunk[seg + 1];
+      for (int64_t f = 0; f < a.width; ++f) {
+        acc_t best = a.partial[c0 * a.width + f];
+        int64_t where = a.partial_argmax[c0 * a.width + f];
+        for (int64_t c = c0 + 1; c < c1; ++c) {
+          const acc_t x = a.partial[c * a.width + f];
+          const int64_t row = a.partial_argmax[c * a.width + f];
+          if (row >= 0 && (where < 0 || (!(x <= best) && best == best))) {
+            best = x;
+            where = row;
+          }
+        }
+        a.out[seg * a.width + f] = static_cast<scalar_t>(best);
+        if (a.argmax != nullptr) a.argmax[seg * a.width + f] = where;
+      }
+    }
+  });
+}
+
 template <typename scalar_t>
 void max_forward(const scalar_t* values, const int64_t* offsets, scalar_t* out, int64_t* argmax,
                  int64_t num_segments, int64_t width, int64_t num_rows) {
-  const MaxArgs<scalar_t> args{values, offsets, out, argmax, width, num_rows,
-                               TaskSplit(num_segments, width, num_rows)};
+  using acc_t = at::opmath_type<scalar_t>;
+  const TaskSplit split(offsets, num_segments, width, num_rows);
+  const int64_t partial_size = split.chunked() ? split.num_units() * width : 0;
+  std::vector<acc_t> partial(partial_size);
+  std::vector<int64_t> partial_argmax(partial_size);
+  const MaxArgs<scalar_t> args{values, offsets, out, argmax, partial.data(), partial_argmax.data(),
+                               width, split};
   run_tasks(args, &max_tasks_avx2<scalar_t>, &max_tasks_baseline<scalar_t>);
+  if (split.chunked()) combine_max_chunks(args);
 }
 
 // grad_values[argmax[s, f], f] = grad[s, f]; every other entry 0. Each task zeroes the rows of
@@ -118,24 +161,133 @@ template <typename scalar_t>
 void max_backward(const scalar_t* __restrict__ grad, const int64_t* __restrict__ argmax,
                   const int64_t* __restrict__ offsets, scalar_t* __restrict__ out,
                   int64_t num_segments, int64_t width, int64_t num_rows) {
-  const TaskSplit split(num_segments, width, num_rows);
+  const TaskSplit split(offsets, num_segments, width, num_rows);
   at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
     for (int64_t task = first; task < last; ++task) {
-      const auto [seg, f0, w, begin, end] = split.at(task, offsets, width, num_rows);
+      const auto [seg, unit, f0, w, begin, end, seg_begin, seg_end] = split.at(task, offsets, width);
       for (int64_t r = begin; r < end; ++r)
         std::memset(out + r * width + f0, 0, sizeof(scalar_t) * w);
       const scalar_t* g = grad + seg * width + f0;
       const int64_t* a = argmax + seg * width + f0;
       for (int64_t j = 0; j < w; ++j) {
-        // An arg-max outside its own segment (a corrupted argmax tensor) is ignored rather than
-        // written: it could race with another task or fall out of bounds.
+        // Only the arg-max rows inside this task's rows (its segment, or its chunk of a split
+        // segment): one outside its own segment (a corrupted argmax tensor) is ignored rather
+        // than written, as it could race with another task or fall out of bounds.
         if (a[j] >= begin && a[j] < end) out[a[j] * width + f0 + j] = g[j];
       }
     }
   });
 }
 
+// Backward of segment_amax, which keeps no arg-max: grad_values[r, f] = grad[s, f] for the first
+// row r of segment s where values[r, f] equals the maximum (or is NaN when the maximum is), the
+// row segment_max's arg-max names; 0 elsewhere. Phase 1, split like the forward (row chunks for
+// huge sets): each task zeroes its rows and finds, per feature, its first maximal row (a
+// branch-free select, like the forward's). Phase 2, per set and feature: the first chunk that
+// found one receives the gradient (when the sets are not split, each task writes it directly).
+template <typename scalar_t>
+void amax_backward(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ values,
+                   const scalar_t* __restrict__ maxima, const int64_t* __restrict__ offsets,
+                   scalar_t* __restrict__ out, int64_t num_segments, int64_t width,
+                   int64_t num_rows) {
+  const TaskSplit split(offsets, num_segments, width, num_rows);
+  // Only split sets need the per-chunk results; a whole set's task writes its gradient itself.
+  std::vector<int64_t> first_row(split.chunked() ? split.num_units() * width : 0);
+  at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
+    int32_t where[kFeatureBlock];
+    int64_t where_long[kFeatureBlock];
+    int64_t whole_set[kFeatureBlock];
+    for (int64_t task = first; task < last; ++task) {
+      const auto t = split.at(task, offsets, width);
+      const scalar_t* m = maxima + t.seg * width + t.f0;
+      int64_t* found = split.chunked() ? first_row.data() + t.unit * width + t.f0 : whole_set;
+      if (t.end - t.begin < std::numeric_limits<int32_t>::max()) {
+        for (int64_t j = 0; j < t.w; ++j) where[j] = -1;
+        for (int64_t r = t.begin; r < t.end; ++r) {
+          const scalar_t* row = values + r * width + t.f0;
+          std::memset(out + r * width + t.f0, 0, sizeof(scalar_t) * t.w);
+          const int32_t rel = static_cast<int32_t>(r - t.begin);
+          for (int64_t j = 0; j < t.w; ++j) {
+            const bool nan_max = m[j] != m[j];
+            const bool match = (row[j] == m[j]) | (nan_max & (row[j] != row[j]));
+            const bool take = match & (where[j] < 0);
+            const int32_t mask = -static_cast<int32_t>(take);
+            where[j] = (rel & mask) | (where[j] & ~mask);
+          }
+        }
+        for (int64_t j = 0; j < t.w; ++j) found[j] = where[j] < 0 ? -1 : t.begin + where[j];
+      } else {  // a chunk longer than int32 can count
+        for (int64_t j = 0; j < t.w; ++j) where_long[j] = -1;
+        for (int64_t r = t.begin; r < t.end; ++r) {
+          const scalar_t* row = values + r * width + t.f0;
+          std::memset(out + r * width + t.f0, 0, sizeof(scalar_t) * t.w);
+          for (int64_t j = 0; j < t.w; ++j) {
+            const bool match = (row[j] == m[j]) | ((m[j] != m[j]) & (row[j] != row[j]));
+            if (match && where_long[j] < 0) where_long[j] = r;
+          }
+        }
+        for (int64_t j = 0; j < t.w; ++j) found[j] = where_long[j];
+      }
+      if (!split.chunked()) {
+        const scalar_t* g = grad + t.seg * width + t.f0;
+        for (int64_t j = 0; j < t.w; ++j)
+          if (found[j] >= 0) out[found[j] * width + t.f0 + j] = g[j];
+      }
+    }
+  });
+  if (!split.chunked()) return;
+  at::parallel_for(0, num_segments, 1024, [&](int64_t first, int64_t last) {
+    for (int64_t seg = first; seg < last; ++seg) {
+      const int64_t c0 = split.first_chunk[seg], c1 = split.first_chunk[seg + 1];
+      for (int64_t f = 0; f < width; ++f) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t row = first_row[c * width + f];
+          if (row >= 0) {
+            out[row * width + f] = grad[seg * width + f];
+            break;
+          }
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
+
+at::Tensor segment_amax_cpu(const at::Tensor& values_in, const at::Tensor& offsets_in) {
+  check_pool_args("segment_amax", values_in, offsets_in);
+  const at::Tensor values = values_in.contiguous();
+  const at::Tensor offsets = offsets_in.contiguous();
+  const int64_t num_segments = offsets.numel() - 1;
+  at::Tensor out = at::empty(pooled_shape(values, num_segments), values.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "segment_amax", [&] {
+    max_forward<scalar_t>(values.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
+                          out.mutable_data_ptr<scalar_t>(), nullptr, num_segments, row_width(values),
+                          values.size(0));
+  });
+  return out;
+}
+
+at::Tensor segment_amax_backward_cpu(const at::Tensor& grad_in, const at::Tensor& values_in,
+                                     const at::Tensor& out_in, const at::Tensor& offsets_in) {
+  check_amax_backward_args(grad_in, values_in, out_in, offsets_in);
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor values = values_in.contiguous();
+  const at::Tensor maxima = out_in.contiguous();
+  const at::Tensor offsets = offsets_in.contiguous();
+  const int64_t num_segments = offsets.numel() - 1;
+  const int64_t num_rows = values.size(0);
+  at::Tensor out = allocate_row_output(offsets.const_data_ptr<int64_t>(), num_segments, num_rows,
+                                       values.sizes(), grad.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "segment_amax_backward", [&] {
+    amax_backward<scalar_t>(grad.const_data_ptr<scalar_t>(), values.const_data_ptr<scalar_t>(),
+                            maxima.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
+                            out.mutable_data_ptr<scalar_t>(), num_segments, row_width(grad), num_rows);
+  });
+  return out;
+}
 
 std::tuple<at::Tensor, at::Tensor> segment_max_cpu(const at::Tensor& values_in,
                                                    const at::Tensor& offsets_in) {

@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "../segment_index.h"
+
 namespace hepms {
 namespace cuda {
 
@@ -20,29 +22,17 @@ constexpr int kWarpsPerBlock = 8;
 constexpr int kThreadsPerBlock = kWarp * kWarpsPerBlock;
 constexpr unsigned kFullMask = 0xffffffffu;
 
-struct LaneLayout {
-  int cols;  // column lanes: min(32, next power of two >= F)
-  int rows;  // row lanes: 32 / cols
-};
+// Lane layout and segment bounds: the host/device functions of csrc/segment_index.h, which the
+// CPU kernels use too and tests/test_ops.py checks on the CPU.
+using LaneLayout = index::LaneLayout;
 
-inline LaneLayout lane_layout(int64_t width) {
-  int cols = 1;
-  while (cols < kWarp && cols < width) cols *= 2;
-  return {cols, kWarp / cols};
-}
+inline LaneLayout lane_layout(int64_t width) { return index::lane_layout(width, kWarp); }
 
 inline unsigned num_blocks_for_segments(int64_t num_segments) {
   return static_cast<unsigned>((num_segments + kWarpsPerBlock - 1) / kWarpsPerBlock);
 }
 
-// Segment bounds clamped to [0, num_rows) (see csrc/segment.h).
-__device__ __forceinline__ void segment_bounds(const int64_t* __restrict__ offsets, int64_t seg,
-                                               int64_t num_rows, int64_t& begin, int64_t& end) {
-  begin = offsets[seg];
-  end = offsets[seg + 1];
-  begin = begin < 0 ? 0 : (begin > num_rows ? num_rows : begin);
-  end = end < begin ? begin : (end > num_rows ? num_rows : end);
-}
+using index::segment_bounds;
 
 }  // namespace cuda
 }  // namespace hepms

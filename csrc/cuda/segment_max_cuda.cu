@@ -141,11 +141,28 @@ at::Tensor segment_max_backward_cuda(const at::Tensor& grad_in, const at::Tensor
   return out;
 }
 
+// segment_amax on CUDA: the max kernel with its arg-max dropped, and a backward that recomputes
+// the arg-max (the same first-maximal-row rule) before scattering. Correct and simple; unlike
+// the CPU kernels it still writes an arg-max tensor (GPU memory is not page-faulted on first
+// touch, so the saving that motivated segment_amax on the CPU is smaller here).
+at::Tensor segment_amax_cuda(const at::Tensor& values, const at::Tensor& offsets) {
+  return std::get<0>(segment_max_cuda(values, offsets));
+}
+
+at::Tensor segment_amax_backward_cuda(const at::Tensor& grad, const at::Tensor& values,
+                                      const at::Tensor& out, const at::Tensor& offsets) {
+  check_amax_backward_args(grad, values, out, offsets);
+  const at::Tensor argmax = std::get<1>(segment_max_cuda(values, offsets));
+  return segment_max_backward_cuda(grad, argmax, offsets, values.size(0));
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace hepms
 
 TORCH_LIBRARY_IMPL(hepms, CUDA, m) {
+  m.impl("segment_amax", &hepms::cuda::segment_amax_cuda);
+  m.impl("segment_amax_backward", &hepms::cuda::segment_amax_backward_cuda);
   m.impl("segment_max", &hepms::cuda::segment_max_cuda);
   m.impl("segment_max_backward", &hepms::cuda::segment_max_backward_cuda);
 }

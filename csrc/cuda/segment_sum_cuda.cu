@@ -30,11 +30,20 @@ __global__ void sum_forward_kernel(const scalar_t* __restrict__ values,
   // executed by every lane.
   for (int64_t f0 = 0; f0 < width; f0 += cols) {
     const int64_t f = f0 + col;
+    // Compensated (Kahan) summation per lane: a lane adds up to (end - begin) / rows values
+    // of a set, millions for a huge one, and the GPU is memory-bound, so the extra adds are
+    // free. (nvcc keeps the order of these operations without --use_fast_math.)
     acc_t acc = acc_t(0);
+    acc_t compensation = acc_t(0);
     if (f < width) {
 #pragma unroll 4
-      for (int64_t r = begin + row_lane; r < end; r += rows)
-        acc += static_cast<acc_t>(values[r * width + f]);
+      for (int64_t r = begin + row_lane; r < end; r += rows) {
+        const acc_t y = static_cast<acc_t>(values[r * width + f]) - compensation;
+        const acc_t t = acc + y;
+        compensation = (t - acc) - y;
+        acc = t;
+      }
+      acc -= compensation;
     }
     for (int step = cols; step < kWarp; step *= 2) acc += __shfl_xor_sync(kFullMask, acc, step);
     if (row_lane == 0 && f < width) out[seg * width + f] = static_cast<scalar_t>(acc * scale);

@@ -1,7 +1,8 @@
 """Neural networks on jagged sets: DeepSets, the tau-ID and event models, their connection.
 
 * :class:`DeepSets`, :class:`EquivariantBlock`, :class:`Pooling`: set networks on flat values +
-  CSR offsets, pooled with the hepms segment ops (no padding).
+  CSR offsets, pooled with the hepms segment ops (no padding); :class:`AttentionPooling` (pool
+  mode ``"attention"``): learned-query attention over each set's rows.
 * :class:`TauID` (upstream, per jet), :class:`EventClassifier` (downstream, per event),
   :class:`MultiStep` (the two connected, ``"direct"`` or ``"additional"`` NN), :func:`run`.
 * :mod:`hepms.nn.padded`: the padded + masked reference of the same modules.
@@ -9,7 +10,7 @@
 from __future__ import annotations
 
 from hepms.nn.deepsets import DeepSets, EquivariantBlock
-from hepms.nn.layers import POOLING_MODES, Pooling, mlp
+from hepms.nn.layers import POOLING_MODES, AttentionPooling, Pooling, mlp
 from hepms.nn.models import (
     CONNECTIONS,
     EventClassifier,
@@ -24,6 +25,7 @@ __all__ = [
     "DeepSets",
     "EquivariantBlock",
     "Pooling",
+    "AttentionPooling",
     "POOLING_MODES",
     "mlp",
     "TauID",

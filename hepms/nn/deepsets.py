@@ -49,7 +49,7 @@ class EquivariantBlock(nn.Module):
         super().__init__()
         self.phi_a = mlp(in_features, sizes_a, activation, final_activation=True, name="phi_a")
         width_a = mlp_out_features(self.phi_a, in_features)
-        self.pool = Pooling(pool)
+        self.pool = Pooling(pool, in_features=width_a)
         self.phi_b = mlp(
             width_a * (1 + self.pool.multiplier), sizes_b, activation, True, name="phi_b"
         )
@@ -145,7 +145,7 @@ class DeepSets(nn.Module):
             block_list.append(block)
             width = block.out_features
         self.blocks = nn.ModuleList(block_list)
-        self.pool = Pooling(pool)
+        self.pool = Pooling(pool, in_features=width)
         width *= self.pool.multiplier
         self.post_pool = mlp(width, post_pool, post_pool_activation, True, name="post_pool")
         width = mlp_out_features(self.post_pool, width) + set_features

@@ -8,9 +8,9 @@ from torch import Tensor, nn
 
 import hepms
 
-__all__ = ["mlp", "Pooling", "POOLING_MODES", "segment_ids"]
+__all__ = ["mlp", "Pooling", "AttentionPooling", "POOLING_MODES", "segment_ids"]
 
-POOLING_MODES = ("sum", "mean", "max")
+POOLING_MODES = ("sum", "mean", "max", "attention")
 _ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
@@ -87,18 +87,68 @@ def segment_ids(offsets: Tensor, num_rows: int) -> Tensor:
     return torch.repeat_interleave(counts, output_size=num_rows)
 
 
-class Pooling(nn.Module):
-    """Pools each set of rows with one or several of sum / mean / max, concatenated.
+class AttentionPooling(nn.Module):
+    """Attention pooling with learned queries: a weighted sum over each set's rows.
 
-    Runs on flat ``values [N, F]`` + ``offsets [B + 1]`` through :func:`hepms.segment_sum`,
-    :func:`hepms.segment_mean` and :func:`hepms.segment_max` (empty sets pool to 0).
+    For head ``h`` (of ``heads``), row ``i`` of a set gets the score
+    ``s_ih = <query_h, key(x_i)_h> / sqrt(d)`` (``d = F / heads``); the weights are the softmax of
+    the scores over the rows of the set (:func:`hepms.segment_softmax`), and the set's output is
+    ``sum_i w_ih value(x_i)_h``, the heads concatenated: ``[B, F]``. ``key`` and ``value`` are
+    linear maps ``F -> F``. Empty sets pool to 0. This is the pooling by multi-head attention of
+    set transformers and particle transformers' class attention, with one learned query per head.
 
     Args:
-        modes: non-empty sequence of ``"sum"``, ``"mean"``, ``"max"`` (output columns in this
-            order: ``[B, F * len(modes)]``).
+        in_features: width ``F`` of the rows (a multiple of ``heads``).
+        heads: number of attention heads.
     """
 
-    def __init__(self, modes: Sequence[str] = ("mean", "max")) -> None:
+    def __init__(self, in_features: int, heads: int = 1) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("heads", heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"AttentionPooling: {name} must be a positive integer, got {value!r}")
+        if in_features % heads:
+            raise ValueError(
+                f"AttentionPooling: in_features ({in_features}) must be a multiple of heads ({heads})"
+            )
+        self.heads = heads
+        self.head_features = in_features // heads
+        self.key = nn.Linear(in_features, in_features)
+        self.value = nn.Linear(in_features, in_features)
+        self.query = nn.Parameter(torch.randn(heads, self.head_features) / self.head_features**0.5)
+
+    def forward(self, values: Tensor, offsets: Tensor) -> Tensor:
+        rows = values.shape[0]
+        keys = self.key(values).view(rows, self.heads, self.head_features)
+        scores = (keys * self.query).sum(-1) / self.head_features**0.5  # [N, heads]
+        weights = hepms.segment_softmax(scores, offsets)
+        weighted = self.value(values).view(rows, self.heads, self.head_features) * weights.unsqueeze(-1)
+        return hepms.segment_sum(weighted.view(rows, self.heads * self.head_features), offsets)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, head_features={self.head_features}"
+
+
+class Pooling(nn.Module):
+    """Pools each set of rows with one or several of sum / mean / max / attention, concatenated.
+
+    Runs on flat ``values [N, F]`` + ``offsets [B + 1]`` through :func:`hepms.segment_sum`,
+    :func:`hepms.segment_mean`, :func:`hepms.segment_amax` (the max without its arg-max) and :class:`AttentionPooling` (empty
+    sets pool to 0).
+
+    Args:
+        modes: non-empty sequence of ``"sum"``, ``"mean"``, ``"max"``, ``"attention"`` (output
+            columns in this order: ``[B, F * len(modes)]``).
+        in_features: row width ``F``; needed by ``"attention"``, which has parameters.
+        attention_heads: heads of the attention pooling.
+    """
+
+    def __init__(
+        self,
+        modes: Sequence[str] = ("mean", "max"),
+        in_features: Optional[int] = None,
+        attention_heads: int = 1,
+    ) -> None:
         super().__init__()
         if isinstance(modes, str):
             modes = (modes,)
@@ -111,6 +161,11 @@ class Pooling(nn.Module):
         if len(set(modes)) != len(modes):
             raise ValueError(f"pooling modes repeat: {modes}")
         self.modes = modes
+        self.attention: Optional[AttentionPooling] = None
+        if "attention" in modes:
+            if in_features is None:
+                raise ValueError("Pooling: mode 'attention' needs in_features (the row width)")
+            self.attention = AttentionPooling(in_features, attention_heads)
 
     @property
     def multiplier(self) -> int:
@@ -123,8 +178,12 @@ class Pooling(nn.Module):
                 pooled.append(hepms.segment_sum(values, offsets))
             elif mode == "mean":
                 pooled.append(hepms.segment_mean(values, offsets))
+            elif mode == "max":
+                pooled.append(hepms.segment_amax(values, offsets))
             else:
-                pooled.append(hepms.segment_max(values, offsets)[0])
+                attention = self.attention
+                if attention is not None:
+                    pooled.append(attention(values, offsets))
         if len(pooled) == 1:
             return pooled[0]
         return torch.cat(pooled, dim=1)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hepms.nn.deepsets import DeepSets, EquivariantBlock
-from hepms.nn.layers import Pooling, segment_ids
+from hepms.nn.layers import AttentionPooling, Pooling, segment_ids
 from hepms.nn.models import MultiStep, MultiStepOutput
 
 __all__ = [
@@ -135,11 +135,26 @@ def pool_padded(pool: Pooling, x: Tensor, mask: Tensor) -> Tensor:
             outs.append((x * m).sum(1))
         elif mode == "mean":
             outs.append((x * m).sum(1) / counts.clamp_min(1))
+        elif mode == "attention":
+            outs.append(attention_padded(pool.attention, x, mask))
         else:
             filled = x.masked_fill(~mask.unsqueeze(-1), float("-inf"))
             best = filled.max(dim=1).values
             outs.append(torch.where(counts > 0, best, torch.zeros_like(best)))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+
+def attention_padded(attention: AttentionPooling, x: Tensor, mask: Tensor) -> Tensor:
+    """:class:`AttentionPooling` on padded sets: a softmax over the set axis with the padding
+    masked to -inf (empty sets -> 0)."""
+    sets, length, _ = x.shape
+    heads, width = attention.heads, attention.head_features
+    keys = attention.key(x).view(sets, length, heads, width)
+    scores = (keys * attention.query).sum(-1) / width**0.5  # [B, L, heads]
+    scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    weights = torch.where(mask.unsqueeze(-1), scores.softmax(1), torch.zeros_like(scores))
+    values = attention.value(x).view(sets, length, heads, width)
+    return (weights.unsqueeze(-1) * values).sum(1).reshape(sets, heads * width)
 
 
 def block_padded(block: EquivariantBlock, x: Tensor, mask: Tensor) -> Tensor:
