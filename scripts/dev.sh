@@ -36,7 +36,7 @@ setup() {
   # The extension is compiled against the torch just installed, so no build isolation.
   echo "== building hepms (C++ kernels$( [ "${HEPMS_WITH_CUDA:-AUTO}" = OFF ] || echo ', CUDA kernels when possible'))"
   "$py" -m pip install -q --no-build-isolation -e ".[all]" "$TORCH_REQ"
-  "$py" -c "import hepms, hepms._C as C, torch; print(f'hepms {hepms.__version__}: compiled kernels loaded (CUDA kernels built: {C.with_cuda}), torch {torch.__version__}')"
+  "$py" -c "import torch, hepms, hepms._C as C; print(f'hepms {hepms.__version__}: compiled kernels loaded (CUDA kernels built: {C.with_cuda}), torch {torch.__version__}')"
 }
 
 cmd="${1:-demo}"
