@@ -447,12 +447,30 @@ def test_validation_plots_and_summary(sample, tmp_path):
     out, _ = sample
     files = validation_plots(out, tmp_path / "plots")
     stems = {p.stem for p in files}
-    assert stems == {"visible_ditau_mass", "jets_per_event", "constituents_per_jet", "tau_decay_modes", "jet_pt"}
+    assert stems == {"visible_ditau_mass", "jets_per_event", "constituents_per_jet", "tau_decay_modes", "jet_pt",
+                     "jet_response"}
     assert {p.suffix for p in files} == {".png", ".pdf"}
     assert all(p.stat().st_size > 1000 for p in files)
     summary = summarize(out)
     assert summary["H"]["mean_visible_mass"] > summary["Z"]["mean_visible_mass"]
     assert summary["H"]["jets_per_event"] > summary["Z"]["jets_per_event"]
+    for proc in ("H", "Z"):
+        assert 0.8 < summary[proc]["jet_response_median"] < 1.2
+        assert 0.0 < summary[proc]["jet_resolution"] < 0.5
+        assert summary[proc]["rho_per_pileup_interaction"] > 0
+
+
+def test_jet_response_measures_the_ratio_to_the_matched_gen_jet():
+    from hepms.generate.plots import jet_response
+
+    events = ak.Array([
+        {"jets": [{"pt": 45.0, "genJetIdx": 1}, {"pt": 30.0, "genJetIdx": -1}],
+         "genJets": [{"pt": 12.0}, {"pt": 50.0}]},
+    ] * 10 + [{"jets": [{"pt": 110.0, "genJetIdx": 0}], "genJets": [{"pt": 100.0}]}] * 10)
+    res = jet_response(events, (40, 60, 80, 120))
+    np.testing.assert_allclose(res["response"], [0.9, np.nan, 1.1])
+    np.testing.assert_allclose(res["resolution"], [0.0, np.nan, 0.0], atol=1e-12)
+    assert res["jets"].tolist() == [10, 0, 10]
 
 
 def test_public_api_reexports():
