@@ -677,3 +677,20 @@ def test_killed_after_the_pileup_pool_keeps_the_old_sample(tmp_path, sig):
         assert left == staging  # nothing can run on SIGKILL; the next run cleans up
         assert clean_stale(out) == staging
     assert sorted(p.name for p in out.iterdir()) == ["Htautau.root", "Ztautau.root", "manifest.json"]
+
+
+def test_progress_is_reported_per_chunk():
+    """The pool build and the event blocks report finished events as they go, not per block."""
+    from hepms.generate import pipeline
+    from hepms.generate.config import GenerationConfig
+    from hepms.generate.pileup import build_pool_block
+
+    calls: list[int] = []
+    pool = build_pool_block(600, 5, 13000.0, 3.0, "nondiffractive", report=calls.append)
+    assert calls == [250, 250, 100] and pool.n_events == 600
+
+    reported: list[int] = []
+    task = pipeline.BlockTask("Z", 0, 0, 250)
+    jobs = [(0, task, GenerationConfig(mu=0, processes=("Z",)), None, [(0, 0)] * 3)]
+    results = list(pipeline._run_jobs(pipeline._block_job, jobs, None, None, reported.append))
+    assert reported == [100, 100, 50] and len(results) == 1
