@@ -90,14 +90,28 @@ def jet_response(events: ak.Array, bins: Sequence[float] = RESPONSE_BINS) -> dic
             "jets": np.array(count)}
 
 
+def _tau_jet_pair_mass_median(jets: ak.Array) -> float:
+    """Median invariant mass of the two leading tau-matched reconstructed jets (events with two):
+    the detector-level counterpart of the visible di-tau mass."""
+    taus = jets[jets["isTau"]]
+    two = taus[ak.num(taus, axis=1) >= 2]
+    if len(two) == 0:
+        return float("nan")
+    pt, eta, phi, m = (np.asarray(two[f][:, :2], np.float64) for f in ("pt", "eta", "phi", "mass"))
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    e = np.sqrt(px**2 + py**2 + pz**2 + m**2)
+    m2 = e.sum(1) ** 2 - px.sum(1) ** 2 - py.sum(1) ** 2 - pz.sum(1) ** 2
+    return float(np.median(np.sqrt(np.maximum(m2, 0.0))))
+
+
 def summarize(path_or_events: EventsSource) -> dict[str, dict[str, Any]]:
     """Summary numbers per process (keyed ``"H"`` / ``"Z"``), all from the events themselves.
 
     Per process: events, mean visible di-tau mass, jets per event, tau-jet fraction of jets,
     mean constituents of tau and light jets (full counts), fraction of visible taus with pT > 20 GeV
     and |eta| < 2.3 matched to a jet, decay-mode fractions, mean nPU and rho, rho per pileup
-    interaction (the sum of rho over the sum of nPU), medians of the visible di-tau mass and of the
-    jet response, resolution (as in :func:`jet_response`, all matched jets with gen pT > 20 GeV),
+    interaction (the sum of rho over the sum of nPU), medians of the visible di-tau mass (generator)
+    and of the mass of the two leading tau-matched jets (detector), the jet response, resolution (as in :func:`jet_response`, all matched jets with gen pT > 20 GeV),
     fraction of constituents from pileup and fraction of light jets with most of their pT from
     pileup.
     """
@@ -130,6 +144,7 @@ def summarize(path_or_events: EventsSource) -> dict[str, dict[str, Any]]:
         n_pu = float(np.sum(sel["nPU"]))
         out[name]["rho_per_pileup_interaction"] = float(np.sum(sel["rho"])) / n_pu if n_pu > 0 else float("nan")
         out[name]["median_visible_mass"] = float(np.median(_visible_mass(sel["taus"])))
+        out[name]["median_tau_jet_pair_mass"] = _tau_jet_pair_mass_median(sel["jets"])
         overall = jet_response(sel, (20.0, 1e9))
         out[name]["jet_response_median"] = float(overall["response"][0])
         out[name]["jet_resolution"] = float(overall["resolution"][0])
