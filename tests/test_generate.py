@@ -597,7 +597,7 @@ def test_no_photon_splitting_taus_in_generated_z_events(sample):
 # ----------------------------------------------------------------------------- killed generations
 
 
-def _start_generation(out: Path, seed: int, pause_at: str, mu: float = 0.0):
+def _start_generation(out: Path, seed: int, pause_at: str, mu: float = 0.0, workers: int = 1):
     import os
     import subprocess
     import sys
@@ -605,8 +605,10 @@ def _start_generation(out: Path, seed: int, pause_at: str, mu: float = 0.0):
     code = (
         "import sys\n"
         "from hepms.generate.pipeline import generate\n"
-        f"generate({str(out)!r}, events_per_process=20, mu={mu}, seed={seed}, workers=1, block_size=20,\n"
-        "         pileup_process='nondiffractive', pileup_pool=30, progress=False)\n"
+        "if __name__ == '__main__':\n"
+        f"    generate({str(out)!r}, events_per_process=20, mu={mu}, seed={seed}, workers={workers},\n"
+        "             block_size=20,"
+        " pileup_process='nondiffractive', pileup_pool=30, progress=False)\n"
     )
     env = {**os.environ, "HEPMS_GENERATE_PAUSE_AT": pause_at}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
@@ -694,3 +696,41 @@ def test_progress_is_reported_per_chunk():
     jobs = [(0, task, GenerationConfig(mu=0, processes=("Z",)), None, [(0, 0)] * 3)]
     results = list(pipeline._run_jobs(pipeline._block_job, jobs, None, None, reported.append))
     assert reported == [100, 100, 50] and len(results) == 1
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            out.append(int(status.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_sigterm_stops_the_workers_and_removes_the_pool(tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "sample"
+    proc = _start_generation(out, seed=2, pause_at="pool-built", mu=3, workers=2)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2  # the worker pool (plus multiprocessing's helper processes)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    alive = []
+    for w in workers:
+        try:
+            os.kill(w, 0)
+            alive.append(w)
+        except ProcessLookupError:
+            pass
+    assert alive == []
+    assert list(out.iterdir()) == []  # no staging folder, no pool, no partial file
