@@ -399,7 +399,7 @@ def test_pileup_check_scores_test_split_and_independent_sample(sample: Path, tmp
     spec.loader.exec_module(module)
     assert module.main([str(run_dir), str(other), "--bootstrap", "20"]) == 0
     result = json.loads((run_dir / "pileup_check.json").read_text())
-    for part in ("test_split", "independent"):
+    for part in ("test_split", "independent", "validation_split"):
         assert 0.0 <= result[part]["auc_tau"] <= 1.0 and result[part]["auc_tau_err"] > 0
     assert 50 < result["independent"]["events"] <= 120  # events with at least one jet
     assert result["test_split"]["events"] < 100  # the generator's test split of 200 events

@@ -9,7 +9,8 @@ an independent pileup pool) would then score lower.  This script scores one trai
     disjoint from the training pool), and
 (b) every event of an independent sample (``hepms generate`` with another seed),
 
-and reports the tau-ID and H/Z AUCs with bootstrap errors (events resampled with replacement, jets
+and, for reference, on its validation split (never trained on, but used to choose the epoch), and
+reports the tau-ID and H/Z AUCs with bootstrap errors (events resampled with replacement, jets
 following their events) and the difference (a) - (b) with its error.
 
     python analyses/htautau/pileup_check.py RUN_DIR INDEPENDENT_SAMPLE [--bootstrap 300]
@@ -125,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         pred_test = predict(model, data, batch)
         pred_other = predict(model, independent_data(cfg, args.independent, scaler), batch)
+        validation = PreparedData(data.val, data.val, data.val, data.scaler, None, data.fingerprint, {})
+        pred_val = predict(model, validation, batch)
     a = bootstrap_aucs(pred_test, args.bootstrap, args.seed)
     b = bootstrap_aucs(pred_other, args.bootstrap, args.seed + 1)
-    result: dict[str, Any] = {"test_split": a, "independent": b}
+    v = bootstrap_aucs(pred_val, args.bootstrap, args.seed + 2)
+    result: dict[str, Any] = {"test_split": a, "independent": b, "validation_split": v}
     for key in ("auc_tau", "auc_event"):
         diff = a[key] - b[key]
         err = float(np.hypot(a[f"{key}_err"], b[f"{key}_err"]))
@@ -145,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     })
     write_json(args.run_dir / "pileup_check.json", result)
     print(f"machine: {result['machine']['cpu']}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    print(f"{'':24} {'test split':>18} {'independent':>18} {'difference':>20}")
+    print(f"{'':24} {'test split':>18} {'independent':>18} {'test - independent':>20} {'validation split':>18}")
     for key, name in (("auc_tau", "tau-ID AUC"), ("auc_event", "H/Z AUC")):
         d = result[f"{key}_difference"]
         print(f"{name:24} {a[key]:.4f} ± {a[key + '_err']:.4f}   {b[key]:.4f} ± {b[key + '_err']:.4f}   "
-              f"{d['value']:+.4f} ± {d['error']:.4f}")
+              f"{d['value']:+.4f} ± {d['error']:.4f}   {v[key]:.4f} ± {v[key + '_err']:.4f}")
     print(f"test split: {a['events']} events, {a['jets']} jets; independent: {b['events']} events, "
           f"{b['jets']} jets; wrote {args.run_dir / 'pileup_check.json'}")
     return 0
