@@ -688,14 +688,14 @@ def test_progress_is_reported_per_chunk():
     from hepms.generate.pileup import build_pool_block
 
     calls: list[int] = []
-    pool = build_pool_block(600, 5, 13000.0, 3.0, "nondiffractive", report=calls.append)
-    assert calls == [250, 250, 100] and pool.n_events == 600
+    pool = build_pool_block(300, 5, 13000.0, 3.0, "nondiffractive", report=calls.append)
+    assert calls == [250, 50] and pool.n_events == 300
 
     reported: list[int] = []
-    task = pipeline.BlockTask("Z", 0, 0, 250)
+    task = pipeline.BlockTask("Z", 0, 0, 150)
     jobs = [(0, task, GenerationConfig(mu=0, processes=("Z",)), None, [(0, 0)] * 3)]
     results = list(pipeline._run_jobs(pipeline._block_job, jobs, None, None, reported.append))
-    assert reported == [100, 100, 50] and len(results) == 1
+    assert reported == [100, 50] and len(results) == 1
 
 
 def _children(pid: int) -> list[int]:
