@@ -2,12 +2,16 @@
 
 Work is cut into *blocks* of ``block_size`` events per process.  Each block has its own Pythia
 instance and its own seeds, derived from the master seed, the process and the block number with
-``numpy.random.SeedSequence``; the pileup pool is cut into blocks the same way.  Blocks may run on
-any worker in any order, and results are written in block order, so the output depends on the
-settings and the seed only, never on the number of workers.
+``numpy.random.SeedSequence``.  Every event is assigned to a split (train / validation / test) from a
+stream of its own, and every split has its own pileup pool, cut into blocks the same way from a
+stream per split: an event draws pileup only from its split's pool.  Blocks may run on any worker in
+any order, and results are written in block order, so the output depends on the settings and the
+seed only, never on the number of workers.
 
 Per chunk of events inside a block: Pythia ``nextBatch`` -> stable particles + hard-tau truth ->
-pileup overlay -> parametric detector -> anti-kT jets (FastJet) -> jet/tau matching -> columns.
+generator jets -> pileup overlay -> parametric detector -> anti-kT jets (FastJet) -> jet/tau and
+jet/generator-jet matching -> columns.  The sample is built in a staging folder and swapped into
+the output folder only when complete (:func:`_swap_in`).
 """
 from __future__ import annotations
 
