@@ -283,7 +283,9 @@ def validation_plots(
             ax_s.errorbar(centres, res["resolution"], xerr=half, fmt="o", label=PROCESS_NAMES[lab])
         ax_r.axhline(1.0, color="grey", lw=1, ls="--")
         ax_r.set_ylabel(r"median $p_T^{reco}/p_T^{gen}$")
-        ax_s.set_ylabel(r"resolution (16-84 % / 2 / median)")
+        ax_s.set_ylabel("resolution")
+        ax_s.text(0.97, 0.92, "(q84 - q16) / 2 / median of the ratio", transform=ax_s.transAxes,
+                  ha="right", va="top", fontsize=12)
         ax_s.set_xlabel(r"generator-jet $p_T$ [GeV]")
         ax_r.set_title(note, fontsize=14)
         ax_r.legend(fontsize=14)
