@@ -383,6 +383,8 @@ def test_detector_resolutions_match_parameters():
         (dict(block_size=0), "block_size"),
         (dict(pileup_pool=0), "pileup_pool"),
         (dict(pileup_process="diffractive"), "pileup_process"),
+        (dict(split_fractions=(0.5, 0.5, 0.5)), "split_fractions"),
+        (dict(split_fractions=(0.5, 0.5)), "split_fractions"),
         (dict(workers=0), "workers"),
         (dict(jet_r=-0.4), "jet_r"),
         (dict(not_a_setting=1), "not_a_setting"),
