@@ -44,7 +44,6 @@ import torch
 
 from hepms._machine import describe
 
-warnings.filterwarnings("ignore", message="Missing cross-reference")
 warnings.filterwarnings("ignore", message="You have set steps_per_file")
 
 
@@ -103,11 +102,13 @@ def make_model(files: list[Path], folder: Path) -> Path:
 
 
 def nano(files: list[Path], mode: str, steps_per_file: int = 1) -> Any:
-    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+    from coffea.nanoevents import NanoEventsFactory
+
+    from hepms.generate.schema import HepmsNanoAODSchema
 
     spec = {str(f): "Events" for f in files}
     options = {"steps_per_file": steps_per_file} if mode == "dask" else {}
-    return NanoEventsFactory.from_root(spec, schemaclass=NanoAODSchema, mode=mode,
+    return NanoEventsFactory.from_root(spec, schemaclass=HepmsNanoAODSchema, mode=mode,
                                        **options).events()
 
 
@@ -136,7 +137,7 @@ def eager_in_memory(files: list[Path], model: Path, threads: int, repeats: int) 
         events = 0
         for file in files:
             arrays = nano([file], "eager")
-            jets, parts = arrays.Jet, arrays.PFCand
+            jets, parts = arrays.Jet, arrays.PFCands
             total += timed(lambda: tagger(jets, parts), repeats)
             # Split of one call: preprocessing vs the model's forward.
             prepare += timed(lambda: _prepare(jets, parts, False, tagger), repeats)
@@ -161,7 +162,7 @@ def eager_from_root(files: list[Path], model: Path, threads: int, repeats: int) 
     def run() -> None:
         for file in files:
             events = nano([file], "virtual")
-            out = tagger(events.Jet, events.PFCand)
+            out = tagger(events.Jet, events.PFCands)
             counts[file] = len(events)
             float(ak.sum(out.event_score)), float(ak.sum(out.tau_score, axis=None))
 
@@ -194,7 +195,7 @@ def dask_cluster(files: list[Path], model: Path, workers: int, steps: int, repea
             # data), and an analysis pays it on every run.
             start = time.perf_counter()
             events = nano(files, "dask", steps)
-            out = tagger(events.Jet, events.PFCand)
+            out = tagger(events.Jet, events.PFCands)
             graph = (dak.num(events, axis=0), dak.sum(out.event_score),
                      dak.sum(dak.flatten(out.tau_score)))
             build_times.append(time.perf_counter() - start)
@@ -217,7 +218,7 @@ def main() -> None:
         sizes = [nano([f], "eager") for f in files]
         n_events = sum(len(e) for e in sizes)
         n_jets = int(sum(ak.sum(ak.num(e.Jet)) for e in sizes))
-        n_parts = int(sum(ak.sum(ak.num(e.PFCand)) for e in sizes))
+        n_parts = int(sum(ak.sum(ak.num(e.PFCands)) for e in sizes))
         del sizes
         results: dict[str, dict] = {}
         results["eager, in memory, 1 thread"] = eager_in_memory(files, model, 1, args.repeats)

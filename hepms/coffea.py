@@ -31,13 +31,14 @@ available, else the CPU (``device=`` overrides).
 
 Example (eager; with ``mode="dask"`` NanoEvents the same lines build a lazy graph)::
 
-    from coffea.nanoevents import NanoEventsFactory, NanoAODSchema
+    from coffea.nanoevents import NanoEventsFactory
     from hepms.coffea import MultiStepTagger, attach_scores
+    from hepms.generate.schema import HepmsNanoAODSchema   # PFNano layout of hepms generate files
 
     tagger = MultiStepTagger("model.pt")                  # hepms.export.export_torchscript file
     events = NanoEventsFactory.from_root({"Htautau.root": "Events"},
-                                         schemaclass=NanoAODSchema, mode="virtual").events()
-    scores = tagger(events.Jet, events.PFCand)
+                                         schemaclass=HepmsNanoAODSchema, mode="virtual").events()
+    scores = tagger(events.Jet, events.PFCands)      # or tagger(events.Jet, events.Jet.constituents.pf)
     events["Jet", "tau_score"] = scores.tau_score
     events["event_score"] = scores.event_score
     # or in one go: events = attach_scores(events, tagger)
@@ -380,7 +381,7 @@ def attach_scores(
     events: Any,
     tagger: MultiStepTagger,
     jets: str = "Jet",
-    constituents: str = "PFCand",
+    constituents: str = "PFCands",
 ) -> Any:
     """``events`` with the tagger's outputs attached (eager or dask alike).
 

@@ -160,7 +160,8 @@ def _build_schema() -> dict[str, Any]:
                 "seed": Key(12345, "generator seed", "int"),
                 "workers": Key(None, "generator processes (null: all cores)", "int", nullable=True,
                                check=_positive),
-                "pileup_pool": Key(10000, "minimum-bias events in the pileup pool", "int", check=_positive),
+                "pileup_pool": Key(None, "minimum-bias events in each split's pileup pool (null: sized from "
+                                   "the sample)", "int", nullable=True, check=_positive),
             },
             "max_jets": Key(8, "leading jets kept per event", "int", check=_positive),
             "max_constituents": Key(50, "leading constituents kept per jet", "int", check=_positive),

@@ -107,6 +107,8 @@ class TauEventData:
         jet_targets: optional ``[B, R]`` regression targets (visible tau momentum in units of
             100 GeV).
         constituent_names, jet_names: column names of the feature matrices.
+        event_split: optional int64 ``[E]`` split of each event decided by the generator (0 train,
+            1 validation, 2 test; see :func:`split`).
         validate: check shapes and offsets (reads the offsets: a device sync on a GPU).
 
     Example:
@@ -128,6 +130,7 @@ class TauEventData:
     jet_targets: Optional[Tensor] = None
     constituent_names: tuple[str, ...] = ()
     jet_names: tuple[str, ...] = ()
+    event_split: Optional[Tensor] = None
     validate: bool = field(default=True, compare=False)
     # CPU copies of the two offsets arrays: slicing data that lives on a GPU computes its ranges
     # from these, so taking a batch never waits for the device.
@@ -176,6 +179,10 @@ class TauEventData:
         ):
             raise ValueError(
                 f"jet_targets must have shape [{n_jets}, R], got {tuple(self.jet_targets.shape)}"
+            )
+        if self.event_split is not None and tuple(self.event_split.shape) != (n_events,):
+            raise ValueError(
+                f"event_split must have shape [{n_events}], got {tuple(self.event_split.shape)}"
             )
         for name in ("jet_features", "jet_labels", "event_labels", "jet_weights", "jet_targets"):
             tensor = getattr(self, name)
@@ -252,6 +259,7 @@ class TauEventData:
             event_labels=move(self.event_labels),
             jet_weights=move(self.jet_weights),
             jet_targets=move(self.jet_targets),
+            event_split=move(self.event_split),
         )
 
     def _replace(self, **changes: Any) -> "TauEventData":
@@ -264,6 +272,7 @@ class TauEventData:
             "jet_targets": self.jet_targets,
             "constituent_names": self.constituent_names,
             "jet_names": self.jet_names,
+            "event_split": self.event_split,
             "_host_outer": self._host_outer,
             "_host_offsets": self._host_offsets,
         }
@@ -314,6 +323,7 @@ class TauEventData:
             event_labels=self.event_labels[start:stop],
             jet_weights=rows(self.jet_weights, jet_lo, jet_hi),
             jet_targets=rows(self.jet_targets, jet_lo, jet_hi),
+            event_split=rows(self.event_split, start, stop),
             _host_outer=host_outer[start : stop + 1] - jet_lo,
             _host_offsets=host_offsets[jet_lo : jet_hi + 1] - lo,
         )
@@ -348,6 +358,7 @@ class TauEventData:
             event_labels=self.event_labels.index_select(0, index),
             jet_weights=pick(self.jet_weights, jet_index),
             jet_targets=pick(self.jet_targets, jet_index),
+            event_split=pick(self.event_split, index),
             _host_outer=None,
             _host_offsets=None,
         )
@@ -463,6 +474,7 @@ def build_dataset(
     constituents_field: str = "constituents",
     jet_label_field: str = "isTau",
     event_label_field: str = "label",
+    split_field: Optional[str] = "split",
     regression_targets: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> TauEventData:
@@ -487,6 +499,8 @@ def build_dataset(
         constituent_features: names from :data:`DEFAULT_CONSTITUENT_FEATURES` (``charge`` needs a
             charge field on the constituents).
         jets_field, constituents_field, jet_label_field, event_label_field: field names.
+        split_field: event field holding the split decided by the generator (kept as
+            ``event_split``, used by :func:`split`); ignored when the events lack it, None: never.
         regression_targets: add ``jet_targets`` = visible tau ``(px, py, pz) / 100 GeV`` (zero for
             light jets), when the jets carry ``visTauPt, visTauEta, visTauPhi``.
         dtype: floating dtype of the features and labels.
@@ -577,6 +591,9 @@ def build_dataset(
                 f"non-finite {name} in column(s) {bad}: zero-pT constituents or jets? "
                 "Cut them before building the dataset"
             )
+    event_split = None
+    if split_field is not None and split_field in events.fields:
+        event_split = torch.as_tensor(ak.to_numpy(events[split_field]).astype(np.int64))
     data = TauEventData(
         constituents,
         jet_table.values,
@@ -586,6 +603,7 @@ def build_dataset(
         jet_targets=targets,
         constituent_names=tuple(constituent_features),
         jet_names=tuple(jet_features),
+        event_split=event_split,
     )
     log.info(
         "built dataset: %d events, %d jets (%.1f%% tau), %d constituents",
@@ -598,16 +616,26 @@ def build_dataset(
 
 
 def split(
-    data: TauEventData, fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0
+    data: TauEventData,
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+    *,
+    stored: bool = True,
 ) -> tuple[TauEventData, ...]:
-    """Random split by events into parts of the given ``fractions`` (train, validation, test).
+    """Split by events into train, validation and test parts.
 
-    The events are permuted once with a ``torch.Generator`` seeded by ``seed`` (same seed, same
-    split) and the parts are consecutive slices of the permuted sample (views of one gather).
-    Part sizes are ``floor(fraction * E)``; the remainder goes to the first part.
+    When ``data.event_split`` is set (files of ``hepms generate``, which decides the split of every
+    event at generation time and gives each split its own pileup pool) and ``stored`` is true, the
+    parts are the events of split 0, 1 and 2: no pileup event is then shared between the parts.
+    ``fractions`` only has to have three entries; the generator's fractions apply.
+
+    Otherwise the split is random: part sizes are ``floor(fraction * E)``, the remainder going to
+    the first part.  Either way the events of each part are in an order permuted with a
+    ``torch.Generator`` seeded by ``seed`` (same seed, same parts).
 
     Raises:
-        ValueError: fractions not positive or not summing to 1.
+        ValueError: fractions not positive or not summing to 1; a stored split with other than
+            three fractions or with values outside 0, 1, 2.
     """
     fractions = [float(f) for f in fractions]
     if not fractions or any(not math.isfinite(f) or f <= 0 for f in fractions):
@@ -615,16 +643,31 @@ def split(
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"fractions must sum to 1, got {fractions} (sum {sum(fractions)})")
     n = len(data)
-    sizes = [int(math.floor(f * n)) for f in fractions]
-    sizes[0] += n - sum(sizes)
     generator = torch.Generator().manual_seed(int(seed))
     order = torch.randperm(n, generator=generator)
+    if stored and data.event_split is not None:
+        if len(fractions) != 3:
+            raise ValueError(
+                f"the data carry the generator's train/validation/test split: give three fractions, "
+                f"got {fractions}"
+            )
+        assignment = data.event_split.cpu()[order]
+        if n and (int(assignment.min()) < 0 or int(assignment.max()) > 2):
+            raise ValueError("event_split holds values outside 0 (train), 1 (validation), 2 (test)")
+        parts = tuple(data.take(order[assignment == k].to(data.device)) for k in range(3))
+        log.info(
+            "split stored by the generator: %d / %d / %d events (train / validation / test)",
+            *(len(p) for p in parts),
+        )
+        return parts
+    sizes = [int(math.floor(f * n)) for f in fractions]
+    sizes[0] += n - sum(sizes)
     shuffled = data.take(order.to(data.device))
-    parts, start = [], 0
+    parts_list, start = [], 0
     for size in sizes:
-        parts.append(shuffled.slice(start, start + size))
+        parts_list.append(shuffled.slice(start, start + size))
         start += size
-    return tuple(parts)
+    return tuple(parts_list)
 
 
 def toy_dataset(

@@ -374,3 +374,59 @@ def test_manifest_marks_scans_that_died_without_a_word_as_killed(tmp_path: Path)
     manifest = update_manifest(tmp_path, "scan", cfg, invocation={"id": "new", "status": "running"})
     status = {entry["id"]: entry["status"] for entry in manifest["invocations"]}
     assert status == {running["id"]: "killed", foreign["id"]: "running", alive["id"]: "running", "new": "running"}
+
+
+def test_pileup_check_scores_test_split_and_independent_sample(sample: Path, tmp_path: Path) -> None:
+    """analyses/htautau/pileup_check.py: one trained model, its test split vs an independent sample."""
+    import importlib.util
+
+    from hepms.cli import main as hepms_main
+    from hepms.generate import generate
+
+    run_dir = tmp_path / "run"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"run_dir: {run_dir}\nprogress: false\ndata: {{path: {sample}}}\n"
+        "trainer: {epochs: 1, patience: 1, batch_size: 32}\n"
+    )
+    assert hepms_main(["train", str(config), "--no-progress"]) == 0
+    other = tmp_path / "independent"
+    generate(other, events_per_process=60, mu=5, seed=8, workers=1, pileup_process="nondiffractive",
+             progress=False)
+    spec = importlib.util.spec_from_file_location("hepms_tests_pileup_check",
+                                                  REPO / "analyses" / "htautau" / "pileup_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(run_dir), str(other), "--bootstrap", "20"]) == 0
+    result = json.loads((run_dir / "pileup_check.json").read_text())
+    for part in ("test_split", "independent", "validation_split"):
+        assert 0.0 <= result[part]["auc_tau"] <= 1.0 and result[part]["auc_tau_err"] > 0
+    assert 50 < result["independent"]["events"] <= 120  # events with at least one jet
+    assert result["test_split"]["events"] < 100  # the generator's test split of 200 events
+    diff = result["auc_tau_difference"]
+    assert diff["value"] == pytest.approx(result["test_split"]["auc_tau"] - result["independent"]["auc_tau"])
+    assert result["machine"]["cpu"]
+    # the training sample itself is not an independent sample
+    assert module.main([str(run_dir), str(sample), "--bootstrap", "5"]) == 2
+
+
+def test_bootstrap_follows_events() -> None:
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("hepms_tests_pileup_check2",
+                                                  REPO / "analyses" / "htautau" / "pileup_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    n = 400
+    jets = rng.integers(1, 4, n)
+    offsets = np.concatenate([[0], np.cumsum(jets)])
+    labels = rng.integers(0, 2, offsets[-1])
+    pred = {"jet_offsets": offsets, "jet_labels": labels, "tau_logit": labels + rng.normal(0, 1, offsets[-1]),
+            "event_labels": rng.integers(0, 2, n), "event_logit": rng.normal(0, 1, n)}
+    out = module.bootstrap_aucs(pred, 200, seed=1)
+    assert out["events"] == n and out["jets"] == offsets[-1]
+    # binomial-like error of an AUC from ~800 jets: a few 0.01
+    assert 0.005 < out["auc_tau_err"] < 0.05 and 0.01 < out["auc_event_err"] < 0.06

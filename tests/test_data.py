@@ -256,3 +256,28 @@ def test_generated_events_build_split_and_standardise(tmp_path):
     expected_tau = float(ak.sum(ak.values_astype(kept.jets.isTau[:, :3], np.int64)))
     assert total_tau == expected_tau
     assert float(train.jet_features.mean(0).abs().max()) < 1e-4  # fitted on train
+
+
+def test_split_uses_the_generators_split_when_the_data_carry_it() -> None:
+    import dataclasses
+
+    data = toy_dataset(300, seed=3)
+    assignment = torch.tensor([0, 1, 2] * 100)
+    data = dataclasses.replace(data, event_split=assignment, validate=True)
+    marked = dataclasses.replace(data, event_labels=torch.arange(300, dtype=torch.float32))
+    train, val, test = split(marked, (0.6, 0.2, 0.2), seed=1)
+    for k, part in enumerate((train, val, test)):
+        rows = part.event_labels.long()
+        assert len(part) == 100 and torch.all(rows % 3 == k)
+        assert torch.equal(part.event_split, torch.full((100,), k))  # carried through take()
+    again = split(marked, (0.6, 0.2, 0.2), seed=1)
+    assert torch.equal(again[0].event_labels, train.event_labels)  # seeded order
+    assert torch.equal(marked[10:20].event_split, assignment[10:20])  # and through slices
+    assert [len(p) for p in split(marked, (0.5, 0.25, 0.25), seed=1, stored=False)] == [150, 75, 75]
+    with pytest.raises(ValueError, match="three fractions"):
+        split(marked, (0.5, 0.5), seed=1)
+    with pytest.raises(ValueError, match="event_split must have shape"):
+        dataclasses.replace(data, event_split=assignment[:10], validate=True)
+    bad = dataclasses.replace(data, event_split=assignment + 1, validate=True)
+    with pytest.raises(ValueError, match="outside 0"):
+        split(bad, (0.6, 0.2, 0.2))

@@ -1,7 +1,8 @@
 """A coffea processor for the H->tautau study: apply the trained hepms model, select, histogram.
 
 Reads the generator's NanoAOD-like files (:mod:`hepms.generate`) through coffea's
-``NanoEventsFactory`` with ``NanoAODSchema``, scores every jet and event with
+``NanoEventsFactory`` with :class:`hepms.generate.schema.HepmsNanoAODSchema` (coffea's
+``PFNanoAODSchema`` restricted to the cross-references the files hold), scores every jet and event with
 :class:`hepms.coffea.MultiStepTagger`, and fills ``hist`` histograms:
 
 * ``tau_score``: the tau score of every jet, by process (truth ``label``: 1 = H, 0 = Z) and by
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -29,9 +29,10 @@ import awkward as ak
 import hist
 import numpy as np
 from coffea import processor
-from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+from coffea.nanoevents import NanoEventsFactory
 
 from hepms.coffea import MultiStepTagger
+from hepms.generate.schema import HepmsNanoAODSchema
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class HTauTauProcessor(processor.ProcessorABC):
         tau_threshold: float = 0.5,
         event_threshold: float = 0.5,
         jets: str = "Jet",
-        constituents: str = "PFCand",
+        constituents: str = "PFCands",
         tagger_options: Optional[dict] = None,
     ) -> None:
         if isinstance(model, MultiStepTagger):
@@ -190,10 +191,10 @@ def load_events(
     partitions per file, whose entry ranges are written out so that dask knows every
     partition's length up front.
     """
-    # NanoAODSchema itself, not a subclass defined here: the schema travels inside the dask graph,
-    # and a class from this (not installed) module would make every worker import it.
+    # A schema from the installed hepms package, not one defined here: the schema travels inside
+    # the dask graph, and a class from this (not installed) module would make every worker import it.
     options: dict[str, Any] = dict(
-        schemaclass=NanoAODSchema, mode=mode, metadata={"dataset": dataset}
+        schemaclass=HepmsNanoAODSchema, mode=mode, metadata={"dataset": dataset}
     )
     if mode == "dask":
         spec: dict[str, Any] = _steps(files, steps_per_file)
@@ -202,11 +203,7 @@ def load_events(
             raise ValueError(f"mode={mode!r} reads one file at a time, got {len(files)}")
         spec = {str(files[0]): "Events"}
         options.update(entry_start=entry_start, entry_stop=entry_stop)
-    with warnings.catch_warnings():
-        # Our files have only the Jet, PFCand and Tau collections, not the CMS cross-references
-        # (Electron_jetIdx & co.) the schema looks for.
-        warnings.filterwarnings("ignore", message="Missing cross-reference")
-        return NanoEventsFactory.from_root(spec, **options).events()
+    return NanoEventsFactory.from_root(spec, **options).events()
 
 
 def _steps(files: Sequence[PathLike], steps_per_file: int) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 Public API::
 
-    generate(output_dir, events_per_process=1000, processes=("H", "Z"), mu=50, chs=False,
+    generate(output_dir, events_per_process=1000, processes=("H", "Z"), mu=50, chs=True,
              seed=12345, workers=None, progress=True, ...) -> manifest dict
     read_events(path, max_jets=8, max_constituents=50) -> awkward Events[jets[constituents]]
     validation_plots(path_or_events, outdir) -> list of written files
     summarize(path_or_events) -> dict of summary numbers
 
+Files are CMS NanoAOD / PFNano-like; coffea reads them with
+``hepms.generate.schema.HepmsNanoAODSchema`` (imported from there: it needs coffea).
 The physics, the detector model and the ROOT schema are documented in ``hepms/generate/README.md``.
 Heavy dependencies (pythia8mc, fastjet, uproot, matplotlib) are imported only when used.
 """

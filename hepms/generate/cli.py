@@ -36,11 +36,19 @@ def build_parser(prog: str = "hepms generate") -> argparse.ArgumentParser:
     parser.add_argument("--processes", type=_process_list, default=["H", "Z"], metavar="H,Z",
                         help="processes, comma-separated: H and/or Z (default H,Z)")
     parser.add_argument("--mu", type=float, default=50.0, help="mean pileup interactions (default 50; 0: none)")
-    parser.add_argument("--chs", action="store_true", help="remove charged pileup with a track (CHS)")
+    parser.add_argument("--chs", dest="chs", action="store_true", default=True,
+                        help="remove charged pileup with a track (charged-hadron subtraction; the default)")
+    parser.add_argument("--no-chs", dest="chs", action="store_false", help="keep charged pileup (no CHS)")
     parser.add_argument("--seed", type=int, default=12345, help="master seed (default 12345)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--block-size", type=int, default=500, help="events per seed block (default 500)")
-    parser.add_argument("--pileup-pool", type=int, default=10000, help="minimum-bias pool size (default 10000)")
+    parser.add_argument("--pileup-pool", type=int, default=None,
+                        help="minimum-bias events per split pool (default: sized from the sample, "
+                        "max(200, ceil(mu * events of the split / 25)))")
+    parser.add_argument("--split-fractions", type=float, nargs=3, default=[0.6, 0.2, 0.2],
+                        metavar=("TRAIN", "VAL", "TEST"),
+                        help="fractions of train / validation / test events, decided at generation "
+                        "(default 0.6 0.2 0.2); each split has its own pileup pool")
     parser.add_argument("--pileup-process", default="inelastic", help="inelastic (default) or nondiffractive")
     parser.add_argument("--no-pileup-subtraction", action="store_true", help="keep raw jet pT (no rho*A)")
     parser.add_argument(
@@ -85,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pileup_pool=args.pileup_pool,
             pileup_process=args.pileup_process,
             jet_pileup_subtraction=not args.no_pileup_subtraction,
+            split_fractions=tuple(args.split_fractions),
         )
     except ValueError as exc:
         print(f"hepms generate: error: {exc}", file=sys.stderr)

@@ -26,6 +26,15 @@ PILEUP_PROCESSES: tuple[str, ...] = ("inelastic", "nondiffractive")
 #: Pythia's Random:seed accepts 0..900_000_000 (0 would mean "seed from the clock").
 PYTHIA_SEED_MAX = 900_000_000
 
+#: Names of the splits decided at generation time (stored per event as ``split`` = 0, 1, 2).
+SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
+
+#: Automatic pileup-pool size (``pileup_pool=None``): each split's pool holds enough minimum-bias
+#: events that, on average, one is drawn at most POOL_REUSE times within its split
+#: (``ceil(mu * events of the split / POOL_REUSE)``), and at least POOL_MIN_EVENTS.
+POOL_REUSE = 25
+POOL_MIN_EVENTS = 200
+
 #: Events handed to Pythia's nextBatch / the detector / FastJet in one go inside a block.  A fixed
 #: constant (not a tunable) because the numpy random stream is consumed per chunk: changing it
 #: would change the smearing of a given seed.
@@ -42,10 +51,14 @@ class GenerationConfig:
     events_per_process: int = 1000
     processes: tuple[str, ...] = ("H", "Z")
     mu: float = 50.0
-    chs: bool = False
+    chs: bool = True
     seed: int = 12345
     block_size: int = 500
-    pileup_pool: int = 10000
+    #: minimum-bias events per split pool; None: sized from the sample (see :func:`pool_sizes`)
+    pileup_pool: int | None = None
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    gen_jet_pt_min: float = 10.0
+    gen_match_dr: float = 0.2
     pileup_process: str = "inelastic"
     ecm: float = 13000.0
     jet_r: float = 0.4
@@ -81,7 +94,9 @@ class GenerationConfig:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.mu > 0:
+        if self.pileup_pool is None:
+            pass
+        elif self.mu > 0:
             _positive_int("pileup_pool", self.pileup_pool)
         elif (
             isinstance(self.pileup_pool, bool)
@@ -93,7 +108,18 @@ class GenerationConfig:
             raise ValueError(
                 f"pileup_process: unknown {self.pileup_process!r}; known: {list(PILEUP_PROCESSES)}"
             )
-        for name in ("ecm", "jet_r", "jet_pt_min", "jet_eta_max", "match_dr"):
+        fr = self.split_fractions
+        if (
+            not isinstance(fr, (tuple, list))
+            or len(fr) != 3
+            or any(isinstance(f, bool) or not isinstance(f, numbers.Real) or not math.isfinite(f) or f < 0 for f in fr)
+            or abs(sum(fr) - 1.0) > 1e-6
+        ):
+            raise ValueError(
+                f"split_fractions must be three non-negative numbers (train, validation, test) summing "
+                f"to 1, got {fr!r}"
+            )
+        for name in ("ecm", "jet_r", "jet_pt_min", "jet_eta_max", "match_dr", "gen_jet_pt_min", "gen_match_dr"):
             value = getattr(self, name)
             _finite_number(name, value)
             if value <= 0:
@@ -106,8 +132,30 @@ class GenerationConfig:
         """JSON-friendly view, recorded in the manifest."""
         out = asdict(self)
         out["processes"] = list(self.processes)
+        out["split_fractions"] = list(self.split_fractions)
         out["chunk_events"] = CHUNK_EVENTS
         return out
+
+    def pool_sizes(self) -> list[int]:
+        """Minimum-bias events in the pool of each split (train, validation, test).
+
+        ``pileup_pool`` given: that many per split (0 for a split with no events).  Otherwise
+        ``max(POOL_MIN_EVENTS, ceil(mu * N_split / POOL_REUSE))`` with ``N_split`` the expected
+        events of the split over all processes, so that a pool event is drawn about
+        ``POOL_REUSE`` times or less inside its split, and never in another split.
+        """
+        if self.mu <= 0:
+            return [0, 0, 0]
+        total = self.events_per_process * len(self.processes)
+        sizes = []
+        for fraction in self.split_fractions:
+            if fraction <= 0:
+                sizes.append(0)
+            elif self.pileup_pool is not None:
+                sizes.append(int(self.pileup_pool))
+            else:
+                sizes.append(max(POOL_MIN_EVENTS, math.ceil(self.mu * fraction * total / POOL_REUSE)))
+        return sizes
 
 
 def validate_workers(workers: int | None) -> int:

@@ -22,14 +22,22 @@ logger = logging.getLogger(__name__)
 TREE_NAME = "Events"
 MANIFEST_NAME = "manifest.json"
 
-#: Branch types.  Collections become ``n<Name>`` (int32 counts) plus ``<Name>_<field>`` branches.
+#: Branch types.  Collections become ``n<Name>`` (int32 counts) plus ``<Name>_<field>`` branches;
+#: names with an underscore at the top level (``Pileup_nPU``) are NanoAOD "flat tables", one value
+#: per event.  The layout follows CMS NanoAOD / PFNano, so that coffea's ``PFNanoAODSchema`` (and
+#: :class:`hepms.generate.schema.HepmsNanoAODSchema`, without warnings) reads the files natively.
 SCHEMA: dict[str, Any] = {
     "run": np.uint32,
     "luminosityBlock": np.uint32,
     "event": np.uint64,
     "label": np.int32,
-    "nPU": np.int32,
+    "split": np.int32,
     "rho": np.float32,
+    "Pileup_nPU": np.int32,
+    "Pileup_pool": np.int32,
+    "PileupEvent": {
+        "poolIdx": np.int32,
+    },
     "Jet": {
         "pt": np.float32,
         "eta": np.float32,
@@ -38,14 +46,15 @@ SCHEMA: dict[str, Any] = {
         "rawPt": np.float32,
         "nConstituents": np.int32,
         "isTau": np.bool_,
-        "tauIdx": np.int32,
+        "genVisTauIdx": np.int32,
         "tauDecayMode": np.int32,
         "visTauPt": np.float32,
         "visTauEta": np.float32,
         "visTauPhi": np.float32,
         "visTauMass": np.float32,
+        "genJetIdx": np.int32,
     },
-    "PFCand": {
+    "PFCands": {
         "pt": np.float32,
         "eta": np.float32,
         "phi": np.float32,
@@ -55,22 +64,43 @@ SCHEMA: dict[str, Any] = {
         "jetIdx": np.int32,
         "isPileup": np.bool_,
     },
-    "Tau": {
+    "JetPFCands": {
+        "jetIdx": np.int32,
+        "pFCandsIdx": np.int32,
+    },
+    "GenVisTau": {
         "pt": np.float32,
         "eta": np.float32,
         "phi": np.float32,
         "mass": np.float32,
-        "visPt": np.float32,
-        "visEta": np.float32,
-        "visPhi": np.float32,
-        "visMass": np.float32,
         "charge": np.int32,
+        "status": np.int32,
         "nCharged": np.int32,
         "nPi0": np.int32,
-        "decayMode": np.int32,
+        "genPartIdxMother": np.int32,
         "jetIdx": np.int32,
     },
+    "GenPart": {
+        "pt": np.float32,
+        "eta": np.float32,
+        "phi": np.float32,
+        "mass": np.float32,
+        "pdgId": np.int32,
+        "status": np.int32,
+        "statusFlags": np.int32,
+        "genPartIdxMother": np.int32,
+    },
+    "GenJet": {
+        "pt": np.float32,
+        "eta": np.float32,
+        "phi": np.float32,
+        "mass": np.float32,
+    },
 }
+
+#: Marker written into an output folder while a new sample is being swapped in: a folder holding it
+#: is a mixed sample and is refused by the readers.
+INCOMPLETE_MARKER = ".hepms-generate-incomplete"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -186,6 +216,11 @@ def _resolve_paths(path: PathLike | Sequence[PathLike]) -> list[Path]:
     if isinstance(path, (str, os.PathLike)):
         p = Path(path)
         if p.is_dir():
+            if (p / INCOMPLETE_MARKER).exists():
+                raise RuntimeError(
+                    f"{p} holds an incomplete sample (a generation was interrupted while replacing it); "
+                    "generate it again"
+                )
             manifest = p / MANIFEST_NAME
             if manifest.exists():
                 files = json.loads(manifest.read_text())["files"]
@@ -233,8 +268,12 @@ def read_events(
         An awkward array of event records with fields ``jets`` (``Momentum4D`` records with ``pt,
         eta, phi, mass``, the truth fields ``isTau, tauIdx, tauDecayMode, visTau*``,
         ``nConstituents`` and ``constituents``: ``Momentum4D`` records with ``pt, eta, phi, mass,
-        charge, pdgId, isPileup``), ``taus`` (truth taus), ``label`` (1 = H, 0 = Z), ``event``,
-        ``run``, ``luminosityBlock`` and ``nPU``.
+        charge, pdgId, isPileup``), ``taus`` (hard-process taus: full ``pt, eta, phi, mass``, visible
+        ``visPt, visEta, visPhi, visMass``, ``charge, nCharged, nPi0, decayMode, jetIdx``),
+        ``genJets`` (generator jets), ``label`` (1 = H, 0 = Z), ``split`` (0 train, 1 validation,
+        2 test, decided at generation), ``event``, ``run``, ``luminosityBlock``, ``rho``, ``nPU``,
+        ``pileupPool`` (the split's pileup pool) and ``pileupIdx`` (indices of the overlaid pool
+        events).
 
     Example:
         >>> events = read_events("data/htautau")                        # doctest: +SKIP
@@ -342,8 +381,8 @@ def _build_events(
     n_jet = np.asarray(arrays["nJet"], dtype=np.int64)
 
     # constituents: flat per event -> [events][jets][constituents] via the jet-index branch
-    pf = _collection(arrays, "PFCand")
-    pf_counts = np.asarray(arrays["nPFCand"], dtype=np.int64)
+    pf = _collection(arrays, "PFCands")
+    pf_counts = np.asarray(arrays["nPFCands"], dtype=np.int64)
     flat_pf = {k: ak.to_numpy(ak.flatten(v)) for k, v in pf.items()}
     event_of = np.repeat(np.arange(n_events), pf_counts)
     jet_idx = flat_pf["jetIdx"].astype(np.int64)
@@ -368,10 +407,20 @@ def _build_events(
     if max_constituents is not None:
         jets = ak.with_field(jets, jets["constituents"][:, :, : int(max_constituents)], "constituents")
 
-    taus = ak.zip(_collection(arrays, "Tau"), depth_limit=2, with_name=with_name, behavior=behavior)
-    fields: dict[str, Any] = {"jets": jets, "taus": taus}
-    for name in ("label", "event", "run", "luminosityBlock", "nPU", "rho"):
-        if name in arrays.fields:
-            fields[name] = arrays[name]
+    # taus: visible part from GenVisTau, full momentum from its parent in GenPart
+    vis = _collection(arrays, "GenVisTau")
+    gen = _collection(arrays, "GenPart")
+    parent = ak.values_astype(vis["genPartIdxMother"], np.int64)
+    tau_cols = {name: gen[name][parent] for name in ("pt", "eta", "phi", "mass")}
+    tau_cols.update({"visPt": vis["pt"], "visEta": vis["eta"], "visPhi": vis["phi"], "visMass": vis["mass"]})
+    tau_cols.update({name: vis[name] for name in ("charge", "nCharged", "nPi0", "jetIdx")})
+    tau_cols["decayMode"] = vis["status"]  # NanoAOD: GenVisTau_status is the decay mode
+    taus = ak.zip(tau_cols, depth_limit=2, with_name=with_name, behavior=behavior)
+    gen_jets = ak.zip(_collection(arrays, "GenJet"), depth_limit=2, with_name=with_name, behavior=behavior)
+    fields: dict[str, Any] = {"jets": jets, "taus": taus, "genJets": gen_jets}
+    for name in ("label", "split", "event", "run", "luminosityBlock", "rho"):
+        fields[name] = arrays[name]
+    fields["nPU"] = arrays["Pileup_nPU"]
+    fields["pileupPool"] = arrays["Pileup_pool"]
+    fields["pileupIdx"] = arrays["PileupEvent_poolIdx"]
     return ak.zip(fields, depth_limit=1, behavior=behavior)
-

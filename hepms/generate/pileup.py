@@ -8,10 +8,17 @@ make repeated draws of one pool event land differently in the detector.
 
 Only particles that can reach the detector (visible, |eta| below the calorimeter edge) are stored;
 rotations and mirroring leave |eta| unchanged, so nothing is lost by this cut.
+
+Reuse must never connect the train, validation and test splits: a network memorises reused pileup
+events (rotation and mirroring leave jet-relative features unchanged).  The pipeline therefore
+builds one pool per split, from disjoint random streams, and every event draws only from the pool
+of its own split (:func:`overlay` with ``pool_of_event``).  The index of every drawn pool event is
+returned, so the files can prove that no pileup event is shared between splits.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import awkward as ak
@@ -55,14 +62,33 @@ class PileupPool:
         )
 
 
+#: Minimum-bias events asked from Pythia per call while building a pool: the progress bar moves
+#: after each call (nextBatch of 5000 events would leave it at 0 % for a long time).
+POOL_CHUNK_EVENTS = 250
+
+
 def build_pool_block(
-    n_events: int, seed: int, ecm: float, eta_max: float, process: str = "inelastic"
+    n_events: int,
+    seed: int,
+    ecm: float,
+    eta_max: float,
+    process: str = "inelastic",
+    report: Callable[[int], None] | None = None,
 ) -> PileupPool:
     """Generate ``n_events`` minimum-bias events (``process``: ``"inelastic"`` or
-    ``"nondiffractive"``) with their own Pythia instance seeded ``seed``."""
+    ``"nondiffractive"``) with their own Pythia instance seeded ``seed``.
+
+    ``report(n)`` (optional) is called after every :data:`POOL_CHUNK_EVENTS` events.
+    """
     pythia = make_pythia(process, seed, ecm)
     charge_of = ChargeTable(pythia)
-    particles = final_state(next_events(pythia, n_events), charge_of)
+    batches = []
+    for start in range(0, n_events, POOL_CHUNK_EVENTS):
+        n = min(POOL_CHUNK_EVENTS, n_events - start)
+        batches.append(final_state(next_events(pythia, n), charge_of))
+        if report is not None:
+            report(n)
+    particles = batches[0] if len(batches) == 1 else ak.concatenate(batches)
     counts = np.asarray(ak.num(particles, axis=1), dtype=np.int64)
 
     def col(name: str, dtype: type) -> np.ndarray:
@@ -87,12 +113,28 @@ def build_pool_block(
     )
 
 
-def overlay(pool: PileupPool | None, n_events: int, mu: float, rng: np.random.Generator) -> tuple[np.ndarray, ak.Array]:
+def overlay(
+    pool: PileupPool | None,
+    n_events: int,
+    mu: float,
+    rng: np.random.Generator,
+    pool_ranges: Sequence[tuple[int, int]] | None = None,
+    pool_of_event: np.ndarray | None = None,
+) -> tuple[np.ndarray, ak.Array, ak.Array]:
     """Draw pileup for ``n_events`` events.
 
+    Args:
+        pool: the minimum-bias events (None or empty: no pileup).
+        n_events: events to draw for.
+        mu: Poisson mean of the number of interactions per event.
+        rng: random stream (consumed in a fixed order).
+        pool_ranges: ``(first, count)`` of each sub-pool inside ``pool`` (default: one pool, all).
+        pool_of_event: sub-pool of each event (default: 0); an event draws only from its sub-pool.
+
     Returns:
-        ``(n_pu, particles)``: the Poisson-drawn number of pileup interactions per event and
-        ``[events][particles]`` records (``px, py, pz, E, charge, pdgId, isPileup=True``).
+        ``(n_pu, particles, pool_index)``: the Poisson-drawn number of pileup interactions per
+        event, ``[events][particles]`` records (``px, py, pz, E, charge, pdgId, isPileup=True``),
+        and ``[events][interactions]`` int64 indices of the drawn events inside their sub-pool.
     """
     if mu == 0 or pool is None or pool.n_events == 0:
         n_pu = np.zeros(n_events, dtype=np.int32)
@@ -107,11 +149,24 @@ def overlay(pool: PileupPool | None, n_events: int, mu: float, rng: np.random.Ge
                 "isPileup": np.zeros(0, bool),
             }
         )
-        return n_pu, ak.unflatten(empty, np.zeros(n_events, dtype=np.int64))
+        zeros = np.zeros(n_events, dtype=np.int64)
+        return n_pu, ak.unflatten(empty, zeros), ak.unflatten(np.zeros(0, np.int64), zeros)
 
+    if pool_ranges is None:
+        pool_ranges = [(0, pool.n_events)]
+    if pool_of_event is None:
+        pool_of_event = np.zeros(n_events, dtype=np.int64)
+    first = np.array([r[0] for r in pool_ranges], dtype=np.int64)
+    size = np.array([r[1] for r in pool_ranges], dtype=np.int64)
+    if np.any(size[np.unique(pool_of_event)] <= 0):
+        raise ValueError("an event would draw pileup from an empty pool")
     n_pu = rng.poisson(mu, n_events).astype(np.int32)
     n_draws = int(n_pu.sum())
-    draws = rng.integers(0, pool.n_events, n_draws)
+    event_of_draw = np.repeat(np.arange(n_events), n_pu)
+    sub = np.asarray(pool_of_event, dtype=np.int64)[event_of_draw]
+    # uniform in [0, size of the event's own pool): one draw from one stream, whatever the pools
+    local = np.minimum((rng.random(n_draws) * size[sub]).astype(np.int64), size[sub] - 1)
+    draws = first[sub] + local
     rotation = rng.uniform(-np.pi, np.pi, n_draws)
     mirror = rng.random(n_draws) < 0.5
 
@@ -137,6 +192,5 @@ def overlay(pool: PileupPool | None, n_events: int, mu: float, rng: np.random.Ge
             "isPileup": np.ones(total, dtype=bool),
         }
     )
-    event_of_draw = np.repeat(np.arange(n_events), n_pu)
     counts = np.bincount(event_of_draw, weights=lengths, minlength=n_events).astype(np.int64)
-    return n_pu, ak.unflatten(flat, counts)
+    return n_pu, ak.unflatten(flat, counts), ak.unflatten(local, n_pu.astype(np.int64))

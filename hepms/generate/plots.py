@@ -52,12 +52,68 @@ def _visible_mass(taus: ak.Array) -> np.ndarray:
     return np.sqrt(np.maximum(m2, 0.0))
 
 
+#: Generator-jet pT bins (GeV) of the response / resolution measurement.
+RESPONSE_BINS: tuple[float, ...] = (20, 30, 40, 60, 80, 120, 200)
+
+
+def jet_response(events: ak.Array, bins: Sequence[float] = RESPONSE_BINS) -> dict[str, np.ndarray]:
+    """Jet response and resolution versus generator-jet pT, from jets matched to a generator jet.
+
+    Response: median of pT(reco) / pT(gen) in each gen-pT bin.  Resolution: half the 16-84 %
+    quantile range of the ratio divided by its median (robust against the non-Gaussian tails that
+    pileup jets produce).  Light and tau jets together; empty bins give NaN.
+
+    Returns:
+        ``{"edges", "response", "resolution", "jets"}`` (per bin, ``jets`` = matched jets used).
+    """
+    jets = events["jets"]
+    idx = jets["genJetIdx"]
+    gen = events["genJets"]
+    has = idx >= 0
+    gen_pt = np.asarray(ak.flatten(gen["pt"][ak.mask(idx, has)][has], axis=1), np.float64)
+    reco_pt = np.asarray(ak.flatten(jets["pt"][has], axis=1), np.float64)
+    ratio = reco_pt / gen_pt
+    edges = np.asarray(bins, np.float64)
+    which = np.digitize(gen_pt, edges) - 1
+    response, resolution, count = [], [], []
+    for b in range(len(edges) - 1):
+        r = ratio[which == b]
+        count.append(len(r))
+        if len(r) < 5:
+            response.append(np.nan)
+            resolution.append(np.nan)
+            continue
+        q16, q50, q84 = np.percentile(r, [16, 50, 84])
+        response.append(q50)
+        resolution.append((q84 - q16) / 2 / q50)
+    return {"edges": edges, "response": np.array(response), "resolution": np.array(resolution),
+            "jets": np.array(count)}
+
+
+def _tau_jet_pair_mass_median(jets: ak.Array) -> float:
+    """Median invariant mass of the two leading tau-matched reconstructed jets (events with two):
+    the detector-level counterpart of the visible di-tau mass."""
+    taus = jets[jets["isTau"]]
+    two = taus[ak.num(taus, axis=1) >= 2]
+    if len(two) == 0:
+        return float("nan")
+    pt, eta, phi, m = (np.asarray(two[f][:, :2], np.float64) for f in ("pt", "eta", "phi", "mass"))
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    e = np.sqrt(px**2 + py**2 + pz**2 + m**2)
+    m2 = e.sum(1) ** 2 - px.sum(1) ** 2 - py.sum(1) ** 2 - pz.sum(1) ** 2
+    return float(np.median(np.sqrt(np.maximum(m2, 0.0))))
+
+
 def summarize(path_or_events: EventsSource) -> dict[str, dict[str, Any]]:
     """Summary numbers per process (keyed ``"H"`` / ``"Z"``), all from the events themselves.
 
     Per process: events, mean visible di-tau mass, jets per event, tau-jet fraction of jets,
     mean constituents of tau and light jets (full counts), fraction of visible taus with pT > 20 GeV
-    and |eta| < 2.3 matched to a jet, decay-mode fractions, mean nPU and rho.
+    and |eta| < 2.3 matched to a jet, decay-mode fractions, mean nPU and rho, rho per pileup
+    interaction (the sum of rho over the sum of nPU), medians of the visible di-tau mass (generator)
+    and of the mass of the two leading tau-matched jets (detector), the jet response, resolution (as in :func:`jet_response`, all matched jets with gen pT > 20 GeV),
+    fraction of constituents from pileup and fraction of light jets with most of their pT from
+    pileup.
     """
     events = _load(path_or_events)
     out: dict[str, dict[str, Any]] = {}
@@ -85,6 +141,23 @@ def summarize(path_or_events: EventsSource) -> dict[str, dict[str, Any]]:
             "mean_nPU": float(np.mean(sel["nPU"])) if "nPU" in sel.fields else 0.0,
             "mean_rho": float(np.mean(sel["rho"])) if "rho" in sel.fields else 0.0,
         }
+        n_pu = float(np.sum(sel["nPU"]))
+        out[name]["rho_per_pileup_interaction"] = float(np.sum(sel["rho"])) / n_pu if n_pu > 0 else float("nan")
+        out[name]["median_visible_mass"] = float(np.median(_visible_mass(sel["taus"])))
+        out[name]["median_tau_jet_pair_mass"] = _tau_jet_pair_mass_median(sel["jets"])
+        overall = jet_response(sel, (20.0, 1e9))
+        out[name]["jet_response_median"] = float(overall["response"][0])
+        out[name]["jet_resolution"] = float(overall["resolution"][0])
+        const = ak.flatten(flat_jets["constituents"], axis=1)
+        pu = np.asarray(const["isPileup"], bool)
+        out[name]["pileup_constituent_fraction"] = float(np.mean(pu)) if len(pu) else float("nan")
+        pt = flat_jets["constituents"]["pt"]
+        pu_pt = np.asarray(ak.sum(ak.where(flat_jets["constituents"]["isPileup"], pt, 0.0), axis=1), np.float64)
+        all_pt = np.asarray(ak.sum(pt, axis=1), np.float64)
+        light = ~is_tau
+        out[name]["light_jets_mostly_pileup"] = (
+            float(np.mean(pu_pt[light] > 0.5 * all_pt[light])) if light.any() else float("nan")
+        )
     return out
 
 
@@ -94,7 +167,8 @@ def validation_plots(
     """Write validation figures to ``outdir`` and return their paths.
 
     Figures: visible di-tau mass (H vs Z), jets per event, constituents per jet (tau vs light jets),
-    tau decay-mode fractions, jet pT (tau vs light jets).  Each is written in every ``formats``.
+    tau decay-mode fractions, jet pT (tau vs light jets), jet response and resolution versus
+    generator-jet pT (:func:`jet_response`).  Each is written in every ``formats``.
     """
     import hist
     import matplotlib
@@ -196,6 +270,26 @@ def validation_plots(
         ax.set_title(note, fontsize=14)
         ax.legend(fontsize=14)
         save(fig, "jet_pt")
+
+        # 6. jet response and resolution versus generator-jet pT
+        fig = Figure(figsize=(8, 8))
+        ax_r, ax_s = fig.subplots(2, 1, sharex=True)
+        edges = np.asarray(RESPONSE_BINS, np.float64)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        half = 0.5 * (edges[1:] - edges[:-1])
+        for lab in labels:
+            res = jet_response(events[events["label"] == lab])
+            ax_r.errorbar(centres, res["response"], xerr=half, fmt="o", label=PROCESS_NAMES[lab])
+            ax_s.errorbar(centres, res["resolution"], xerr=half, fmt="o", label=PROCESS_NAMES[lab])
+        ax_r.axhline(1.0, color="grey", lw=1, ls="--")
+        ax_r.set_ylabel(r"median $p_T^{reco}/p_T^{gen}$")
+        ax_s.set_ylabel("resolution")
+        ax_s.text(0.97, 0.92, "(q84 - q16) / 2 / median of the ratio", transform=ax_s.transAxes,
+                  ha="right", va="top", fontsize=12)
+        ax_s.set_xlabel(r"generator-jet $p_T$ [GeV]")
+        ax_r.set_title(note, fontsize=14)
+        ax_r.legend(fontsize=14)
+        save(fig, "jet_response")
 
     logger.info("wrote %d validation figures to %s", len(written), outdir)
     return written

@@ -1,8 +1,11 @@
 """Generator truth: the taus of the hard process, their decays, and jet <-> tau matching.
 
 A hard tau is the *last* copy of a tau (after QED/QCD recoil copies) whose chain of mothers through
-earlier tau copies reaches the boson (H, Z or gamma*).  Taus from hadron decays (e.g. D_s -> tau nu
-in the underlying event) are not hard taus.
+earlier tau copies reaches the H or the Z/gamma* of the hard process (Pythia gives the Z/gamma*
+propagator the id 23 whatever the interference setting).  Taus from hadron decays (e.g. D_s -> tau
+nu in the underlying event) and taus from a photon splitting (gamma -> tau tau, e.g. a photon
+radiated by a hard tau, seen as a Z event with four taus, two of them of a few GeV) are not hard
+taus: their first non-tau ancestor is a photon or a hadron, not the boson.
 
 Decay products are followed through short-lived intermediate states (rho, a1, omega, eta, K*, ...)
 down to stable particles, stopping at pi0s.  Counted are
@@ -23,7 +26,9 @@ import numpy as np
 from hepms.generate.pythia import ChargeTable
 
 NEUTRINOS = (12, 14, 16)
-BOSONS = (22, 23, 25)
+#: Parents that make a tau a hard-process tau: the Higgs (25) and the Z/gamma* (23).  Not 22: a
+#: real photon's taus come from a photon splitting, not from the hard process.
+BOSONS = (23, 25)
 
 
 def _pt_eta_phi_m(px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -150,6 +155,15 @@ def delta_r_table(eta1: ak.Array, phi1: ak.Array, eta2: ak.Array, phi2: ak.Array
     return np.sqrt((a_eta - b_eta) ** 2 + dphi**2)
 
 
+def closest(table: ak.Array, dr_max: float) -> ak.Array:
+    """Index of the closest object within ``dr_max`` for each row of a ``[events][i][j]`` table."""
+    best = ak.argmin(table, axis=2, keepdims=True)
+    best_dr = ak.firsts(table[best], axis=2)
+    idx = ak.firsts(best, axis=2)
+    ok = ak.fill_none(best_dr < dr_max, False)
+    return ak.values_astype(ak.where(ok, ak.fill_none(idx, -1), -1), np.int32)
+
+
 def match(jets: ak.Array, taus: ak.Array, dr_max: float) -> tuple[ak.Array, ak.Array]:
     """Match jets and visible taus by delta-R.
 
@@ -159,15 +173,14 @@ def match(jets: ak.Array, taus: ak.Array, dr_max: float) -> tuple[ak.Array, ak.A
         (else -1).  Indices are local to the event, as in NanoAOD.
     """
     dr = delta_r_table(jets["eta"], jets["phi"], taus["visEta"], taus["visPhi"])  # [ev][jet][tau]
-
-    def closest(table: ak.Array) -> ak.Array:
-        best = ak.argmin(table, axis=2, keepdims=True)
-        best_dr = ak.firsts(table[best], axis=2)
-        idx = ak.firsts(best, axis=2)
-        ok = ak.fill_none(best_dr < dr_max, False)
-        return ak.values_astype(ak.where(ok, ak.fill_none(idx, -1), -1), np.int32)
-
-    jet_tau = closest(dr)
+    jet_tau = closest(dr, dr_max)
     dr_t = delta_r_table(taus["visEta"], taus["visPhi"], jets["eta"], jets["phi"])  # [ev][tau][jet]
-    tau_jet = closest(dr_t)
+    tau_jet = closest(dr_t, dr_max)
     return jet_tau, tau_jet
+
+
+def match_gen_jets(jets: ak.Array, gen_jets: ak.Array, dr_max: float) -> ak.Array:
+    """For each reconstructed jet the index of the closest generator jet within ``dr_max`` (else
+    -1), as NanoAOD's ``Jet_genJetIdx``."""
+    dr = delta_r_table(jets["eta"], jets["phi"], gen_jets["eta"], gen_jets["phi"])
+    return closest(dr, dr_max)

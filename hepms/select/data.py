@@ -137,6 +137,7 @@ def prepare_data(
         jet_targets=_momentum_to_calibration_targets(data.jet_targets),
         constituent_names=data.constituent_names,
         jet_names=data.jet_names,
+        event_split=data.event_split,
         validate=False,
     )
     train, val, test = hdata.split(data, fractions, seed)

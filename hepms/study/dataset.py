@@ -1,7 +1,8 @@
 """The data of a run: the generated sample (made when missing and allowed), built, cached, split.
 
 :func:`prepare_data` returns a :class:`PreparedData`: the standardised train / validation / test
-parts (split by ``data.split_seed``; the same split for every trial), the scaler fitted on the
+parts (the split stored by the generator, whose splits never share pileup events; a random split
+by ``data.split_seed`` for samples without one; the same split for every trial), the scaler fitted on the
 training part, the test jets' pT in GeV (for efficiency versus pT) and a fingerprint of the source
 sample, recorded with every result so that results of a different sample are never mixed.
 """
@@ -108,6 +109,7 @@ def _save_dataset(data: TauEventData, path: Path) -> None:
         "jet_targets": data.jet_targets,
         "constituent_names": list(data.constituent_names),
         "jet_names": list(data.jet_names),
+        "event_split": data.event_split,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
@@ -125,6 +127,7 @@ def _load_dataset(path: Path) -> TauEventData:
         jet_targets=state["jet_targets"],
         constituent_names=tuple(state["constituent_names"]),
         jet_names=tuple(state["jet_names"]),
+        event_split=state.get("event_split"),
     )
 
 
@@ -208,6 +211,8 @@ def prepare_data(
         "train_events": len(train),
         "validation_events": len(val),
         "test_events": len(test),
+        # "generator": each split drew its pileup from its own pool; "random": a seeded permutation
+        "split": "generator" if data.event_split is not None else "random",
         "mu": settings.get("mu"),
         "events_per_process": settings.get("events_per_process"),
         "ecm_gev": settings.get("ecm"),

@@ -239,7 +239,7 @@ def pt_figures(
         ax.set_ylabel(ylabel)
         if key == "tau_eff":
             ax.set_ylim(0, 1.3)
-        else:
+        elif np.any(y[ok] > 0):  # (a tiny test part may leave no finite rejection: no log axis then)
             ax.set_yscale("log")  # rejections span orders of magnitude across pT
         ax.legend(fontsize="small")
         style.label(ax)
