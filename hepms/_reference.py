@@ -134,8 +134,10 @@ def segment_gather_reference(
     return out.index_copy(0, seg.rows, per_pair)
 
 
-def segment_softmax_reference(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Softmax over the rows of each set, per feature (the maximum is subtracted first)."""
+def _shifted_exp(values: torch.Tensor, offsets: torch.Tensor):
+    """Per set and feature: ``exp(x - shift)`` per row and its sum per set, where ``shift`` is the
+    set's maximum (0 where that maximum is infinite, as the kernels do: no inf - inf). 16-bit
+    inputs are computed in float32. Returns ``(e, total, maxima, shift, ids)``."""
     num_segments = offsets.numel() - 1
     ids = _segment_ids(offsets, values.shape[0])
     shape = (num_segments, *values.shape[1:])
@@ -145,27 +147,21 @@ def segment_softmax_reference(values: torch.Tensor, offsets: torch.Tensor) -> to
     maxima = x.new_full(shape, float("-inf")).scatter_reduce(
         0, index, x.detach(), reduce="amax", include_self=True
     )
-    # an infinite maximum would give inf - inf: shift by 0 instead, as the kernels do
-    maxima = torch.where(maxima.isfinite(), maxima, torch.zeros_like(maxima))
-    e = (x - maxima.index_select(0, ids)).exp()
+    shift = torch.where(maxima.isfinite(), maxima, torch.zeros_like(maxima))
+    e = (x - shift.index_select(0, ids)).exp()
     total = x.new_zeros(shape).index_add(0, ids, e)
+    return e, total, maxima, shift, ids
+
+
+def segment_softmax_reference(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Softmax over the rows of each set, per feature (the maximum is subtracted first)."""
+    e, total, _, _, ids = _shifted_exp(values, offsets)
     return (e / total.index_select(0, ids)).to(values.dtype)
 
 
 def segment_logsumexp_reference(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """log(sum(exp(values))) over the rows of each set, per feature; 0 for empty sets."""
-    num_segments = offsets.numel() - 1
-    ids = _segment_ids(offsets, values.shape[0])
-    shape = (num_segments, *values.shape[1:])
-    index = ids.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
-    acc_dtype = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else values.dtype
-    x = values.to(acc_dtype)
-    maxima = x.new_full(shape, float("-inf")).scatter_reduce(
-        0, index, x.detach(), reduce="amax", include_self=True
-    )
-    finite = maxima.isfinite()
-    shift = torch.where(finite, maxima, torch.zeros_like(maxima))
-    total = x.new_zeros(shape).index_add(0, ids, (x - shift.index_select(0, ids)).exp())
-    out = torch.where(finite, shift + total.log(), maxima)
+    _, total, maxima, shift, _ = _shifted_exp(values, offsets)
+    out = torch.where(maxima.isfinite(), shift + total.log(), maxima)
     empty = (offsets[1:] == offsets[:-1]).view(-1, *([1] * (values.dim() - 1)))
     return torch.where(empty, torch.zeros_like(out), out).to(values.dtype)

@@ -34,22 +34,13 @@ import torch
 
 from hepms import metrics
 from hepms.config import load_config
-from hepms.data import Standardizer, build_dataset
-from hepms.study.dataset import PreparedData, prepare_data, sample_fingerprint
+from hepms.data import Standardizer
+from hepms._machine import cpu_model
+from hepms.study.dataset import PreparedData, dataset_of_sample, prepare_data, sample_fingerprint
 from hepms.study.runner import predict, versions, write_json
 from hepms.study.single import load_model
 
 log = logging.getLogger("pileup_check")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bootstrap_aucs(pred: Mapping[str, np.ndarray], n_boot: int, seed: int) -> dict[str, Any]:
@@ -79,19 +70,7 @@ def bootstrap_aucs(pred: Mapping[str, np.ndarray], n_boot: int, seed: int) -> di
 
 def independent_data(cfg: Mapping[str, Any], path: Path, scaler: Standardizer) -> PreparedData:
     """Every event of ``path`` built like the study's data and standardised with the model's scaler."""
-    from hepms.generate import read_events
-
-    d = cfg["data"]
-    events = read_events(path, max_jets=d["max_jets"], max_constituents=d["max_constituents"])
-    raw = build_dataset(
-        events,
-        max_jets=d["max_jets"],
-        max_constituents=d["max_constituents"],
-        min_jets=d["min_jets"],
-        jet_features=d["jet_features"],
-        constituent_features=d["constituent_features"],
-    )
-    scaled = scaler(raw)
+    scaled = scaler(dataset_of_sample(cfg, path))
     return PreparedData(scaled, scaled, scaled, scaler, None, sample_fingerprint(path), {"path": str(path)})
 
 
@@ -143,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "independent_sample": {"path": str(args.independent), "seed": other_manifest["settings"]["seed"],
                                "events_per_process": other_manifest["settings"]["events_per_process"]},
         "bootstrap": args.bootstrap,
-        "machine": {"cpu": _cpu(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
         "versions": versions(),
         "seconds": round(time.perf_counter() - started, 1),
     })

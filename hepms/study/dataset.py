@@ -25,7 +25,7 @@ from hepms.jagged import Jagged
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PreparedData", "ensure_sample", "prepare_data", "sample_fingerprint"]
+__all__ = ["PreparedData", "dataset_of_sample", "ensure_sample", "prepare_data", "sample_fingerprint"]
 
 MANIFEST = "manifest.json"
 
@@ -131,15 +131,17 @@ def _load_dataset(path: Path) -> TauEventData:
     )
 
 
-def _build(cfg: Mapping[str, Any], path: Path) -> TauEventData:
+def dataset_of_sample(cfg: Mapping[str, Any], path: Path) -> TauEventData:
+    """Every event of the sample at ``path``, as the dataset of ``cfg["data"]`` (features, caps,
+    labels; not standardised, not split). Used for the study's own sample and for scoring a
+    trained model on another sample with the same features."""
     from hepms.generate import read_events
 
     d = cfg["data"]
-    started = time.perf_counter()
     log.info("building the dataset: reading events from %s", path)
     events = read_events(path, max_jets=d["max_jets"], max_constituents=d["max_constituents"])
     log.info("building the dataset: features of %d events (jets, constituents, labels)", len(events))
-    data = build_dataset(
+    return build_dataset(
         events,
         max_jets=d["max_jets"],
         max_constituents=d["max_constituents"],
@@ -147,6 +149,12 @@ def _build(cfg: Mapping[str, Any], path: Path) -> TauEventData:
         jet_features=d["jet_features"],
         constituent_features=d["constituent_features"],
     )
+
+
+def _build(cfg: Mapping[str, Any], path: Path) -> TauEventData:
+    d = cfg["data"]
+    started = time.perf_counter()
+    data = dataset_of_sample(cfg, path)
     if d["max_events"] is not None and d["max_events"] < len(data):
         # A random subset (the files hold all H events before all Z events).
         generator = torch.Generator().manual_seed(int(d["split_seed"]) + 7919)
