@@ -37,3 +37,14 @@ def tiny_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
                "--pileup-pool", "200", "--no-progress"])
     assert rc == 0, "hepms generate failed for the shared tiny sample"
     return path
+
+
+@pytest.fixture
+def restore_cpu_capability():
+    """Put back the CPU kernel variant a test switched (``hepms.ops.set_cpu_capability``)."""
+    import hepms.ops
+
+    previous = hepms.ops.cpu_capability()
+    yield
+    if previous != "python":  # the pure-PyTorch fallback has no variants to restore
+        hepms.ops.set_cpu_capability(previous)

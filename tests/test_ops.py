@@ -426,14 +426,6 @@ def _avx2_supported() -> bool:
     return bool(_C.cpu_supports_avx2())
 
 
-@pytest.fixture
-def restore_cpu_capability():
-    previous = hepms.ops.cpu_capability()
-    yield
-    if previous != "python":
-        hepms.ops.set_cpu_capability(previous)
-
-
 def _variant_inputs(dtype: torch.dtype, extremes: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Widths that are and are not multiples of the vector length and of the 128-feature block,
     empty / one-row / long segments and ties; with ``extremes``: NaN, +-inf and float16 extremes

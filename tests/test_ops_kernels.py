@@ -34,14 +34,6 @@ def threads():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture
-def restore_cpu_capability():
-    previous = hepms.ops.cpu_capability()
-    yield
-    if previous != "python":
-        hepms.ops.set_cpu_capability(previous)
-
-
 # ----------------------------------------------------------------------------------------------
 # Accurate long sums
 # ----------------------------------------------------------------------------------------------
