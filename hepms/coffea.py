@@ -130,11 +130,11 @@ def _in_dask_worker() -> bool:
 
 
 def _deserialize(kind: str, payload: bytes, device: str) -> nn.Module:
-    from hepms.export import _quiet_jit
+    from hepms.export import quiet_jit
 
     buffer = io.BytesIO(payload)
     if kind == "torchscript":
-        with _quiet_jit():
+        with quiet_jit():
             model = torch.jit.load(buffer, map_location=device)
         return model.eval()
     program = torch.export.load(buffer)
@@ -419,7 +419,7 @@ def _normalize_model(
     model: ModelSource, load_options: Mapping[str, Any]
 ) -> tuple[str, bytes, dict]:
     """``(kind, serialised bytes, metadata)`` for any accepted model source."""
-    from hepms.export import InferenceModel, _file_kind, _quiet_jit, load_model, model_metadata
+    from hepms.export import InferenceModel, file_kind, load_model, model_metadata, quiet_jit
 
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
@@ -427,7 +427,7 @@ def _normalize_model(
             path = path / "checkpoint.pt"
         if not path.exists():
             raise FileNotFoundError(f"no model file at {path}")
-        kind = _file_kind(path)
+        kind = file_kind(path)
         if kind in ("torchscript", "program"):
             loaded = load_model(path, **load_options)  # validates the metadata and options
             return kind, path.read_bytes(), model_metadata(loaded)
@@ -435,12 +435,12 @@ def _normalize_model(
     elif load_options:
         raise TypeError(f"load options {sorted(load_options)} apply to model files only")
     if isinstance(model, InferenceModel):
-        with _quiet_jit():
+        with quiet_jit():
             model = torch.jit.script(model.eval())
     if isinstance(model, torch.jit.ScriptModule):
         metadata = model_metadata(model)  # raises for modules that are not hepms exports
         buffer = io.BytesIO()
-        with _quiet_jit():
+        with quiet_jit():
             torch.jit.save(model, buffer)
         return "torchscript", buffer.getvalue(), metadata
     raise TypeError(

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import logging
 import os
@@ -67,10 +68,16 @@ __all__ = [
     "InferenceModel",
     "export_torchscript",
     "export_program",
+    "export_onnx",
+    "offsets_valid",
     "save_checkpoint",
     "load_model",
     "model_metadata",
+    "quiet_jit",
+    "file_kind",
     "METADATA_FILE",
+    "ONNX_INPUTS",
+    "ONNX_OUTPUTS",
     "FORMAT",
     "FORMAT_VERSION",
 ]
@@ -196,18 +203,44 @@ class InferenceModel(nn.Module):
     def _standardize(self, x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         return (x - mean.to(x.dtype)) / std.to(x.dtype)
 
+    # The entry points check their offsets always (O(B), one host sync), whatever the segment
+    # ops' validation switches say: in eager mode, in TorchScript and in torch.export programs
+    # the check is the op hepms::check_offsets, which raises ValueError for offsets that do not
+    # start at 0, decrease, or do not end at the number of rows (instead of finite garbage).
+    # ONNX has no exceptions: see hepms.export_onnx (NaN outputs and an inputs_valid output).
     @torch.jit.export
     def upstream(
         self, constituents: Tensor, constituent_offsets: Tensor, jet_features: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Tau model on raw features: ``(tau_logit [B], intermediate [B, k], momentum [B, R])``."""
+        """Tau model on raw features: ``(tau_logit [B], intermediate [B, k], momentum [B, R])``.
+
+        Raises:
+            ValueError: ``constituent_offsets`` are not CSR offsets of the ``constituents`` rows,
+                or ``jet_features`` has not one row per jet.
+        """
+        if jet_features.shape[0] != constituent_offsets.shape[0] - 1:
+            raise ValueError(
+                "jet_features has {} rows but constituent_offsets describes {} jets".format(
+                    jet_features.shape[0], constituent_offsets.shape[0] - 1
+                )
+            )
+        constituent_offsets = torch.ops.hepms.check_offsets(
+            constituent_offsets.long(), constituents.shape[0], "constituent_offsets"
+        )
         x = self._standardize(constituents, self.constituent_mean, self.constituent_std)
         j = self._standardize(jet_features, self.jet_mean, self.jet_std)
         return self.model.upstream(x, constituent_offsets, j)
 
     @torch.jit.export
     def downstream(self, jet_features: Tensor, jet_offsets: Tensor, intermediate: Tensor) -> Tensor:
-        """Event model on raw jet features and the upstream ``intermediate``: ``[E]`` logits."""
+        """Event model on raw jet features and the upstream ``intermediate``: ``[E]`` logits.
+
+        Raises:
+            ValueError: ``jet_offsets`` are not CSR offsets of the ``jet_features`` rows.
+        """
+        jet_offsets = torch.ops.hepms.check_offsets(
+            jet_offsets.long(), jet_features.shape[0], "jet_offsets"
+        )
         j = self._standardize(jet_features, self.jet_mean, self.jet_std)
         return self.model.downstream(j, jet_offsets, intermediate)
 
@@ -285,10 +318,10 @@ def export_torchscript(model: InferenceModel, path: PathLike) -> Path:
             f"{type(model).__name__}; build one with InferenceModel(model, scaler, ...)"
         )
     path = Path(path)
-    with _quiet_jit():
+    with quiet_jit():
         scripted = torch.jit.script(model.eval())
     def save(tmp: str) -> None:
-        with _quiet_jit():
+        with quiet_jit():
             torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: model.metadata_json})
 
     _save_atomically(path, save)
@@ -309,29 +342,151 @@ def export_program(model: InferenceModel, path: PathLike) -> Path:
     """
     if not isinstance(model, InferenceModel):
         raise TypeError(f"export_program needs an InferenceModel, got {type(model).__name__}")
-    from torch.export import Dim
-
     path = Path(path)
     args = _example_inputs(model)
-    n, b, e = Dim("constituents"), Dim("jets"), Dim("events")
-    dynamic_shapes = {
-        "constituents": {0: n},
-        "constituent_offsets": {0: b + 1},
-        "jet_offsets": {0: e + 1},
-        "jet_features": {0: b},
-    }
-    # Size-oblivious tracing: without it the program guards on sizes >= 2 (torch's 0/1
-    # specialisation) and refuses a partition with one event or one jet.
-    from torch.fx.experimental import _config as fx_config
-
-    with fx_config.patch(backed_size_oblivious=True):
+    with _size_oblivious():
         program = torch.export.export(
-            model.eval(), args, dynamic_shapes=dynamic_shapes, strict=False
+            model.eval(), args, dynamic_shapes=_dynamic_shapes(), strict=False
         )
     metadata = {METADATA_FILE: model.metadata_json}
     _save_atomically(path, lambda tmp: torch.export.save(program, tmp, extra_files=metadata))
     log.info("exported torch.export program to %s", path)
     return path
+
+
+def _dynamic_shapes() -> dict:
+    """Dynamic sizes N (constituents), B (jets), E (events) of the four inputs of ``forward``."""
+    from torch.export import Dim
+
+    n, b, e = Dim("constituents"), Dim("jets"), Dim("events")
+    return {
+        "constituents": {0: n},
+        "constituent_offsets": {0: b + 1},
+        "jet_offsets": {0: e + 1},
+        "jet_features": {0: b},
+    }
+
+
+def _size_oblivious() -> contextlib.AbstractContextManager:
+    """Size-oblivious tracing: without it an export guards on sizes >= 2 (torch's 0/1
+    specialisation) and refuses a partition with one event or one jet."""
+    from torch.fx.experimental import _config as fx_config
+
+    return fx_config.patch(backed_size_oblivious=True)
+
+
+#: Names of the inputs and outputs of an ONNX export (:func:`export_onnx`).
+ONNX_INPUTS = ("constituents", "constituent_offsets", "jet_offsets", "jet_features")
+ONNX_OUTPUTS = _OUTPUTS + ("inputs_valid",)
+
+
+def offsets_valid(offsets: Tensor, num_rows: int) -> Tensor:
+    """0-d bool tensor: ``offsets`` are CSR offsets of ``num_rows`` rows (start at 0, never
+    decrease, end at ``num_rows``). Tensor operations only (no host sync, no exception), O(B):
+    what an ONNX export computes where eager code raises."""
+    offsets = offsets.long()
+    decreasing = (offsets[1:] < offsets[:-1]).sum()  # a sum: well defined with no steps (B = 0)
+    return (offsets[0] == 0) & (offsets[-1] == num_rows) & (decreasing == 0)
+
+
+class _OnnxModel(nn.Module):
+    """:meth:`InferenceModel.forward` for ONNX, where nothing can raise: the outputs plus
+    ``inputs_valid`` (0-d bool), and every output NaN when the offsets are invalid, so that
+    garbage never looks like a score."""
+
+    def __init__(self, model: InferenceModel) -> None:
+        super().__init__()
+        self.inference = model
+
+    def forward(
+        self,
+        constituents: Tensor,
+        constituent_offsets: Tensor,
+        jet_offsets: Tensor,
+        jet_features: Tensor,
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        valid = offsets_valid(constituent_offsets, constituents.shape[0]) & offsets_valid(
+            jet_offsets, jet_features.shape[0]
+        )
+        outputs = self.inference(constituents, constituent_offsets, jet_offsets, jet_features)
+        nan = torch.full((), float("nan"), dtype=constituents.dtype)
+        tau, intermediate, event, momentum = (torch.where(valid, x, nan) for x in outputs)
+        return tau, intermediate, event, momentum, valid
+
+
+def export_onnx(model: InferenceModel, path: PathLike) -> Path:
+    """Export ``model.forward`` to ONNX (opset 18, dynamic N, B, E): a file that onnxruntime (or
+    any ONNX runtime) runs without hepms or torch.
+
+    The hepms segment ops become standard ONNX operators (:mod:`hepms.onnx_ops`: ScatterND and
+    ScatterElements with reductions, CumSum, Gather). Inputs: ``constituents [N, F_c]`` float32,
+    ``constituent_offsets [B + 1]`` int64, ``jet_offsets [E + 1]`` int64, ``jet_features [B, F_j]``
+    float32 (raw features; the standardisation is inside). Outputs: ``tau_logit [B]``,
+    ``intermediate [B, k]``, ``event_logit [E]``, ``momentum [B, R]`` and ``inputs_valid`` (bool,
+    0-d). ONNX has no exceptions: for offsets that do not start at 0, decrease, or do not end at
+    the number of rows, ``inputs_valid`` is False and every other output is NaN (never an error,
+    never an out-of-bounds read). The metadata is stored as ``metadata_props`` (key
+    ``hepms.json``, see :func:`model_metadata`).
+
+    Needs ``onnx`` and ``onnxscript`` (``pip install 'hepms[onnx]'``) to export; running the file
+    needs only onnxruntime.
+
+    Returns:
+        The path written.
+    """
+    if not isinstance(model, InferenceModel):
+        raise TypeError(f"export_onnx needs an InferenceModel, got {type(model).__name__}")
+    from hepms.onnx_ops import OPSET, translation_table
+
+    path = Path(path)
+    table = translation_table()  # raises a clear ImportError without onnxscript
+    wrapper = _OnnxModel(model.eval()).eval()
+    with _size_oblivious(), _quiet_onnx():
+        program = torch.onnx.export(
+            wrapper,
+            _example_inputs(model),
+            dynamo=True,
+            dynamic_shapes=_dynamic_shapes(),
+            input_names=list(ONNX_INPUTS),
+            output_names=list(ONNX_OUTPUTS),
+            custom_translation_table=table,
+            opset_version=OPSET,
+            verbose=False,
+        )
+    onnx_model = program.model_proto
+    metadata = model.metadata
+    metadata["onnx"] = {"opset": OPSET, "inputs_valid": (
+        "False when an offsets input is malformed; every other output is then NaN")}
+    del onnx_model.metadata_props[:]
+    for key, value in ((METADATA_FILE, json.dumps(metadata, sort_keys=True)),
+                       ("hepms_version", hepms.__version__)):
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx_model.producer_name = "hepms"
+    onnx_model.producer_version = hepms.__version__
+
+    def save(tmp: str) -> None:
+        Path(tmp).write_bytes(onnx_model.SerializeToString())
+
+    _save_atomically(path, save)
+    log.info("exported ONNX model to %s", path)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_onnx() -> Iterator[None]:
+    """torch.onnx logs its progress at WARNING level and prints it; the CLI prints the result."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _example_inputs(model: InferenceModel) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -409,7 +564,7 @@ def _save_atomically(path: Path, save: Callable[[str], None]) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_jit() -> Iterator[None]:
+def quiet_jit() -> Iterator[None]:
     """Silence torch's TorchScript deprecation warnings (torch >= 2.9) inside hepms' own calls.
 
     TorchScript is still what coffea's torch_wrapper and C++ (libtorch) consumers load, so we keep
@@ -461,7 +616,7 @@ def load_model(
         path = path / "checkpoint.pt"
     if not path.exists():
         raise FileNotFoundError(f"no model file at {path}")
-    kind = _file_kind(path)
+    kind = file_kind(path)
     given = {
         "constituent_features": constituent_features,
         "jet_features": jet_features,
@@ -477,7 +632,7 @@ def load_model(
     return _load_checkpoint(path, scaler, given, map_location)
 
 
-def _file_kind(path: Path) -> str:
+def file_kind(path: Path) -> str:
     """``torchscript``, ``program`` (torch.export) or ``checkpoint`` (torch.save), from the zip."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -503,7 +658,7 @@ def _file_kind(path: Path) -> str:
 def _load_export(path: Path, kind: str, map_location: Union[str, torch.device]) -> nn.Module:
     extra = {METADATA_FILE: ""}
     if kind == "torchscript":
-        with _quiet_jit():
+        with quiet_jit():
             module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     else:
         program = torch.export.load(str(path), extra_files=extra)
@@ -580,7 +735,8 @@ def _load_checkpoint(
 
 def model_metadata(model_or_path: Union[nn.Module, PathLike]) -> dict:
     """The metadata dict of a model from :func:`load_model` / :class:`InferenceModel`, or of an
-    export file (read from its ``hepms.json`` entry without loading the weights)."""
+    export file (read from its ``hepms.json`` entry without loading the weights; for an ONNX
+    file from its ``metadata_props``)."""
     if isinstance(model_or_path, (nn.Module, torch.jit.ScriptModule)):
         text = getattr(model_or_path, "metadata_json", None)
         if not isinstance(text, str):
@@ -590,8 +746,27 @@ def model_metadata(model_or_path: Union[nn.Module, PathLike]) -> dict:
             )
         return json.loads(text)
     path = Path(model_or_path)
+    if not zipfile.is_zipfile(path):
+        return _onnx_metadata(path)
     with zipfile.ZipFile(path) as archive:
         for name in archive.namelist():
             if name.endswith(f"/{METADATA_FILE}") or name == METADATA_FILE:
                 return json.loads(archive.read(name).decode("utf-8"))
     raise ValueError(f"{path} holds no {METADATA_FILE}: export it with hepms.export")
+
+
+def _onnx_metadata(path: Path) -> dict:
+    try:
+        import onnx
+    except ImportError:
+        raise ValueError(f"{path} is not a PyTorch archive, and onnx (to read it as an ONNX "
+                         "file) is not installed") from None
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise ValueError(f"{path} is neither a PyTorch archive nor an ONNX file ({error})") from None
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_FILE:
+            return json.loads(entry.value)
+    raise ValueError(f"{path} is an ONNX file without {METADATA_FILE} metadata_props: "
+                     "export it with hepms.export.export_onnx")

@@ -29,12 +29,21 @@ implementation (slower, same results).
 
 Argument checks (shapes, dtypes, devices, offsets well-formed) run by default. The offsets checks read
 the offsets, which on a GPU means a device synchronisation: switch them off with
-``validate=False`` per call or ``hepms.set_validation(False)`` once you trust your data. Even
+``validate=False`` per call, ``with hepms.validation(False):`` for a block (per thread and asyncio
+task: a ``contextvars`` variable, so dask worker threads do not switch each other's checks), or
+``hepms.set_validation(False)`` for the whole process once you trust your data. Even
 unvalidated, the kernels never read or write out of bounds.
+
+Under ``torch.compile`` and ``torch.jit.script`` the switches above are Python state the compiled
+code cannot read: there the offsets content is checked only for an explicit ``validate=True``,
+which runs the check as the op ``torch.ops.hepms.check_offsets`` (opaque to the compiler, so it
+survives ``fullgraph=True``, TorchScript files and ``torch.export`` programs) and raises the same
+``ValueError`` as in eager mode (inside TorchScript: a ``RuntimeError`` whose message quotes it).
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 from typing import Any, Iterator, Optional, Union
@@ -58,6 +67,7 @@ __all__ = [
     "segment_logsumexp",
     "set_validation",
     "validation",
+    "validation_enabled",
     "extension_available",
     "cpu_capability",
     "set_cpu_capability",
@@ -444,25 +454,40 @@ torch.library.register_autograd(
 # --------------------------------------------------------------------------------------------
 # Argument validation
 # --------------------------------------------------------------------------------------------
-_validate_by_default = os.environ.get("HEPMS_VALIDATE", "1") not in ("0", "false", "False")
+# The process-wide default (set_validation), and a per-context override (validation()): a
+# ContextVar, because a module global saved and restored by a context manager races between
+# threads (dask workers run tasks in threads): one thread leaving its block would switch the
+# checks back on, or off, under another thread still inside its own.
+_process_default = os.environ.get("HEPMS_VALIDATE", "1") not in ("0", "false", "False")
+_override: contextvars.ContextVar[Optional[bool]] = contextvars.ContextVar(
+    "hepms_validation", default=None
+)
 
 
 def set_validation(enabled: bool) -> None:
-    """Switch the argument checks of the segment ops on or off for the whole process."""
-    global _validate_by_default
-    _validate_by_default = bool(enabled)
+    """Switch the argument checks of the segment ops on or off for the whole process (every
+    thread), where no :func:`validation` block says otherwise."""
+    global _process_default
+    _process_default = bool(enabled)
 
 
 @contextlib.contextmanager
 def validation(enabled: bool) -> Iterator[None]:
-    """Context manager: ``with hepms.validation(False): ...`` skips the checks inside the block."""
-    global _validate_by_default
-    previous = _validate_by_default
-    _validate_by_default = bool(enabled)
+    """Context manager: ``with hepms.validation(False): ...`` skips the checks inside the block.
+
+    The setting is local to the current thread (and asyncio task): other threads keep theirs.
+    """
+    token = _override.set(bool(enabled))
     try:
         yield
     finally:
-        _validate_by_default = previous
+        _override.reset(token)
+
+
+def validation_enabled() -> bool:
+    """Whether the segment ops check the offsets content by default in this thread/context."""
+    override = _override.get()
+    return _process_default if override is None else override
 
 
 def offsets_from_counts(counts: Any, device: Union[str, torch.device, None] = None) -> Tensor:
@@ -554,11 +579,26 @@ def _check_arguments(
         )
     if offsets.dtype != torch.long:
         offsets = offsets.long()
+    if torch.compiler.is_compiling():
+        # Traced code cannot read the switches (Python state): only an explicit request checks,
+        # through the op, which the compiler keeps (its result is the offsets used below).
+        if validate:
+            offsets = torch.ops.hepms.check_offsets(offsets, values.shape[0], name)
+        return values, offsets
     if validate is None:
-        validate = _validate_by_default
-    if validate and not torch.compiler.is_compiling():
+        validate = validation_enabled()
+    if validate:
         _check_offsets_content(name, offsets, values.shape[0])
     return values, offsets
+
+
+def _scripted_check(name: str, values: Tensor, offsets: Tensor, validate: Optional[bool]) -> Tensor:
+    """The TorchScript side of :func:`_check_arguments`: int64 offsets, checked by the op for an
+    explicit ``validate=True`` (TorchScript cannot read the Python switches)."""
+    offsets = offsets.long()
+    if validate is not None and validate:
+        offsets = torch.ops.hepms.check_offsets(offsets, values.shape[0], name)
+    return offsets
 
 
 def _check_offsets_content(name: str, offsets: Tensor, num_rows: int) -> None:
@@ -584,6 +624,20 @@ def _check_offsets_content(name: str, offsets: Tensor, num_rows: int) -> None:
         )
 
 
+@torch.library.custom_op("hepms::check_offsets", mutates_args=())
+def _check_offsets_op(offsets: Tensor, num_rows: int, name: str) -> Tensor:
+    """Raise ``ValueError`` unless ``offsets`` are CSR offsets of ``num_rows`` rows; returns a copy
+    of them (an op whose result is used is never removed as dead code by torch.compile or
+    torch.export; a copy, since custom ops may not return their input). O(B), one host sync."""
+    _check_offsets_content(name, offsets, num_rows)
+    return offsets.clone()
+
+
+@_check_offsets_op.register_fake
+def _check_offsets_fake(offsets: Tensor, num_rows: int, name: str) -> Tensor:
+    return torch.empty_like(offsets)
+
+
 def _counts_hint(offsets: Tensor, num_rows: int) -> str:
     """A hint when the 'offsets' look like set lengths (they add up to the number of rows)."""
     if int(offsets.sum()) != num_rows:
@@ -596,7 +650,8 @@ def _counts_hint(offsets: Tensor, num_rows: int) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Public API. The `torch.jit.is_scripting()` branches keep these functions scriptable: inside
-# TorchScript only the op call remains (offsets are still converted to int64).
+# TorchScript only the op call remains (offsets are still converted to int64), after the
+# check op where validate=True is given explicitly.
 # --------------------------------------------------------------------------------------------
 def segment_sum(
     values: Tensor, offsets: Optional[Tensor] = None, validate: Optional[bool] = None
@@ -618,7 +673,10 @@ def segment_sum(
     """
     if not torch.jit.is_scripting():
         values, offsets = _check_arguments("segment_sum", values, offsets, validate)
-    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+    else:
+        assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+        offsets = _scripted_check("segment_sum", values, offsets, validate)
+    assert offsets is not None
     return torch.ops.hepms.segment_sum(values, offsets.long())
 
 
@@ -628,7 +686,10 @@ def segment_mean(
     """Mean of each set (0 for empty sets). Arguments as :func:`segment_sum`."""
     if not torch.jit.is_scripting():
         values, offsets = _check_arguments("segment_mean", values, offsets, validate)
-    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+    else:
+        assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+        offsets = _scripted_check("segment_mean", values, offsets, validate)
+    assert offsets is not None
     return torch.ops.hepms.segment_mean(values, offsets.long())
 
 
@@ -644,7 +705,10 @@ def segment_max(
     """
     if not torch.jit.is_scripting():
         values, offsets = _check_arguments("segment_max", values, offsets, validate)
-    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+    else:
+        assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+        offsets = _scripted_check("segment_max", values, offsets, validate)
+    assert offsets is not None
     return torch.ops.hepms.segment_max(values, offsets.long())
 
 
@@ -661,7 +725,10 @@ def segment_amax(
     """
     if not torch.jit.is_scripting():
         values, offsets = _check_arguments("segment_amax", values, offsets, validate)
-    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+    else:
+        assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+        offsets = _scripted_check("segment_amax", values, offsets, validate)
+    assert offsets is not None
     return torch.ops.hepms.segment_amax(values, offsets.long())
 
 
@@ -684,7 +751,10 @@ def segment_softmax(
     """
     if not torch.jit.is_scripting():
         values, offsets = _check_arguments("segment_softmax", values, offsets, validate)
-    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+    else:
+        assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+        offsets = _scripted_check("segment_softmax", values, offsets, validate)
+    assert offsets is not None
     return torch.ops.hepms.segment_softmax(values, offsets.long())
 
 
@@ -698,5 +768,8 @@ def segment_logsumexp(
     """
     if not torch.jit.is_scripting():
         values, offsets = _check_arguments("segment_logsumexp", values, offsets, validate)
-    assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+    else:
+        assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+        offsets = _scripted_check("segment_logsumexp", values, offsets, validate)
+    assert offsets is not None
     return torch.ops.hepms.segment_logsumexp(values, offsets.long())

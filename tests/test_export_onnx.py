@@ -1,0 +1,161 @@
+"""ONNX export (hepms.export.export_onnx): onnxruntime outputs equal the torch model's on real
+generated events (with empty jets and jet-less events), invalid offsets give NaN and
+inputs_valid = False, and the file runs without hepms."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+pytest.importorskip("pythia8mc")
+pytest.importorskip("fastjet")
+
+from hepms.data import (  # noqa: E402
+    DEFAULT_CONSTITUENT_FEATURES,
+    DEFAULT_JET_FEATURES,
+    Standardizer,
+    build_dataset,
+)
+from hepms.export import (  # noqa: E402
+    ONNX_INPUTS,
+    ONNX_OUTPUTS,
+    InferenceModel,
+    export_onnx,
+    model_metadata,
+)
+from hepms.generate.io import read_events  # noqa: E402
+from hepms.nn import MultiStep  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# float32, different summation order (onnxruntime's scatter vs our kernels' cascade sums)
+ATOL, RTOL = 2e-5, 1e-5
+
+
+@pytest.fixture(scope="module")
+def data(tiny_sample: Path):
+    """Raw features of every event of the shared tiny sample, jet-less events included."""
+    events = read_events(sorted(tiny_sample.glob("*.root")), max_jets=None, max_constituents=None)
+    return build_dataset(events, max_jets=64, min_jets=0)
+
+
+def _model(data, **options) -> InferenceModel:
+    net = MultiStep(data.constituents.num_features, data.jet_features.shape[1], seed=3, **options)
+    return InferenceModel(net, Standardizer.fit(data), DEFAULT_CONSTITUENT_FEATURES,
+                          DEFAULT_JET_FEATURES)
+
+
+def _inputs(part) -> tuple[torch.Tensor, ...]:
+    return (part.constituents.values, part.constituent_offsets, part.jet_offsets,
+            part.jet_features)
+
+
+def _with_empty_jets(args) -> tuple[torch.Tensor, ...]:
+    """The same events with the constituents of every third jet removed (empty jets)."""
+    x, co, jo, jf = args
+    counts = co.diff()
+    counts[::3] = 0
+    keep = torch.repeat_interleave(counts > 0, co.diff())
+    new_co = torch.cat([co.new_zeros(1), counts.cumsum(0)])
+    assert int((new_co.diff() == 0).sum()) >= len(counts) // 3
+    return x[keep], new_co, jo, jf
+
+
+def _run(session, args) -> list[np.ndarray]:
+    return session.run(None, {name: a.numpy() for name, a in zip(ONNX_INPUTS, args)})
+
+
+def _max_diff(onnx_out, torch_out) -> float:
+    return max((float(np.abs(a - b.numpy()).max()) if a.size else 0.0)
+               for a, b in zip(onnx_out, torch_out))
+
+
+@pytest.fixture(scope="module")
+def exported(data, tmp_path_factory):
+    """One model that uses every translated op, exported once (an export takes seconds): the
+    additional NN (k = 3), the momentum regression, sum + attention (segment_softmax) + max
+    pooling in the tau model and mean + max in the event model; segment_gather in the blocks."""
+    model = _model(data, connection="additional", k=3, regression_outputs=3,
+                   tau_options={"pool": ["sum", "attention", "max"]},
+                   event_options={"pool": ["mean", "max"]})
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "model.onnx")
+    return model, path, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_onnxruntime_equals_torch_on_generated_events(data, exported) -> None:
+    model, path, session = exported
+    assert [i.name for i in session.get_inputs()] == list(ONNX_INPUTS)
+    assert [o.name for o in session.get_outputs()] == list(ONNX_OUTPUTS)
+    counts = data.jet_offsets.diff()
+    assert int((counts == 0).sum()) > 0, "the sample should hold events without jets"
+    zero_jet_event = int(torch.nonzero(counts == 0)[0, 0])
+    with torch.no_grad():
+        # every event; one event; a jet-less event alone (B = 0, N = 0); dynamic sizes; and
+        # every event with empty jets (reconstructed jets always have constituents)
+        for args in (_inputs(data), _inputs(data[:1]),
+                     _inputs(data[zero_jet_event:zero_jet_event + 1]), _inputs(data[5:17]),
+                     _with_empty_jets(_inputs(data))):
+            out = _run(session, args)
+            expected = model(*args)
+            assert out[-1].dtype == np.bool_ and out[-1].shape == () and bool(out[-1])
+            for name, a, b in zip(ONNX_OUTPUTS, out, expected):
+                assert a.shape == tuple(b.shape), name
+                np.testing.assert_allclose(a, b.numpy(), rtol=RTOL, atol=ATOL, err_msg=name)
+    # the numbers the README quotes
+    print(f"max |onnxruntime - torch| on {len(data)} events: {_max_diff(out, expected):.3g}")
+
+
+def test_invalid_offsets_give_nan_and_inputs_valid_false(data, exported) -> None:
+    model, _, session = exported
+    part = data[:6]
+    x, co, jo, jf = _inputs(part)
+    assert int(jo[-1]) >= 3
+    bad = {
+        "decreasing constituent offsets": (x, co.flip(0), jo, jf),
+        "constituent offsets past N": (x, torch.cat([co[:-1], co[-1:] + 5]), jo, jf),
+        "constituent offsets not starting at 0": (x, co + 1, jo, jf),
+        "decreasing jet offsets": (x, co, torch.cat([jo[:1], jo[2:3], jo[1:2], jo[3:]]), jf),
+        "jet offsets ending before B": (x, co, jo.clamp(max=int(jo[-1]) - 1), jf),
+        "negative offsets": (x, co - 1000, jo, jf),
+    }
+    for what, args in bad.items():
+        with pytest.raises(ValueError, match="offsets"):  # torch raises ...
+            model(*args)
+        out = _run(session, args)  # ... ONNX cannot: NaN and a flag, never an error
+        assert not bool(out[-1]), what
+        for name, array in zip(ONNX_OUTPUTS[:-1], out[:-1]):
+            assert np.isnan(array).all(), f"{what}: {name}"
+
+
+def test_metadata_props_and_runs_without_hepms(exported, data, tmp_path: Path) -> None:
+    model, path, _ = exported
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta = json.loads(props["hepms.json"])
+    assert meta == model_metadata(path)
+    assert meta["constituent_features"] == list(DEFAULT_CONSTITUENT_FEATURES)
+    assert meta["k"] == 3 and meta["onnx"]["opset"] == 18
+    domains = {node.domain for node in proto.graph.node}
+    assert domains <= {"", "ai.onnx"}, f"non-standard operators: {domains}"
+    # A fresh interpreter that cannot import hepms or torch runs the file.
+    args = [a.numpy() for a in _inputs(data[:20])]
+    np.savez(tmp_path / "inputs.npz", **dict(zip(ONNX_INPUTS, args)))
+    script = (
+        "import sys; sys.modules['hepms'] = None; sys.modules['torch'] = None\n"
+        "import numpy as np, onnxruntime as ort\n"
+        f"s = ort.InferenceSession({str(path)!r}, providers=['CPUExecutionProvider'])\n"
+        f"inputs = dict(np.load({str(tmp_path / 'inputs.npz')!r}))\n"
+        f"np.save({str(tmp_path / 'event.npy')!r}, s.run(['event_logit'], inputs)[0])\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    with torch.no_grad():
+        expected = model(*_inputs(data[:20]))[2].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "event.npy"), expected, rtol=RTOL, atol=ATOL)
