@@ -50,6 +50,7 @@ __all__ = [
     "FeatureSpec",
     "FeatureTensors",
     "feature_tensors",
+    "check_inputs",
     "group_by_jet",
     "regression_targets",
     "JET_FEATURES",
@@ -296,7 +297,7 @@ def group_by_jet(
     if jet_index not in candidates.fields:
         raise ValueError(f"candidates have no jet index field {jet_index!r} (fields: "
                          f"{list(candidates.fields)})")
-    names = [f for f in (fields if fields is not None else candidates.fields) if f != jet_index]
+    names = [f for f in (fields if fields is not None else candidates.fields) if f != JET_INDEX_FIELD]
     missing = [f for f in names + ([sort_by] if sort_by else []) if f not in candidates.fields]
     if missing:
         raise ValueError(f"candidates lack field(s) {missing} (fields: {list(candidates.fields)})")
@@ -354,7 +355,7 @@ class FeatureTensors:
         return self.constituents.outer_offsets
 
 
-def _list_depth(array: ak.Array, what: str) -> int:
+def _list_depth(array: Any, what: str) -> int:
     """List levels between the events and the records (1: ``E * var * record``)."""
     layout = array.layout
     depth = 0
@@ -375,6 +376,62 @@ def _list_depth(array: ak.Array, what: str) -> int:
         if isinstance(layout, ak.contents.RecordArray):
             return depth
         raise ValueError(f"{what} must be lists of records (e.g. events.Jet), got {array.type}")
+
+
+def _collection_name(array: Any) -> Optional[str]:
+    """The NanoEvents collection (``"Jet"``), from the layout parameters, if any."""
+    layout = array.layout
+    while isinstance(layout, ak.contents.Content):
+        name = layout.parameter("collection_name")
+        if name is not None:
+            return str(name)
+        # Lists, options and indexed nodes wrap one content; a RecordArray's ``content`` is a
+        # method (content(field)): the descent ends there.
+        layout = getattr(layout, "content", None)
+    return None
+
+
+def _missing_message(what: str, array: Any, missing: Sequence[str]) -> str:
+    collection = _collection_name(array)
+    needs = []
+    for name in missing:
+        branch = f" (branch {collection}_{name})" if collection else ""
+        if name == "charge":
+            reason = "constituent feature 'charge'"
+        elif name == JET_INDEX_FIELD:
+            reason = "grouping flat constituents into jets"
+        else:
+            reason = "the 4-vectors of the features"
+        needs.append(f"{name!r}{branch}, needed for {reason}")
+    return (
+        f"{what} lack field(s) the model needs: " + "; ".join(needs)
+        + f". The {what} have fields {list(array.fields)}"
+    )
+
+
+def check_inputs(jets: Any, constituents: Any, spec: FeatureSpec) -> bool:
+    """Check the list structure and fields of ``jets`` and ``constituents`` for ``spec`` (on data
+    or on typetracers: reads no data). Returns True for constituents nested per jet, False for
+    flat ones (grouped by ``jetIdx``).
+
+    Raises:
+        ValueError: a wrong structure, or a missing field (named with its NanoAOD branch).
+    """
+    if _list_depth(jets, "jets") != 1:
+        raise ValueError(f"jets must be one list of records per event (E * var * Jet), got {jets.type}")
+    depth = _list_depth(constituents, "constituents")
+    if depth not in (1, 2):
+        raise ValueError(
+            "constituents must be one flat list per event with a jetIdx field (E * var * PFCand) "
+            f"or one list per jet (E * var * var * PFCand), got {constituents.type}"
+        )
+    nested = depth == 2
+    needed = spec.required_fields(flat=not nested)
+    for what, array in (("jets", jets), ("constituents", constituents)):
+        missing = [name for name in needed[what] if name not in array.fields]
+        if missing:
+            raise ValueError(_missing_message(what, array, missing))
+    return nested
 
 
 def _momentum4d(jets: ak.Array) -> ak.Array:
@@ -408,7 +465,6 @@ def feature_tensors(
     spec: FeatureSpec,
     *,
     select_jets: bool = True,
-    jet_index: str = JET_INDEX_FIELD,
     dtype: torch.dtype = torch.float32,
     check_finite: bool = True,
 ) -> FeatureTensors:
@@ -424,12 +480,11 @@ def feature_tensors(
         jets: ``E * var * record`` with ``pt, eta, phi, mass`` (NanoEvents ``events.Jet``, or the
             ``jets`` of :func:`hepms.generate.read_events`; other fields are ignored).
         constituents: nested per jet (``E * var * var * record``) or flat per event with a
-            ``jet_index`` field (grouped with :func:`group_by_jet`); fields ``pt, eta, phi, mass``
+            ``jetIdx`` field (grouped with :func:`group_by_jet`); fields ``pt, eta, phi, mass``
             and ``charge`` when the spec uses it.
         spec: the features to compute.
         select_jets: keep the leading ``spec.max_jets`` jets of each event by pT (training and the
             event model); False keeps every jet in its input order (the tau score of every jet).
-        jet_index: the jet index field of flat constituents.
         dtype: floating dtype of the tensors.
         check_finite: raise on NaN/inf features instead of returning them.
 
@@ -442,26 +497,13 @@ def feature_tensors(
     """
     if not isinstance(spec, FeatureSpec):
         raise TypeError(f"spec must be a hepms.features.FeatureSpec, got {type(spec).__name__}")
-    if _list_depth(jets, "jets") != 1:
-        raise ValueError(f"jets must be one list of records per event (E * var * Jet), got {jets.type}")
-    depth = _list_depth(constituents, "constituents")
-    if depth not in (1, 2):
-        raise ValueError(
-            "constituents must be one flat list per event with a jetIdx field (E * var * PFCand) "
-            f"or one list per jet (E * var * var * PFCand), got {constituents.type}"
-        )
+    nested = check_inputs(jets, constituents, spec)
     if len(jets) != len(constituents):
         raise ValueError(f"jets and constituents have different numbers of events: {len(jets)} and "
                          f"{len(constituents)} (pass collections of the same events)")
-    needed = spec.required_fields(flat=depth == 1)
-    for what, array in (("jets", jets), ("constituents", constituents)):
-        missing = [name for name in needed[what] if name not in array.fields]
-        if missing:
-            raise ValueError(f"{what} lack field(s) {missing} needed by the feature spec; they have "
-                             f"{list(array.fields)}")
-    payload = [f for f in needed["constituents"] if f != JET_INDEX_FIELD]
-    if depth == 1:
-        parts = group_by_jet(constituents, ak.num(jets, axis=1), jet_index, fields=payload)
+    payload = [f for f in spec.required_fields(flat=not nested)["constituents"] if f != JET_INDEX_FIELD]
+    if not nested:
+        parts = group_by_jet(constituents, ak.num(jets, axis=1), JET_INDEX_FIELD, fields=payload)
     else:
         if not ak.all(ak.num(jets, axis=1) == ak.num(constituents, axis=1)):
             raise ValueError("jets and constituents have different numbers of jets per event")
