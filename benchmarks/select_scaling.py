@@ -80,7 +80,7 @@ def main(argv=None) -> int:
                      workers=1, progress=False, pileup_pool=200, block_size=args.events_per_process,
                      pileup_process="nondiffractive")
         events = read_events(folder)
-    data = select.prepare_data(events, seed=args.seed)
+    data = select.prepare_selection_data(events, seed=args.seed)
     base = select.SearchSpace.create(data, args.task, BASE["upstream"], BASE["downstream"])
     settings = select.SearchSettings(
         pretrain_epochs=args.epochs, search_epochs=args.epochs, posttrain_epochs=args.epochs,

@@ -25,17 +25,21 @@ _LAZY = {
         "hepms.ops",
     ),
     **dict.fromkeys(("Jagged", "from_jagged", "to_jagged"), "hepms.jagged"),
+    **dict.fromkeys(("FeatureSpec", "feature_tensors", "group_by_jet"), "hepms.features"),
+    "load_model": "hepms.model_file",
     **dict.fromkeys(("Standardizer", "TauEventData", "build_dataset", "split"), "hepms.data"),
     **dict.fromkeys(("DeepSets", "EventClassifier", "MultiStep", "TauID"), "hepms.nn"),
     **dict.fromkeys(("Trainer", "TrainConfig"), "hepms.train"),
 }
 # submodules reachable as attributes (``hepms.physics.delta_r``) without an explicit import
-_SUBMODULES = ("data", "jagged", "metrics", "nn", "ops", "physics", "train")
+_SUBMODULES = ("data", "features", "jagged", "metrics", "model_file", "nn", "ops", "physics", "train")
 
 __all__ = ["__version__", *sorted(_LAZY), *_SUBMODULES]
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
-    from hepms import data, jagged, metrics, nn, ops, physics, train  # noqa: F401
+    from hepms import data, features, jagged, metrics, model_file, nn, ops, physics, train  # noqa: F401
+    from hepms.features import FeatureSpec, feature_tensors, group_by_jet  # noqa: F401
+    from hepms.model_file import load_model  # noqa: F401
     from hepms.data import Standardizer, TauEventData, build_dataset, split  # noqa: F401
     from hepms.jagged import Jagged, from_jagged, to_jagged  # noqa: F401
     from hepms.nn import DeepSets, EventClassifier, MultiStep, TauID  # noqa: F401

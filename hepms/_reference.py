@@ -17,8 +17,10 @@ from typing import Optional
 import torch
 
 
-def _segment_ids(offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """Segment index of each row, e.g. offsets [0, 2, 2, 3] -> [0, 0, 2] (well-formed offsets)."""
+def segment_ids(offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Segment index of each row, e.g. offsets [0, 2, 2, 3] -> [0, 0, 2] (well-formed offsets;
+    ``num_rows`` = ``offsets[-1]``, given so that no GPU sync is needed). Public as
+    :func:`hepms.ops.segment_ids`."""
     counts = offsets[1:] - offsets[:-1]
     return torch.repeat_interleave(
         torch.arange(counts.numel(), device=offsets.device), counts, output_size=num_rows
@@ -139,7 +141,7 @@ def _shifted_exp(values: torch.Tensor, offsets: torch.Tensor):
     set's maximum (0 where that maximum is infinite, as the kernels do: no inf - inf). 16-bit
     inputs are computed in float32. Returns ``(e, total, maxima, shift, ids)``."""
     num_segments = offsets.numel() - 1
-    ids = _segment_ids(offsets, values.shape[0])
+    ids = segment_ids(offsets, values.shape[0])
     shape = (num_segments, *values.shape[1:])
     index = ids.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
     acc_dtype = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else values.dtype

@@ -209,7 +209,7 @@ def evaluate(args: argparse.Namespace) -> int:
         return 0
     from hepms.study.single import evaluate_run
 
-    out = evaluate_run(cfg, run_dir)
+    out = evaluate_run(cfg, run_dir, model=args.model)
     m = out["metrics"]
     wp = cfg["evaluate"]["tau_efficiency"]
     print(f"test AUC: tau ID {m['auc_tau']:.4f}, H/Z {m['auc_event']:.4f}; light-jet rejection at "
@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Evaluate run_dir/model.pt on the test part (metrics.json, "
                             "predictions.npz, tables/evaluation.md). On a scan's run directory: rebuild its tables.")
     _add_config_arguments(p_eval)
+    p_eval.add_argument("--model", metavar="FILE|RUN|TRIAL", help="the model to evaluate: a model file, "
+                        "or a run or scan trial directory (default: RUN_DIR/model.pt)")
     p_eval.set_defaults(func=evaluate)
 
     p_plot = sub.add_parser("plot", help="figures of a run or a scan (PDF + PNG)",

@@ -1,8 +1,9 @@
 """Trained hepms models inside coffea processors and dask-awkward graphs.
 
-:class:`MultiStepTagger` applies a trained multi-step model (an export of :mod:`hepms.export` or a
-training checkpoint) to NanoEvents-style awkward arrays of jets and their constituents and returns,
-aligned with the events:
+:class:`MultiStepTagger` applies a trained multi-step model (a model file of ``hepms train`` or
+``hepms scan``, a run or trial directory, a trainer checkpoint, or an export of :mod:`hepms.export`)
+to NanoEvents-style awkward arrays of jets and their constituents and returns, aligned with the
+events:
 
 * ``tau_score`` / ``tau_logit``: one number per jet (``E * var * float32``, the jets' lists);
 * ``tau_features``: the ``k`` intermediate features per jet (``E * var * k * float32``);
@@ -15,15 +16,16 @@ arrays, through ``dask_awkward.map_partitions`` with an exact ``meta``: building
 data, and column optimisation sees only the branches the model needs. The inputs are never
 padded: each partition goes awkward -> :func:`hepms.to_jagged` (flat values + CSR offsets) ->
 model -> :func:`hepms.from_jagged`. The preprocessing is the training pipeline's own
-(:func:`hepms.physics.constituent_features`, :data:`hepms.data.JET_FEATURES`, leading constituents
-per jet by pT), so scores equal what the model gave on :func:`hepms.data.build_dataset` output.
+(:func:`hepms.features.feature_tensors` with the model's :class:`~hepms.features.FeatureSpec`),
+so scores equal what the model gave on :func:`hepms.data.build_dataset` output.
 
 Jets: the tau model scores *every* jet. The event model sees the leading ``max_jets`` jets of each
 event by pT (what it was trained on); jets beyond them get a tau score but do not enter the event
 score. Events without jets get the event model's empty-set output: cut on ``nJet >= 1`` (training
 dropped them). Constituents: either NanoAOD-style, one flat list per event with a ``jetIdx``
-field (candidates with an index outside the event's jets are ignored), or already nested per jet
-(``E * var * var * record``). Each jet keeps its leading ``max_constituents`` by pT.
+field (grouped by :func:`hepms.features.group_by_jet`; candidates with an index outside the
+event's jets are ignored), or already nested per jet (``E * var * var * record``). Each jet keeps
+its leading ``max_constituents`` by pT.
 
 Workers: the tagger pickles as the model's bytes plus its metadata, so workers need no shared
 file system; the model is deserialised once per worker process (cached, thread-safe) on CUDA when
@@ -35,7 +37,7 @@ Example (eager; with ``mode="dask"`` NanoEvents the same lines build a lazy grap
     from hepms.coffea import MultiStepTagger, attach_scores
     from hepms.generate.schema import HepmsNanoAODSchema   # PFNano layout of hepms generate files
 
-    tagger = MultiStepTagger("model.pt")                  # hepms.export.export_torchscript file
+    tagger = MultiStepTagger("runs/my_run")               # or runs/my_run/model.pt, an export
     events = NanoEventsFactory.from_root({"Htautau.root": "Events"},
                                          schemaclass=HepmsNanoAODSchema, mode="virtual").events()
     scores = tagger(events.Jet, events.PFCands)      # or tagger(events.Jet, events.Jet.constituents.pf)
@@ -59,9 +61,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import hepms
-from hepms import physics
-from hepms.jagged import from_jagged, to_jagged
+from hepms.export import InferenceModel, file_kind, load_export, model_metadata, quiet_jit
+from hepms.features import FeatureSpec, FeatureTensors, check_inputs, feature_tensors
+from hepms.jagged import from_jagged, take_segments
+from hepms.model_file import TrainedModel, load_model
+from hepms.ops import offsets_from_counts, validation
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +78,12 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
-ModelSource = Union[PathLike, nn.Module]
+ModelSource = Union[PathLike, nn.Module, "TrainedModel"]
 
 #: Fields of the tagger's output records (``tau_momentum`` only for regression models).
 OUTPUT_FIELDS = ("tau_score", "tau_logit", "tau_features", "event_score", "event_logit",
                  "tau_momentum")
 
-_JET_FIELDS = ("pt", "eta", "phi", "mass")
-_CONSTITUENT_FIELDS = ("pt", "eta", "phi", "mass")
-_JET_INDEX_FIELD = "jetIdx"
-_MOMENTUM_UNIT_GEV = 100.0  # the regression target unit (hepms.data.build_dataset)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,8 +130,6 @@ def _in_dask_worker() -> bool:
 
 
 def _deserialize(kind: str, payload: bytes, device: str) -> nn.Module:
-    from hepms.export import quiet_jit
-
     buffer = io.BytesIO(payload)
     if kind == "torchscript":
         with quiet_jit():
@@ -163,10 +161,12 @@ class MultiStepTagger:
     """Applies a trained multi-step model to jets and constituents, eagerly or with dask.
 
     Args:
-        model: a TorchScript export (:func:`hepms.export.export_torchscript`), a ``torch.export``
-            program (:func:`hepms.export.export_program`), a checkpoint (see
-            :func:`hepms.export.load_model`; pass its preprocessing in ``load_options`` when it
-            does not record it), or an in-memory :class:`hepms.export.InferenceModel` or
+        model: a model file (``model.pt`` of ``hepms train`` or of a ``hepms scan`` trial), a run
+            or trial directory, a trainer ``checkpoint.pt`` (see
+            :func:`hepms.model_file.load_model`), a TorchScript export
+            (:func:`hepms.export.export_torchscript`), a ``torch.export`` program
+            (:func:`hepms.export.export_program`), or an in-memory
+            :class:`hepms.model_file.TrainedModel`, :class:`hepms.export.InferenceModel` or
             TorchScript module of one.
         device: ``"cpu"``, ``"cuda"``, ...; default: CUDA if the *worker* has it, else CPU.
         torch_threads: ``torch.set_num_threads`` in each dask worker process at first use (e.g.
@@ -174,24 +174,20 @@ class MultiStepTagger:
             the cores); ignored outside dask workers; default: leave torch's setting.
         check_finite: raise on NaN/inf input features (zero-pT constituents give ``-inf``
             logarithms) instead of returning NaN scores.
-        **load_options: keyword arguments for :func:`hepms.export.load_model` (``scaler``,
-            ``constituent_features``, ...), for checkpoints.
 
     Raises:
-        ValueError: the model's metadata names features hepms cannot compute.
+        ValueError: not a hepms model, or its feature spec names features hepms cannot compute.
 
     Example:
         >>> import awkward as ak, torch, tempfile
         >>> from hepms.data import Standardizer
+        >>> from hepms.features import FeatureSpec
         >>> from hepms.nn import MultiStep
         >>> from hepms.export import InferenceModel
         >>> from hepms.coffea import MultiStepTagger
         >>> net = MultiStep(constituent_features=8, jet_features=4, seed=1)
         >>> scaler = Standardizer(torch.zeros(8), torch.ones(8), torch.zeros(4), torch.ones(4))
-        >>> names = ["deta", "dphi", "log_pt", "log_e", "log_pt_rel", "log_e_rel", "delta_r",
-        ...          "charge"]
-        >>> tagger = MultiStepTagger(InferenceModel(net, scaler, names,
-        ...                                         ["log_pt", "eta", "phi", "log_mass"]))
+        >>> tagger = MultiStepTagger(InferenceModel(net, scaler, FeatureSpec()))
         >>> jets = ak.Array([[{"pt": 40.0, "eta": 0.1, "phi": 1.0, "mass": 5.0}], []])
         >>> pf = ak.Array([[{"pt": 30.0, "eta": 0.1, "phi": 1.0, "mass": 0.1, "charge": 1,
         ...                  "jetIdx": 0}], []])
@@ -207,18 +203,14 @@ class MultiStepTagger:
         device: Optional[str] = None,
         torch_threads: Optional[int] = None,
         check_finite: bool = True,
-        **load_options: Any,
     ) -> None:
-        self._kind, self._payload, metadata = _normalize_model(model, load_options)
+        self._kind, self._payload, metadata = _normalize_model(model)
         self._digest = hashlib.sha256(self._payload).hexdigest()
         self.metadata: dict = metadata
-        self.constituent_features: tuple[str, ...] = tuple(metadata["constituent_features"])
-        self.jet_features: tuple[str, ...] = tuple(metadata["jet_features"])
-        self.max_jets = int(metadata["max_jets"])
-        self.max_constituents = int(metadata["max_constituents"])
+        # Validates the names: a spec hepms cannot compute fails here, not on the workers.
+        self.spec: FeatureSpec = FeatureSpec.from_dict(metadata["features"])
         self.k = int(metadata["k"])
         self.regression_outputs = int(metadata.get("regression_outputs", 0))
-        _check_computable(self.constituent_features, self.jet_features)
         if device is not None:
             torch.device(device)  # raises on a malformed device string, here rather than on workers
         if torch_threads is not None and (
@@ -239,7 +231,7 @@ class MultiStepTagger:
     def __repr__(self) -> str:
         return (
             f"MultiStepTagger({self._kind}, sha256={self._digest[:12]}, k={self.k}, "
-            f"max_jets={self.max_jets}, max_constituents={self.max_constituents}, "
+            f"max_jets={self.spec.max_jets}, max_constituents={self.spec.max_constituents}, "
             f"device={self.device or 'auto'})"
         )
 
@@ -260,34 +252,7 @@ class MultiStepTagger:
     def required_fields(self, nested: bool = False) -> dict[str, tuple[str, ...]]:
         """Record fields read from ``jets`` and ``constituents`` (``nested``: constituents
         already grouped per jet, so no ``jetIdx``)."""
-        constituent_fields = list(_CONSTITUENT_FIELDS)
-        if "charge" in self.constituent_features:
-            constituent_fields.append("charge")
-        if not nested:
-            constituent_fields.append(_JET_INDEX_FIELD)
-        return {"jets": _JET_FIELDS, "constituents": tuple(constituent_fields)}
-
-    def _check_inputs(self, jets: Any, constituents: Any) -> bool:
-        """Check types and fields (on data or typetracers); True for nested constituents."""
-        jet_depth = _list_depth(jets, "jets")
-        if jet_depth != 1:
-            raise ValueError(
-                f"jets must be one list of records per event (E * var * Jet), got {jets.type}"
-            )
-        depth = _list_depth(constituents, "constituents")
-        if depth not in (1, 2):
-            raise ValueError(
-                "constituents must be one flat list per event with a jetIdx field "
-                "(E * var * PFCand) or one list per jet (E * var * var * PFCand), got "
-                f"{constituents.type}"
-            )
-        nested = depth == 2
-        required = self.required_fields(nested)
-        for what, array in (("jets", jets), ("constituents", constituents)):
-            missing = [name for name in required[what] if name not in array.fields]
-            if missing:
-                raise ValueError(_missing_message(what, array, missing))
-        return nested
+        return self.spec.required_fields(flat=not nested)
 
     # -- calling --------------------------------------------------------------------------------
     def __call__(self, jets: Any, constituents: Any) -> Any:
@@ -312,7 +277,7 @@ class MultiStepTagger:
             if not isinstance(array, ak.Array):
                 raise TypeError(f"{what} must be an awkward or dask-awkward array, got "
                                 f"{type(array).__name__}")
-        nested = self._check_inputs(jets, constituents)
+        nested = check_inputs(jets, constituents, self.spec)
         if ak.backend(jets) == "typetracer":
             return self._typetracer_result(jets, constituents, nested)
         return self._call_eager(jets, constituents, nested)
@@ -321,7 +286,7 @@ class MultiStepTagger:
         import dask
         import dask_awkward as dak
 
-        self._check_inputs(jets._meta, constituents._meta)
+        check_inputs(jets._meta, constituents._meta, self.spec)
         meta = ak.Array(self._empty_result().layout.to_typetracer(forget_length=True))
         # The tagger goes into the graph once, as its own key (as coffea's ml_tools do), rather
         # than inside every task: workers fetch the model bytes once, not per partition.
@@ -352,10 +317,11 @@ class MultiStepTagger:
             )
         if len(jets) == 0:
             return self._empty_result()
-        inputs = _prepare(jets, constituents, nested, self)
-        with torch.inference_mode(), hepms.validation(False):  # offsets built by to_jagged
+        inputs = feature_tensors(jets, constituents, self.spec, select_jets=False,
+                                 check_finite=self.check_finite)
+        with torch.inference_mode(), validation(False):  # offsets built by to_jagged
             outputs = _run_model(self.model, inputs, self.resolved_device)
-        return _assemble(outputs, inputs.jet_like, self)
+        return _assemble(outputs, inputs.jets["pt"], self)
 
     def _empty_result(self) -> ak.Array:
         """The output for zero events: the exact layout of real results (for dask's ``meta``)."""
@@ -415,25 +381,17 @@ def _with_field(events: Any, value: Any, where: Union[str, tuple[str, str]]) -> 
 # ----------------------------------------------------------------------------------------------
 # Model sources
 # ----------------------------------------------------------------------------------------------
-def _normalize_model(
-    model: ModelSource, load_options: Mapping[str, Any]
-) -> tuple[str, bytes, dict]:
+def _normalize_model(model: ModelSource) -> tuple[str, bytes, dict]:
     """``(kind, serialised bytes, metadata)`` for any accepted model source."""
-    from hepms.export import InferenceModel, file_kind, load_model, model_metadata, quiet_jit
-
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        if path.is_dir():
-            path = path / "checkpoint.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"no model file at {path}")
-        kind = file_kind(path)
+        kind = None if path.is_dir() or not path.is_file() else file_kind(path)
         if kind in ("torchscript", "program"):
-            loaded = load_model(path, **load_options)  # validates the metadata and options
+            loaded = load_export(path)  # validates the metadata
             return kind, path.read_bytes(), model_metadata(loaded)
-        model = load_model(path, **load_options)
-    elif load_options:
-        raise TypeError(f"load options {sorted(load_options)} apply to model files only")
+        model = load_model(path)  # a model file, a run or trial directory, a checkpoint
+    if isinstance(model, TrainedModel):
+        model = model.inference_model()
     if isinstance(model, InferenceModel):
         with quiet_jit():
             model = torch.jit.script(model.eval())
@@ -444,218 +402,14 @@ def _normalize_model(
             torch.jit.save(model, buffer)
         return "torchscript", buffer.getvalue(), metadata
     raise TypeError(
-        f"cannot use a {type(model).__name__} as a hepms model: give an export file "
-        "(hepms.export.export_torchscript / export_program), a checkpoint, or an InferenceModel"
+        f"cannot use a {type(model).__name__} as a hepms model: give a model file or run/trial "
+        "directory (hepms.model_file), an export file (hepms.export), or an InferenceModel"
     )
 
 
-def _check_computable(constituent_features: Sequence[str], jet_features: Sequence[str]) -> None:
-    from hepms.data import JET_FEATURES
-
-    unknown = [n for n in jet_features if n not in JET_FEATURES]
-    if unknown:
-        raise ValueError(
-            f"model/feature mismatch: the model expects jet feature(s) {unknown}, which hepms "
-            f"cannot compute (known: {sorted(JET_FEATURES)})"
-        )
-    known = ("deta", "dphi", "log_pt", "log_e", "log_pt_rel", "log_e_rel", "delta_r", "charge")
-    unknown = [n for n in constituent_features if n not in known]
-    if unknown:
-        raise ValueError(
-            f"model/feature mismatch: the model expects constituent feature(s) {unknown}, which "
-            f"hepms cannot compute (known: {list(known)})"
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# Input checks
-# ----------------------------------------------------------------------------------------------
 def _is_dask(array: Any) -> bool:
     # By module name: importing dask_awkward just to check would cost every eager call ~1 s.
     return type(array).__module__.startswith("dask_awkward")
-
-
-def _list_depth(array: Any, what: str) -> int:
-    """Number of list levels between the events and the records (1: E * var * record)."""
-    layout = array.layout
-    depth = 0
-    while True:
-        if isinstance(layout, (ak.contents.IndexedOptionArray, ak.contents.ByteMaskedArray,
-                               ak.contents.BitMaskedArray, ak.contents.UnmaskedArray)):
-            raise ValueError(
-                f"{what} has missing (None) entries ({array.type}): drop or fill them first"
-            )
-        if isinstance(layout, ak.contents.IndexedArray):
-            layout = layout.content
-            continue
-        if isinstance(layout, (ak.contents.ListOffsetArray, ak.contents.ListArray,
-                               ak.contents.RegularArray)):
-            depth += 1
-            layout = layout.content
-            continue
-        if isinstance(layout, ak.contents.RecordArray):
-            return depth
-        raise ValueError(f"{what} must be lists of records (e.g. events.Jet), got {array.type}")
-
-
-def _collection_name(array: Any) -> Optional[str]:
-    """The NanoEvents collection (``"Jet"``), from the layout parameters, if any."""
-    layout = array.layout
-    while isinstance(layout, ak.contents.Content):
-        name = layout.parameter("collection_name")
-        if name is not None:
-            return str(name)
-        # Lists, options and indexed nodes wrap one content; a RecordArray's ``content`` is a
-        # method (content(field)): the descent ends there.
-        layout = getattr(layout, "content", None)
-    return None
-
-
-def _missing_message(what: str, array: Any, missing: Sequence[str]) -> str:
-    collection = _collection_name(array)
-    needs = []
-    for name in missing:
-        branch = f" (branch {collection}_{name})" if collection else ""
-        if name == "charge":
-            reason = "constituent feature 'charge'"
-        elif name == _JET_INDEX_FIELD:
-            reason = "grouping flat constituents into jets"
-        else:
-            reason = "the 4-vectors of the features"
-        needs.append(f"{name!r}{branch}, needed for {reason}")
-    return (
-        f"{what} lack field(s) the model needs: " + "; ".join(needs)
-        + f". The {what} have fields {list(array.fields)}"
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# awkward -> tensors
-# ----------------------------------------------------------------------------------------------
-class _Inputs:
-    """Model inputs for one batch of events, in the tensors' order."""
-
-    def __init__(
-        self,
-        constituents: Tensor,
-        constituent_offsets: Tensor,
-        jet_offsets: Tensor,
-        jet_features: Tensor,
-        jet_like: ak.Array,
-        jet_rank: np.ndarray,
-        max_jets: int,
-    ) -> None:
-        self.constituents = constituents
-        self.constituent_offsets = constituent_offsets
-        self.jet_offsets = jet_offsets
-        self.jet_features = jet_features
-        self.jet_like = jet_like  # E * var * Momentum4D: the output's list structure
-        self.jet_rank = jet_rank  # [B] position of each jet in its event by pT (0 = leading)
-        self.max_jets = max_jets
-
-
-def _flat(array: ak.Array, field: str, levels: int) -> np.ndarray:
-    values = array[field]
-    for _ in range(levels):
-        values = ak.flatten(values, axis=1)
-    return ak.to_numpy(values)
-
-
-def _prepare(
-    jets: ak.Array, constituents: ak.Array, nested: bool, tagger: MultiStepTagger
-) -> _Inputs:
-    """Features as :func:`hepms.data.build_dataset` computes them, for every jet."""
-    from hepms.data import JET_FEATURES
-
-    jet_counts = ak.to_numpy(ak.num(jets, axis=1)).astype(np.int64)
-    n_events, n_jets = len(jet_counts), int(jet_counts.sum())
-    jet_first = np.zeros(n_events + 1, dtype=np.int64)
-    np.cumsum(jet_counts, out=jet_first[1:])
-    # Plain Momentum4D jets (the training pipeline's kind): drops NanoEvents behaviours and
-    # parameters, and reads only the four branches.
-    jet_flat = {name: _flat(jets, name, 1) for name in _JET_FIELDS}
-    jet_like = ak.unflatten(
-        ak.zip(jet_flat, with_name="Momentum4D", behavior=_vector_behavior()), jet_counts
-    )
-
-    fields = tagger.required_fields(nested)["constituents"]
-    payload = [f for f in fields if f != _JET_INDEX_FIELD]
-    if nested:
-        per_jet = ak.to_numpy(ak.flatten(ak.num(constituents, axis=2), axis=1)).astype(np.int64)
-        if len(per_jet) != n_jets or not np.array_equal(
-            ak.to_numpy(ak.num(constituents, axis=1)), jet_counts
-        ):
-            raise ValueError("jets and constituents have different numbers of jets per event")
-        flat = {name: _flat(constituents, name, 2) for name in payload}
-        global_jet = np.repeat(np.arange(n_jets, dtype=np.int64), per_jet)
-        rows = np.arange(len(global_jet), dtype=np.int64)
-    else:
-        counts = ak.to_numpy(ak.num(constituents, axis=1)).astype(np.int64)
-        flat = {name: _flat(constituents, name, 1) for name in payload}
-        jet_index = _flat(constituents, _JET_INDEX_FIELD, 1).astype(np.int64)
-        event_of = np.repeat(np.arange(n_events, dtype=np.int64), counts)
-        # Candidates that belong to no jet of their event (jetIdx -1 in NanoAOD) are ignored.
-        valid = (jet_index >= 0) & (jet_index < jet_counts[event_of])
-        rows = np.flatnonzero(valid)
-        global_jet = jet_first[event_of[rows]] + jet_index[rows]
-    # Group by jet, pT-descending inside each jet (lexsort is stable: ties keep file order,
-    # like the stable argsort of physics.leading), then keep the leading max_constituents.
-    order = np.lexsort((-flat["pt"][rows], global_jet))
-    rows, global_jet = rows[order], global_jet[order]
-    per_jet = np.bincount(global_jet, minlength=n_jets).astype(np.int64)
-    starts = np.cumsum(per_jet) - per_jet
-    rank = np.arange(len(rows), dtype=np.int64) - np.repeat(starts, per_jet)
-    keep = rank < tagger.max_constituents
-    rows = rows[keep]
-    per_jet = np.minimum(per_jet, tagger.max_constituents)
-    parts = ak.unflatten(
-        ak.unflatten(ak.zip({name: flat[name][rows] for name in payload}), per_jet), jet_counts
-    )
-
-    part_records = physics.constituent_features(jet_like, parts)
-    constituent_table = to_jagged(part_records, fields=list(tagger.constituent_features))
-    jet_records = ak.zip(
-        {name: JET_FEATURES[name](jet_like, parts) for name in tagger.jet_features}, depth_limit=2
-    )
-    jet_table = to_jagged(jet_records, fields=list(tagger.jet_features))
-    if tagger.check_finite:
-        _check_finite("constituent", constituent_table.values, tagger.constituent_features)
-        _check_finite("jet", jet_table.values, tagger.jet_features)
-
-    # Rank of every jet in its event by pT (stable), for the event model's leading-jets cut.
-    jet_order = np.lexsort((-jet_flat["pt"], np.repeat(np.arange(n_events), jet_counts)))
-    jet_rank = np.empty(n_jets, dtype=np.int64)
-    jet_rank[jet_order] = np.arange(n_jets, dtype=np.int64) - np.repeat(jet_first[:-1], jet_counts)
-
-    assert constituent_table.outer_offsets is not None
-    return _Inputs(
-        constituent_table.values,
-        constituent_table.offsets,
-        constituent_table.outer_offsets,
-        jet_table.values,
-        jet_like,
-        jet_rank,
-        tagger.max_jets,
-    )
-
-
-def _vector_behavior() -> Mapping[str, Any]:
-    import vector
-
-    return vector.backends.awkward.behavior
-
-
-def _check_finite(what: str, values: Tensor, names: Sequence[str]) -> None:
-    finite = torch.isfinite(values)
-    if bool(finite.all()):
-        return
-    bad_columns = (~finite).any(0).nonzero().flatten().tolist()
-    rows = int((~finite).any(1).sum())
-    raise ValueError(
-        f"non-finite {what} feature(s) {[names[i] for i in bad_columns]} in {rows} row(s): "
-        "zero-pT or zero-energy objects? Cut them before applying the model (or pass "
-        "check_finite=False to get NaN scores)"
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -670,7 +424,19 @@ class _Outputs:
         self.momentum = momentum
 
 
-def _run_model(model: nn.Module, inputs: _Inputs, device: str) -> _Outputs:
+def _jet_rank(jets: ak.Array) -> np.ndarray:
+    """``[B]`` position of each jet in its event by pT, descending and stable (0 = leading)."""
+    counts = ak.to_numpy(ak.num(jets, axis=1)).astype(np.int64)
+    first = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=first[1:])
+    pt = ak.to_numpy(ak.flatten(jets["pt"], axis=1))
+    order = np.lexsort((-pt, np.repeat(np.arange(len(counts)), counts)))
+    rank = np.empty(len(pt), dtype=np.int64)
+    rank[order] = np.arange(len(pt), dtype=np.int64) - np.repeat(first[:-1], counts)
+    return rank
+
+
+def _run_model(model: nn.Module, inputs: FeatureTensors, device: str) -> _Outputs:
     """One ``forward`` for all jets; only the leading ``max_jets`` per event feed the event model.
 
     ``forward`` feeds every jet it gets to the event model, so jets beyond ``max_jets`` are
@@ -679,8 +445,9 @@ def _run_model(model: nn.Module, inputs: _Inputs, device: str) -> _Outputs:
     ``torch.export`` programs and Python models behave the same.
     """
     n_events = inputs.jet_offsets.shape[0] - 1
-    extra = inputs.jet_rank >= inputs.max_jets
-    constituents, constituent_offsets = inputs.constituents, inputs.constituent_offsets
+    max_jets = inputs.spec.max_jets
+    extra = _jet_rank(inputs.jets) >= max_jets
+    constituents, constituent_offsets = inputs.constituents.values, inputs.constituent_offsets
     jet_offsets, jet_features = inputs.jet_offsets, inputs.jet_features
     permutation = None
     if extra.any():
@@ -688,11 +455,11 @@ def _run_model(model: nn.Module, inputs: _Inputs, device: str) -> _Outputs:
                                                        np.flatnonzero(extra)]))
         # Ranks run 0..count-1 in each event, so min(count, max_jets) jets of each are kept.
         jet_counts = inputs.jet_offsets[1:] - inputs.jet_offsets[:-1]
-        kept = jet_counts.clamp(max=inputs.max_jets)
+        kept = jet_counts.clamp(max=max_jets)
         n_extra = int(extra.sum())
         counts = torch.cat([kept, torch.ones(n_extra, dtype=torch.int64)])
-        jet_offsets = hepms.offsets_from_counts(counts)
-        rows, constituent_offsets = _gather_ranges(constituent_offsets, permutation)
+        jet_offsets = offsets_from_counts(counts)
+        rows, constituent_offsets = take_segments(constituent_offsets, permutation)
         constituents = constituents.index_select(0, rows)
         jet_features = jet_features.index_select(0, permutation)
     args = [t.to(device) for t in (constituents, constituent_offsets, jet_offsets, jet_features)]
@@ -706,16 +473,6 @@ def _run_model(model: nn.Module, inputs: _Inputs, device: str) -> _Outputs:
         intermediate = _unpermute(intermediate, permutation)
         momentum = _unpermute(momentum, permutation)
     return _Outputs(tau_logit, intermediate, event_logit, momentum)
-
-
-def _gather_ranges(offsets: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """Rows of the segments ``index`` (in that order) and the offsets over them."""
-    starts = offsets[:-1].index_select(0, index)
-    counts = offsets[1:].index_select(0, index) - starts
-    new_offsets = hepms.offsets_from_counts(counts)
-    total = int(new_offsets[-1])
-    shift = torch.repeat_interleave(starts - new_offsets[:-1], counts, output_size=total)
-    return shift + torch.arange(total, dtype=torch.int64), new_offsets
 
 
 def _unpermute(values: Tensor, permutation: Tensor) -> Tensor:
@@ -736,7 +493,10 @@ def _assemble(outputs: _Outputs, jet_like: ak.Array, tagger: MultiStepTagger) ->
         "event_logit": from_jagged(outputs.event_logit, like=jet_like, level="segment"),
     }
     if tagger.regression_outputs > 0:
+        # Momentum targets are in the spec's unit: back to GeV (eta/phi targets stay as they are).
+        scale = torch.tensor([tagger.spec.momentum_unit_gev if name in ("px", "py", "pz", "pt")
+                              else 1.0 for name in tagger.spec.targets])
         fields["tau_momentum"] = from_jagged(
-            outputs.momentum * _MOMENTUM_UNIT_GEV, like=jet_like, level="element"
+            outputs.momentum * scale, like=jet_like, level="element"
         )
     return ak.zip(fields, depth_limit=1)

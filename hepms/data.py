@@ -27,15 +27,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import awkward as ak
 import numpy as np
 import torch
 from torch import Tensor
 
-from hepms import physics
-from hepms.jagged import Jagged, to_jagged
+from hepms.features import FeatureSpec, feature_tensors, regression_targets
+from hepms.jagged import Jagged, take_segments, to_jagged
 from hepms.ops import offsets_from_counts
 
 log = logging.getLogger(__name__)
@@ -47,46 +47,9 @@ __all__ = [
     "split",
     "prepare",
     "toy_dataset",
-    "JET_FEATURES",
-    "DEFAULT_JET_FEATURES",
-    "DEFAULT_CONSTITUENT_FEATURES",
 ]
 
 Device = Union[str, torch.device, None]
-
-#: Per-constituent features from :func:`hepms.physics.constituent_features` (all of them).
-DEFAULT_CONSTITUENT_FEATURES: tuple[str, ...] = (
-    "deta",
-    "dphi",
-    "log_pt",
-    "log_e",
-    "log_pt_rel",
-    "log_e_rel",
-    "delta_r",
-    "charge",
-)
-
-
-def _log_scale(x: ak.Array) -> ak.Array:
-    # The project's GeV scaling log(0.1 + x); masses and energies are clipped at 0 first, since
-    # float rounding can leave a massless jet at -1e-6 GeV.
-    return physics.log_pt(np.maximum(x, 0.0))
-
-
-#: Per-jet features by name: functions of the jets (``vector`` Momentum4D records) and of their
-#: (capped) constituents. The study's event model uses the jet 4-vector (pT, eta, phi, mass).
-JET_FEATURES: dict[str, Callable[[ak.Array, ak.Array], ak.Array]] = {
-    "log_pt": lambda jets, parts: physics.log_pt(jets.pt),
-    "eta": lambda jets, parts: jets.eta,
-    "phi": lambda jets, parts: jets.phi,
-    "log_mass": lambda jets, parts: _log_scale(jets.mass),
-    "log_e": lambda jets, parts: _log_scale(jets.E),
-    "cos_phi": lambda jets, parts: np.cos(jets.phi),
-    "sin_phi": lambda jets, parts: np.sin(jets.phi),
-    "log_n_constituents": lambda jets, parts: np.log1p(ak.num(parts, axis=-1)),
-}
-DEFAULT_JET_FEATURES: tuple[str, ...] = ("log_pt", "eta", "phi", "log_mass")
-
 
 # ----------------------------------------------------------------------------------------------
 # The container
@@ -344,8 +307,8 @@ class TauEventData:
         n = len(self)
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
             raise IndexError(f"event index out of range [0, {n})")
-        jet_index, outer = _gather_ranges(c.outer_offsets, index)
-        part_index, offsets = _gather_ranges(c.offsets, jet_index)
+        jet_index, outer = take_segments(c.outer_offsets, index)
+        part_index, offsets = take_segments(c.offsets, jet_index)
 
         def pick(t: Optional[Tensor], i: Tensor) -> Optional[Tensor]:
             return None if t is None else t.index_select(0, i)
@@ -362,18 +325,6 @@ class TauEventData:
             _host_outer=None,
             _host_offsets=None,
         )
-
-
-def _gather_ranges(offsets: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """Rows of the selected segments ``index`` of ``offsets``, and the new offsets over them."""
-    starts = offsets[:-1].index_select(0, index)
-    counts = offsets[1:].index_select(0, index) - starts
-    new_offsets = offsets_from_counts(counts)
-    total = int(new_offsets[-1])
-    # Row r of the result is row r + (start of its segment - new start of its segment).
-    shift = torch.repeat_interleave(starts - new_offsets[:-1], counts, output_size=total)
-    rows = shift + torch.arange(total, dtype=torch.int64, device=offsets.device)
-    return rows, new_offsets
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,145 +415,77 @@ class Standardizer:
 # ----------------------------------------------------------------------------------------------
 def build_dataset(
     events: ak.Array,
-    max_jets: int = 8,
-    max_constituents: int = 50,
+    spec: Optional[FeatureSpec] = None,
     *,
-    min_jets: int = 1,
-    jet_features: Sequence[str] = DEFAULT_JET_FEATURES,
-    constituent_features: Sequence[str] = DEFAULT_CONSTITUENT_FEATURES,
     jets_field: str = "jets",
     constituents_field: str = "constituents",
     jet_label_field: str = "isTau",
     event_label_field: str = "label",
     split_field: Optional[str] = "split",
-    regression_targets: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> TauEventData:
     """Assemble a :class:`TauEventData` from the generator's awkward events (no event loops).
 
-    Jets are ordered by pT and capped at ``max_jets`` per event; constituents are ordered by pT
-    and capped at ``max_constituents`` per jet. Constituent features are computed relative to
-    their jet with :func:`hepms.physics.constituent_features`; jet features are picked by name from
-    :data:`JET_FEATURES` (pT, mass and energy as ``log(0.1 + x/GeV)``). Features are *not*
-    standardised here: fit a :class:`Standardizer` on the training split.
+    Events with fewer than ``spec.min_jets`` jets are dropped; the features are those of
+    :func:`hepms.features.feature_tensors` (the leading ``spec.max_jets`` jets by pT, their leading
+    ``spec.max_constituents`` constituents), the regression targets those of
+    :func:`hepms.features.regression_targets` (``spec.targets``, when the jets carry the
+    visible-tau fields). Features are *not* standardised here: fit a :class:`Standardizer` on the
+    training split.
 
     Args:
         events: awkward array of event records, as returned by
             :func:`hepms.generate.read_events`: ``events[jets_field]`` are jets (pt, eta, phi,
             mass, a tau label, and their constituents nested under ``constituents_field``),
             ``events[event_label_field]`` the event label.
-        max_jets: jets kept per event (the leading ones).
-        max_constituents: constituents kept per jet (the leading ones).
-        min_jets: drop events with fewer jets (before capping). The default 1 removes events
-            without any jet, which carry no information for either model.
-        jet_features: names from :data:`JET_FEATURES`, in column order.
-        constituent_features: names from :data:`DEFAULT_CONSTITUENT_FEATURES` (``charge`` needs a
-            charge field on the constituents).
+        spec: the features (default: ``FeatureSpec()``).
         jets_field, constituents_field, jet_label_field, event_label_field: field names.
         split_field: event field holding the split decided by the generator (kept as
             ``event_split``, used by :func:`split`); ignored when the events lack it, None: never.
-        regression_targets: add ``jet_targets`` = visible tau ``(px, py, pz) / 100 GeV`` (zero for
-            light jets), when the jets carry ``visTauPt, visTauEta, visTauPhi``.
         dtype: floating dtype of the features and labels.
 
     Returns:
         A :class:`TauEventData` on the CPU.
 
     Raises:
-        ValueError: unknown feature names, bad caps, missing fields, non-finite features.
+        ValueError: missing fields, non-finite features.
     """
-    for name, value, low in (("max_jets", max_jets, 1), ("max_constituents", max_constituents, 1),
-                             ("min_jets", min_jets, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    unknown = [n for n in jet_features if n not in JET_FEATURES]
-    if unknown:
-        raise ValueError(f"unknown jet feature(s) {unknown}; choose from {sorted(JET_FEATURES)}")
-    if not jet_features:
-        raise ValueError("jet_features is empty: the event model needs at least one jet feature")
-    unknown = [n for n in constituent_features if n not in DEFAULT_CONSTITUENT_FEATURES]
-    if unknown:
-        raise ValueError(
-            f"unknown constituent feature(s) {unknown}; choose from {DEFAULT_CONSTITUENT_FEATURES}"
-        )
-    if not constituent_features:
-        raise ValueError("constituent_features is empty")
+    spec = FeatureSpec() if spec is None else spec
+    if not isinstance(spec, FeatureSpec):
+        raise TypeError(f"spec must be a hepms.features.FeatureSpec, got {type(spec).__name__}")
     for name in (jets_field, event_label_field):
         if name not in events.fields:
             raise ValueError(f"events have no field {name!r} (fields: {events.fields})")
-
-    if min_jets > 0:
-        events = events[ak.num(events[jets_field], axis=1) >= min_jets]
+    if spec.min_jets > 0:
+        events = events[ak.num(events[jets_field], axis=1) >= spec.min_jets]
     jets = events[jets_field]
     if constituents_field not in jets.fields:
         raise ValueError(f"jets have no field {constituents_field!r} (fields: {jets.fields})")
     if jet_label_field not in jets.fields:
         raise ValueError(f"jets have no label field {jet_label_field!r} (fields: {jets.fields})")
-    jets = physics.leading(jets, int(max_jets), by="pt")
-    parts = physics.leading(jets[constituents_field], int(max_constituents), by="pt")
-
-    # Constituents: [events][jets][constituents] records -> one two-level Jagged.
-    # Plain records (vector's Momentum4D name dropped): physics.constituent_features reads the
-    # charge field of records only, not of vector arrays.
-    with np.errstate(divide="ignore", invalid="ignore"):  # non-finite values raise below
-        part_records = physics.constituent_features(jets, ak.with_name(parts, None))
-    missing = [n for n in constituent_features if n not in part_records.fields]
-    if missing:
-        raise ValueError(f"constituent feature(s) {missing} unavailable (no charge field?)")
-    constituents = to_jagged(part_records, fields=list(constituent_features), dtype=dtype)
-
-    # Jets: [events][jets] records -> one level, whose offsets must be the outer ones above.
-    vectors = physics.to_vectors(jets)
-    jet_records = ak.zip(
-        {name: JET_FEATURES[name](vectors, parts) for name in jet_features}, depth_limit=2
-    )
-    jet_table = to_jagged(jet_records, fields=list(jet_features), dtype=dtype)
-    assert constituents.outer_offsets is not None
-    if not torch.equal(jet_table.offsets, constituents.outer_offsets):
-        raise ValueError("jets and constituents disagree on the number of jets per event")
+    tensors = feature_tensors(jets, jets[constituents_field], spec, dtype=dtype)
+    jets = tensors.jets  # the selected jets, in row order
 
     jet_labels = to_jagged(ak.values_astype(jets[jet_label_field], np.float64), dtype=dtype)
     event_labels = torch.as_tensor(
         ak.to_numpy(events[event_label_field]).astype(np.float64), dtype=dtype
     )
-
-    targets = None
-    if regression_targets and all(f in jets.fields for f in ("visTauPt", "visTauEta", "visTauPhi")):
-        pt, eta, phi = jets["visTauPt"], jets["visTauEta"], jets["visTauPhi"]
-        is_tau = jets[jet_label_field] > 0
-        scale = 100.0  # GeV: the study's momentum unit, so the MSE is O(1) like the BCE
-        momentum = ak.zip(
-            {
-                "px": ak.where(is_tau, pt * np.cos(phi), 0.0) / scale,
-                "py": ak.where(is_tau, pt * np.sin(phi), 0.0) / scale,
-                "pz": ak.where(is_tau, pt * np.sinh(eta), 0.0) / scale,
-            }
-        )
-        targets = to_jagged(momentum, dtype=dtype).values
-
-    for name, tensor in (
-        ("constituent features", constituents.values),
-        ("jet features", jet_table.values),
-        ("regression targets", targets),
-    ):
-        if tensor is not None and not bool(torch.isfinite(tensor).all()):
-            bad = (~torch.isfinite(tensor)).any(0).nonzero().flatten().tolist()
-            raise ValueError(
-                f"non-finite {name} in column(s) {bad}: zero-pT constituents or jets? "
-                "Cut them before building the dataset"
-            )
+    targets = regression_targets(jets, spec, jet_label_field, dtype)
+    if targets is not None and not bool(torch.isfinite(targets).all()):
+        bad = (~torch.isfinite(targets)).any(0).nonzero().flatten().tolist()
+        raise ValueError(f"non-finite regression targets in column(s) {bad} of {list(spec.targets)}")
     event_split = None
     if split_field is not None and split_field in events.fields:
         event_split = torch.as_tensor(ak.to_numpy(events[split_field]).astype(np.int64))
     data = TauEventData(
-        constituents,
-        jet_table.values,
+        tensors.constituents,
+        tensors.jet_features,
         jet_labels.values[:, 0],
         event_labels,
         jet_weights=None,
         jet_targets=targets,
-        constituent_names=tuple(constituent_features),
-        jet_names=tuple(jet_features),
+        constituent_names=spec.constituent_features,
+        jet_names=spec.jet_features,
         event_split=event_split,
     )
     log.info(

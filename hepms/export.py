@@ -11,9 +11,11 @@ hepms version) as a JSON string, so an export file is all a consumer needs:
   also stored as the extra file ``hepms.json`` (``unzip -p model.pt '*/extra/hepms.json'``);
 * :func:`export_program` writes a ``torch.export`` program (``.pt2``) of ``forward`` with dynamic
   sizes for the constituents, jets and events, the metadata as the extra file ``hepms.json``;
-* :func:`load_model` loads either, or a training checkpoint (:class:`hepms.train.Trainer`'s
-  ``checkpoint.pt`` plus the preprocessing, or one written by :func:`save_checkpoint`), and returns
-  a ready model in eval mode; :func:`model_metadata` reads the metadata of any of them.
+* :func:`load_export` loads either and returns a ready model in eval mode; :func:`model_metadata`
+  reads the metadata of any of them.
+
+A trained model comes from its model file (:func:`hepms.model_file.load_model`, which also reads
+run and trial directories): ``load_model(run).inference_model()`` is the :class:`InferenceModel`.
 
 Loading a TorchScript or ``torch.export`` file needs the hepms segment ops to be registered
 (``import hepms``), since the graphs call ``torch.ops.hepms.segment_*``; no other hepms code (no
@@ -22,19 +24,21 @@ training code, no ``hepms.nn``) is needed.
 Example:
     >>> import tempfile, torch, hepms
     >>> from hepms.data import Standardizer
+    >>> from hepms.features import FeatureSpec
     >>> from hepms.nn import MultiStep
-    >>> from hepms.export import InferenceModel, export_torchscript, load_model
+    >>> from hepms.export import InferenceModel, export_torchscript, load_export, model_metadata
     >>> net = MultiStep(constituent_features=2, jet_features=1, connection="additional", k=3,
     ...                 seed=1)
     >>> scaler = Standardizer(torch.zeros(2), torch.ones(2), torch.zeros(1), torch.ones(1))
-    >>> model = InferenceModel(net, scaler, ["deta", "dphi"], ["log_pt"], max_jets=8)
+    >>> spec = FeatureSpec(jet_features=["log_pt"], constituent_features=["deta", "dphi"])
+    >>> model = InferenceModel(net, scaler, spec)
     >>> path = export_torchscript(model, tempfile.mkdtemp() + "/model.pt")
-    >>> loaded = load_model(path)
+    >>> loaded = load_export(path)
     >>> x, jf = torch.randn(5, 2), torch.randn(2, 1)        # 5 constituents, 2 jets
     >>> co, jo = torch.tensor([0, 2, 5]), torch.tensor([0, 2])  # 1 event
     >>> all(torch.equal(a, b) for a, b in zip(loaded(x, co, jo, jf), model(x, co, jo, jf)))
     True
-    >>> model_metadata(loaded)["k"], model_metadata(loaded)["jet_features"]
+    >>> model_metadata(loaded)["k"], model_metadata(loaded)["features"]["jet_features"]
     (3, ['log_pt'])
 """
 from __future__ import annotations
@@ -48,18 +52,14 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 import hepms
-from hepms.data import (
-    DEFAULT_CONSTITUENT_FEATURES,
-    DEFAULT_JET_FEATURES,
-    JET_FEATURES,
-    Standardizer,
-)
+from hepms.data import Standardizer
+from hepms.features import FeatureSpec
 from hepms.nn.models import MultiStep
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,11 @@ __all__ = [
     "export_program",
     "export_onnx",
     "offsets_valid",
-    "save_checkpoint",
-    "load_model",
+    "load_export",
+    "file_kind",
     "model_metadata",
     "quiet_jit",
-    "file_kind",
+    "save_atomically",
     "METADATA_FILE",
     "ONNX_INPUTS",
     "ONNX_OUTPUTS",
@@ -86,11 +86,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: Name of the metadata entry in TorchScript / torch.export archives.
 METADATA_FILE = "hepms.json"
-#: ``format`` value of the metadata and of :func:`save_checkpoint` files.
+#: ``format`` value of the metadata (version 2: the feature spec under ``features``).
 FORMAT = "hepms.inference"
-FORMAT_VERSION = 1
-#: Checkpoint format written by :class:`hepms.train.Trainer` (its ``CHECKPOINT_FORMAT``).
-_TRAINER_CHECKPOINT_FORMAT = 1
+FORMAT_VERSION = 2
 _OUTPUTS = ("tau_logit", "intermediate", "event_logit", "momentum")
 
 
@@ -100,7 +98,7 @@ _OUTPUTS = ("tau_logit", "intermediate", "event_logit", "momentum")
 class InferenceModel(nn.Module):
     """A :class:`~hepms.nn.MultiStep` with its feature standardisation and its metadata.
 
-    All inputs are *raw* features (as :func:`hepms.data.build_dataset` computes them, before the
+    All inputs are *raw* features (as :func:`hepms.features.feature_tensors` computes them, before the
     :class:`~hepms.data.Standardizer`); standardisation runs inside, from float32 buffers, with the
     same arithmetic as ``Standardizer.__call__``, so results equal the training-time pipeline
     bit for bit.
@@ -108,16 +106,11 @@ class InferenceModel(nn.Module):
     Args:
         model: the trained multi-step model (copied, put in eval mode).
         scaler: the standardisation fitted on the training split.
-        constituent_features: names of the constituent columns, in order (see
-            :data:`hepms.data.DEFAULT_CONSTITUENT_FEATURES`).
-        jet_features: names of the jet columns, in order (keys of :data:`hepms.data.JET_FEATURES`).
-        max_jets: jets per event the event model was trained on (the leading ones by pT).
-        max_constituents: constituents per jet the tau model was trained on (leading by pT).
-        extra_metadata: JSON-serialisable entries added to the metadata (e.g. a training summary).
+        spec: the :class:`~hepms.features.FeatureSpec` of the columns (names, order, caps, units).
+        extra_metadata: JSON-serialisable entries added to the metadata (e.g. the provenance).
 
     Raises:
-        ValueError: feature names that do not match the model's input widths or the scaler, or
-            unknown feature names.
+        ValueError: a spec that does not match the model's input widths or the scaler.
     """
 
     # TorchScript compiles properties unless told otherwise; this one is Python-only (json).
@@ -127,10 +120,7 @@ class InferenceModel(nn.Module):
         self,
         model: MultiStep,
         scaler: Standardizer,
-        constituent_features: Sequence[str],
-        jet_features: Sequence[str],
-        max_jets: int = 8,
-        max_constituents: int = 50,
+        spec: FeatureSpec,
         extra_metadata: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__()
@@ -140,15 +130,10 @@ class InferenceModel(nn.Module):
             raise TypeError(
                 f"scaler must be a hepms.data.Standardizer, got {type(scaler).__name__}"
             )
-        constituent_features = _names("constituent_features", constituent_features)
-        jet_features = _names("jet_features", jet_features)
-        _check_feature_names(constituent_features, jet_features)
-        _check_width("constituent", constituent_features, model.tau.constituent_features,
-                     scaler.constituent_mean.shape[0])
-        _check_width("jet", jet_features, model.tau.jet_features, scaler.jet_mean.shape[0])
-        for name, value in (("max_jets", max_jets), ("max_constituents", max_constituents)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(spec, FeatureSpec):
+            raise TypeError(f"spec must be a hepms.features.FeatureSpec, got {type(spec).__name__}")
+        spec.check_widths(model.tau.constituent_features, model.tau.jet_features, "the model")
+        spec.check_widths(scaler.constituent_mean.shape[0], scaler.jet_mean.shape[0], "the scaler")
         # A copy: exporting must not change (or be changed by) a model that keeps training.
         self.model = copy.deepcopy(model).eval()
         # float32 buffers cast from the float64 statistics, exactly as Standardizer does on
@@ -158,17 +143,14 @@ class InferenceModel(nn.Module):
         self.register_buffer("jet_mean", scaler.jet_mean.to(torch.float32).clone())
         self.register_buffer("jet_std", scaler.jet_std.to(torch.float32).clone())
         self.k = int(model.k)
-        self.max_jets = int(max_jets)
-        self.max_constituents = int(max_constituents)
+        self.max_jets = spec.max_jets
+        self.max_constituents = spec.max_constituents
         metadata = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "hepms_version": hepms.__version__,
             "torch_version": torch.__version__,
-            "constituent_features": constituent_features,
-            "jet_features": jet_features,
-            "max_jets": self.max_jets,
-            "max_constituents": self.max_constituents,
+            "features": spec.to_dict(),
             "k": self.k,
             "connection": model.connection,
             "regression_outputs": int(model.tau.regression_outputs),
@@ -183,7 +165,8 @@ class InferenceModel(nn.Module):
                 "tau_logit": "[B] tau logit per jet",
                 "intermediate": "[B, k] what the event model receives per jet",
                 "event_logit": "[E] H (1) vs Z (0) logit per event",
-                "momentum": "[B, R] visible tau (px, py, pz) / 100 GeV (R = 0: no regression)",
+                "momentum": "[B, R] regression targets of features.targets, momenta in units of "
+                            "features.momentum_unit_gev (R = 0: no regression)",
             },
             "jet_selection": (
                 "forward() feeds every given jet to the event model: give it at most max_jets "
@@ -263,42 +246,6 @@ class InferenceModel(nn.Module):
         return tau_logit, intermediate, event_logit, momentum
 
 
-def _names(what: str, names: Sequence[str]) -> list[str]:
-    if isinstance(names, str):
-        raise TypeError(f"{what} must be a sequence of names, not the string {names!r}")
-    names = [str(n) for n in names]
-    if not names:
-        raise ValueError(f"{what} is empty")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{what} has repeated names: {names}")
-    return names
-
-
-def _check_feature_names(constituent_features: Sequence[str], jet_features: Sequence[str]) -> None:
-    unknown = [n for n in constituent_features if n not in DEFAULT_CONSTITUENT_FEATURES]
-    if unknown:
-        raise ValueError(
-            f"unknown constituent feature(s) {unknown}: hepms computes "
-            f"{list(DEFAULT_CONSTITUENT_FEATURES)}"
-        )
-    unknown = [n for n in jet_features if n not in JET_FEATURES]
-    if unknown:
-        raise ValueError(f"unknown jet feature(s) {unknown}: hepms computes {sorted(JET_FEATURES)}")
-
-
-def _check_width(what: str, names: Sequence[str], model_width: int, scaler_width: int) -> None:
-    if len(names) != model_width:
-        raise ValueError(
-            f"feature mismatch: the model takes {model_width} {what} features but "
-            f"{len(names)} {what} feature names were given: {list(names)}"
-        )
-    if scaler_width != model_width:
-        raise ValueError(
-            f"feature mismatch: the scaler was fitted on {scaler_width} {what} features, the "
-            f"model takes {model_width} ({list(names)})"
-        )
-
-
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
@@ -324,7 +271,7 @@ def export_torchscript(model: InferenceModel, path: PathLike) -> Path:
         with quiet_jit():
             torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: model.metadata_json})
 
-    _save_atomically(path, save)
+    save_atomically(path, save)
     log.info("exported TorchScript model to %s", path)
     return path
 
@@ -349,7 +296,7 @@ def export_program(model: InferenceModel, path: PathLike) -> Path:
             model.eval(), args, dynamic_shapes=_dynamic_shapes(), strict=False
         )
     metadata = {METADATA_FILE: model.metadata_json}
-    _save_atomically(path, lambda tmp: torch.export.save(program, tmp, extra_files=metadata))
+    save_atomically(path, lambda tmp: torch.export.save(program, tmp, extra_files=metadata))
     log.info("exported torch.export program to %s", path)
     return path
 
@@ -468,7 +415,7 @@ def export_onnx(model: InferenceModel, path: PathLike) -> Path:
     def save(tmp: str) -> None:
         Path(tmp).write_bytes(onnx_model.SerializeToString())
 
-    _save_atomically(path, save)
+    save_atomically(path, save)
     log.info("exported ONNX model to %s", path)
     return path
 
@@ -491,8 +438,7 @@ def _quiet_onnx() -> Iterator[None]:
 
 def _example_inputs(model: InferenceModel) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Small inputs with distinct sizes N != B != E, an empty jet and an event without jets."""
-    meta = model.metadata
-    f_c, f_j = len(meta["constituent_features"]), len(meta["jet_features"])
+    f_c, f_j = model.constituent_mean.shape[0], model.jet_mean.shape[0]
     device = model.constituent_mean.device
     constituent_offsets = torch.tensor([0, 3, 3, 7, 9, 12], device=device)
     jet_offsets = torch.tensor([0, 2, 2, 5], device=device)
@@ -502,57 +448,9 @@ def _example_inputs(model: InferenceModel) -> tuple[Tensor, Tensor, Tensor, Tens
     return constituents, constituent_offsets, jet_offsets, jet_features
 
 
-def save_checkpoint(
-    path: PathLike,
-    model: MultiStep,
-    scaler: Standardizer,
-    constituent_features: Sequence[str],
-    jet_features: Sequence[str],
-    max_jets: int = 8,
-    max_constituents: int = 50,
-) -> Path:
-    """Save a training-style checkpoint that also records the preprocessing.
-
-    The file has the keys of :class:`hepms.train.Trainer`'s ``checkpoint.pt`` that inference
-    needs (``format``, ``model_config``, ``model``) plus ``preprocessing`` (scaler statistics,
-    feature names, ``max_jets``, ``max_constituents``), so :func:`load_model` needs no extra
-    arguments. It loads with ``torch.load(..., weights_only=True)``.
-    """
-    # Validates names, widths and the scaler before anything is written.
-    InferenceModel(model, scaler, constituent_features, jet_features, max_jets, max_constituents)
-    state = {
-        "format": _TRAINER_CHECKPOINT_FORMAT,
-        "model_config": model.config,
-        "model": model.state_dict(),
-        "preprocessing": _preprocessing(
-            scaler, constituent_features, jet_features, max_jets, max_constituents
-        ),
-        "hepms_version": hepms.__version__,
-    }
-    path = Path(path)
-    _save_atomically(path, lambda tmp: torch.save(state, tmp))
-    return path
-
-
-def _preprocessing(
-    scaler: Standardizer,
-    constituent_features: Sequence[str],
-    jet_features: Sequence[str],
-    max_jets: int,
-    max_constituents: int,
-) -> dict:
-    return {
-        "scaler": {k: v.detach().cpu() for k, v in scaler.state_dict().items()},
-        "constituent_features": list(constituent_features),
-        "jet_features": list(jet_features),
-        "max_jets": int(max_jets),
-        "max_constituents": int(max_constituents),
-    }
-
-
-def _save_atomically(path: Path, save: Callable[[str], None]) -> None:
+def save_atomically(path: Path, save: Callable[[str], None]) -> None:
     """``save(tmp)`` into a hidden file next to ``path``, then rename it to ``path``: a crash or a
-    full disk never leaves a truncated model under the final name."""
+    full disk never leaves a truncated model under the final name (model files and exports)."""
     # Hidden, and keeping the suffix: torch.export.save warns about names not ending in .pt2.
     tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
@@ -579,57 +477,28 @@ def quiet_jit() -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------
-def load_model(
-    path: PathLike,
-    *,
-    scaler: Optional[Standardizer] = None,
-    constituent_features: Optional[Sequence[str]] = None,
-    jet_features: Optional[Sequence[str]] = None,
-    max_jets: Optional[int] = None,
-    max_constituents: Optional[int] = None,
-    map_location: Union[str, torch.device] = "cpu",
-) -> nn.Module:
-    """A ready model (eval mode) from an export or a training checkpoint.
+def load_export(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> nn.Module:
+    """A ready model (eval mode) from an export file.
 
-    ``path`` may be
-
-    * a TorchScript export (:func:`export_torchscript`): returns the ``ScriptModule``;
-    * a ``torch.export`` program (:func:`export_program`): returns its module (``forward`` only);
-    * a checkpoint with preprocessing (:func:`save_checkpoint`): returns an :class:`InferenceModel`;
-    * a :class:`hepms.train.Trainer` checkpoint (``checkpoint.pt``, or the folder holding it),
-      which stores the model but not the preprocessing: pass ``scaler`` (required),
-      and ``constituent_features`` / ``jet_features`` unless the defaults of
-      :func:`hepms.data.build_dataset` were used; returns an :class:`InferenceModel`.
-
-    Keyword arguments given for an export or a checkpoint that already records them must agree
-    with it (a mismatch raises rather than silently picking one).
-
-    Every returned model has a ``metadata_json`` attribute (see :func:`model_metadata`).
+    ``path`` may be a TorchScript export (:func:`export_torchscript`: returns the
+    ``ScriptModule``) or a ``torch.export`` program (:func:`export_program`: returns its module,
+    ``forward`` only). Every returned model has a ``metadata_json`` attribute (see
+    :func:`model_metadata`). Trained models (model files, run and trial directories, checkpoints)
+    are read by :func:`hepms.model_file.load_model`.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unknown file format, missing preprocessing, or a model/feature mismatch
-            (the message names the features).
+        ValueError: not an export (a model file or checkpoint is named as such), or no hepms
+            metadata.
     """
     path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no model file at {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no export file at {path}")
     kind = file_kind(path)
-    given = {
-        "constituent_features": constituent_features,
-        "jet_features": jet_features,
-        "max_jets": max_jets,
-        "max_constituents": max_constituents,
-    }
-    if kind in ("torchscript", "program"):
-        if scaler is not None:
-            raise ValueError(f"{path} is an export with its own standardisation: drop scaler=")
-        module = _load_export(path, kind, map_location)
-        _check_agrees(path, json.loads(module.metadata_json), given)
-        return module
-    return _load_checkpoint(path, scaler, given, map_location)
+    if kind == "checkpoint":
+        raise ValueError(f"{path} is a model file or checkpoint, not an export: load it with "
+                         "hepms.model_file.load_model")
+    return _load_export(path, kind, map_location)
 
 
 def file_kind(path: Path) -> str:
@@ -672,6 +541,12 @@ def _load_export(path: Path, kind: str, map_location: Union[str, torch.device]) 
     metadata = json.loads(text)
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path}: metadata format {metadata.get('format')!r}, expected {FORMAT!r}")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: exported by another hepms (format_version {metadata.get('format_version')!r}, "
+            f"this hepms reads {FORMAT_VERSION}): export it again from its model file or run "
+            "directory (hepms.model_file.load_model(run).inference_model())"
+        )
     if kind == "program":
         # GraphModules take plain attributes: give it the same handle as the other model kinds.
         # (Exported programs are traced in inference mode and refuse .eval().)
@@ -681,60 +556,8 @@ def _load_export(path: Path, kind: str, map_location: Union[str, torch.device]) 
     return module
 
 
-def _check_agrees(path: Path, metadata: Mapping[str, Any], given: Mapping[str, Any]) -> None:
-    for key, value in given.items():
-        if value is None:
-            continue
-        stored = metadata.get(key)
-        wanted = list(value) if isinstance(value, (list, tuple)) else value
-        if stored != wanted:
-            raise ValueError(f"feature mismatch: {path} was exported with {key}={stored!r}, "
-                             f"but {key}={wanted!r} was requested")
-
-
-def _load_checkpoint(
-    path: Path,
-    scaler: Optional[Standardizer],
-    given: Mapping[str, Any],
-    map_location: Union[str, torch.device],
-) -> InferenceModel:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping) or "model_config" not in state or "model" not in state:
-        raise ValueError(
-            f"{path} is not a hepms checkpoint (expected the keys 'model_config' and 'model')"
-        )
-    if state.get("format") != _TRAINER_CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unsupported checkpoint format {state.get('format')!r}")
-    stored = state.get("preprocessing")
-    # build_dataset's defaults: what a Trainer checkpoint was trained on unless told otherwise.
-    settings: dict[str, Any] = {
-        "constituent_features": list(DEFAULT_CONSTITUENT_FEATURES),
-        "jet_features": list(DEFAULT_JET_FEATURES),
-        "max_jets": 8,
-        "max_constituents": 50,
-    }
-    if stored is not None:
-        _check_agrees(path, stored, given)
-        if scaler is not None:
-            raise ValueError(f"{path} records its standardisation: drop scaler=")
-        scaler = Standardizer.from_state_dict(stored["scaler"])
-        settings.update({k: stored[k] for k in settings})
-    else:
-        if scaler is None:
-            raise ValueError(
-                f"{path} is a training checkpoint without the input standardisation: pass "
-                "scaler= (the Standardizer fitted on the training split), or save the model with "
-                "hepms.export.save_checkpoint"
-            )
-        settings.update({k: v for k, v in given.items() if v is not None})
-    model = MultiStep(**state["model_config"])
-    model.load_state_dict(state["model"])
-    inference = InferenceModel(model, scaler, **settings)
-    return inference.to(map_location).eval()
-
-
 def model_metadata(model_or_path: Union[nn.Module, PathLike]) -> dict:
-    """The metadata dict of a model from :func:`load_model` / :class:`InferenceModel`, or of an
+    """The metadata dict of a model from :func:`load_export` / :class:`InferenceModel`, or of an
     export file (read from its ``hepms.json`` entry without loading the weights; for an ONNX
     file from its ``metadata_props``)."""
     if isinstance(model_or_path, (nn.Module, torch.jit.ScriptModule)):
@@ -742,7 +565,7 @@ def model_metadata(model_or_path: Union[nn.Module, PathLike]) -> dict:
         if not isinstance(text, str):
             raise ValueError(
                 f"{type(model_or_path).__name__} has no hepms metadata: load it with "
-                "hepms.export.load_model or wrap it in InferenceModel"
+                "hepms.export.load_export or wrap it in InferenceModel"
             )
         return json.loads(text)
     path = Path(model_or_path)

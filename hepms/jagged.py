@@ -40,7 +40,7 @@ from hepms import ops
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Jagged", "to_jagged", "from_jagged"]
+__all__ = ["Jagged", "to_jagged", "from_jagged", "take_segments"]
 
 OptionPolicy = Union[Literal["error"], float, int, bool]
 
@@ -886,3 +886,23 @@ def _flat_array(tensor: Tensor, backend: str) -> ak.Array:
         gpu = (tensor if tensor.is_cuda else tensor.cuda()).contiguous()
         return ak.from_cupy(cupy.from_dlpack(gpu), regulararray=False)
     return ak.from_numpy(tensor.cpu().numpy(), regulararray=False)
+
+
+def take_segments(offsets: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """The segments ``index`` of ``offsets``, in that order: ``(rows, new_offsets)``.
+
+    ``rows`` (int64) are the positions of their rows in the original values, ``new_offsets`` the
+    offsets over ``values[rows]``; a segment may be taken more than once. Vectorised: one
+    ``repeat_interleave`` and one ``arange``.
+
+    Example:
+        >>> import torch
+        >>> from hepms.jagged import take_segments
+        >>> rows, offsets = take_segments(torch.tensor([0, 2, 2, 5]), torch.tensor([2, 0]))
+        >>> rows.tolist(), offsets.tolist()
+        ([2, 3, 4, 0, 1], [0, 3, 5])
+    """
+    starts = offsets[:-1].index_select(0, index)
+    counts = offsets[1:].index_select(0, index) - starts
+    new_offsets = ops.offsets_from_counts(counts)
+    return _ranges_index(starts, counts, new_offsets, int(new_offsets[-1])), new_offsets

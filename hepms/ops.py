@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 
 from hepms import _reference
+from hepms._reference import segment_ids
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ __all__ = [
     "segment_mean",
     "segment_max",
     "offsets_from_counts",
+    "segment_ids",
     "segment_amax",
     "segment_softmax",
     "segment_logsumexp",
@@ -151,7 +153,7 @@ def _define_python_softmax_ops(lib: torch.library.Library) -> None:
     lib.define("segment_logsumexp(Tensor values, Tensor offsets) -> Tensor")
 
     def softmax_backward(grad: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
-        ids = _reference._segment_ids(offsets, grad.shape[0])
+        ids = _reference.segment_ids(offsets, grad.shape[0])
         dot = _reference.segment_sum_reference(grad * out, offsets)
         return out * (grad - dot.index_select(0, ids))
 

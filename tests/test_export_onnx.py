@@ -18,12 +18,7 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("pythia8mc")
 pytest.importorskip("fastjet")
 
-from hepms.data import (  # noqa: E402
-    DEFAULT_CONSTITUENT_FEATURES,
-    DEFAULT_JET_FEATURES,
-    Standardizer,
-    build_dataset,
-)
+from hepms.data import Standardizer, build_dataset  # noqa: E402
 from hepms.export import (  # noqa: E402
     ONNX_INPUTS,
     ONNX_OUTPUTS,
@@ -31,6 +26,7 @@ from hepms.export import (  # noqa: E402
     export_onnx,
     model_metadata,
 )
+from hepms.features import DEFAULT_CONSTITUENT_FEATURES, FeatureSpec  # noqa: E402
 from hepms.generate.io import read_events  # noqa: E402
 from hepms.nn import MultiStep  # noqa: E402
 
@@ -38,19 +34,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # float32, different summation order (onnxruntime's scatter vs our kernels' cascade sums)
 ATOL, RTOL = 2e-5, 1e-5
+# every jet of every event, jet-less events included
+SPEC = FeatureSpec(max_jets=64, min_jets=0)
 
 
 @pytest.fixture(scope="module")
 def data(tiny_sample: Path):
     """Raw features of every event of the shared tiny sample, jet-less events included."""
     events = read_events(sorted(tiny_sample.glob("*.root")), max_jets=None, max_constituents=None)
-    return build_dataset(events, max_jets=64, min_jets=0)
+    return build_dataset(events, SPEC)
 
 
 def _model(data, **options) -> InferenceModel:
     net = MultiStep(data.constituents.num_features, data.jet_features.shape[1], seed=3, **options)
-    return InferenceModel(net, Standardizer.fit(data), DEFAULT_CONSTITUENT_FEATURES,
-                          DEFAULT_JET_FEATURES)
+    return InferenceModel(net, Standardizer.fit(data), SPEC)
 
 
 def _inputs(part) -> tuple[torch.Tensor, ...]:
@@ -141,7 +138,8 @@ def test_metadata_props_and_runs_without_hepms(exported, data, tmp_path: Path) -
     props = {p.key: p.value for p in proto.metadata_props}
     meta = json.loads(props["hepms.json"])
     assert meta == model_metadata(path)
-    assert meta["constituent_features"] == list(DEFAULT_CONSTITUENT_FEATURES)
+    assert meta["features"]["constituent_features"] == list(DEFAULT_CONSTITUENT_FEATURES)
+    assert FeatureSpec.from_dict(meta["features"]) == SPEC
     assert meta["k"] == 3 and meta["onnx"]["opset"] == 18
     domains = {node.domain for node in proto.graph.node}
     assert domains <= {"", "ai.onnx"}, f"non-standard operators: {domains}"

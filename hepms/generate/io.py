@@ -381,23 +381,13 @@ def _build_events(
     n_jet = np.asarray(arrays["nJet"], dtype=np.int64)
 
     # constituents: flat per event -> [events][jets][constituents] via the jet-index branch
+    from hepms.features import group_by_jet  # here: torch is not needed to write samples
+
     pf = _collection(arrays, "PFCands")
-    pf_counts = np.asarray(arrays["nPFCands"], dtype=np.int64)
-    flat_pf = {k: ak.to_numpy(ak.flatten(v)) for k, v in pf.items()}
-    event_of = np.repeat(np.arange(n_events), pf_counts)
-    jet_idx = flat_pf["jetIdx"].astype(np.int64)
-    valid = (jet_idx >= 0) & (jet_idx < n_jet[event_of])  # defensive: drop dangling constituents
-    jet_first = np.zeros(n_events + 1, dtype=np.int64)
-    np.cumsum(n_jet, out=jet_first[1:])
-    global_jet = (jet_first[event_of] + jet_idx)[valid]
-    order = np.lexsort((-flat_pf["pt"][valid], global_jet))
-    rows = np.flatnonzero(valid)[order]
-    per_jet = np.bincount(global_jet, minlength=int(jet_first[-1]))
-    const_fields = ("pt", "eta", "phi", "mass", "charge", "pdgId", "isPileup")
-    constituents = ak.zip(
-        {k: flat_pf[k][rows] for k in const_fields if k in flat_pf}, with_name=with_name, behavior=behavior
-    )
-    constituents = ak.unflatten(ak.unflatten(constituents, per_jet), n_jet)
+    const_fields = [k for k in ("pt", "eta", "phi", "mass", "charge", "pdgId", "isPileup") if k in pf]
+    pf_records = ak.zip({k: pf[k] for k in (*const_fields, "jetIdx")}, depth_limit=2)
+    constituents = group_by_jet(pf_records, n_jet, "jetIdx", fields=const_fields, sort_by="pt",
+                                with_name=with_name, behavior=behavior)
 
     jet_cols = {k: v for k, v in _collection(arrays, "Jet").items()}
     jet_cols["constituents"] = constituents

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 import hepms
 
-__all__ = ["mlp", "Pooling", "AttentionPooling", "POOLING_MODES", "segment_ids"]
+__all__ = ["mlp", "Pooling", "AttentionPooling", "POOLING_MODES"]
 
 POOLING_MODES = ("sum", "mean", "max", "attention")
 _ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -79,12 +79,6 @@ def last_linear(module: nn.Sequential) -> nn.Linear:
     if not linears:
         raise ValueError("the MLP has no Linear layer")
     return linears[-1]
-
-
-def segment_ids(offsets: Tensor, num_rows: int) -> Tensor:
-    """int64 ``[num_rows]``: the set each row belongs to (``output_size`` avoids a GPU sync)."""
-    counts = offsets[1:] - offsets[:-1]
-    return torch.repeat_interleave(counts, output_size=num_rows)
 
 
 class AttentionPooling(nn.Module):

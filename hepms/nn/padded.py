@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hepms.nn.deepsets import DeepSets, EquivariantBlock
-from hepms.nn.layers import AttentionPooling, Pooling, segment_ids
+from hepms.nn.layers import AttentionPooling, Pooling
+from hepms.ops import segment_ids
 from hepms.nn.models import MultiStep, MultiStepOutput
 
 __all__ = [

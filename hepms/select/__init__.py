@@ -4,7 +4,7 @@ Saito et al., "Event Classification with Multi-step Machine Learning" (MSNAS): p
 step of a chain (Task 1: tau ID or tau momentum calibration per jet; Task 2: H vs Z per event)
 among declared candidates.
 
-* :func:`prepare_data` -> :class:`PreparedData` (train / validation / test, standardised);
+* :func:`prepare_selection_data` -> :class:`SelectionData` (train / validation / test, standardised);
 * :class:`SearchSpace` (candidates from config, :mod:`hepms.select.candidates`);
 * :func:`grid_search`, :func:`darts_search`, :func:`spos_search`, or :func:`select` by name; each
   takes ``(space, train, val, settings)``: **the test split is not an argument**, so selection
@@ -19,7 +19,7 @@ Example::
     from hepms.generate import read_events
     from hepms import select
 
-    data = select.prepare_data(read_events("data/htautau"), seed=1)
+    data = select.prepare_selection_data(read_events("data/htautau"), seed=1)
     space = select.SearchSpace.create(data, "calibration", **select.DEFAULT_CANDIDATES)
     result = select.darts_search(space, data.train, data.val, select.SearchSettings(v1=0.5))
     result.pair                                    # ('deepsets_large', 'mass'), say
@@ -35,7 +35,7 @@ _LAZY = {
     **dict.fromkeys(("DEFAULT_CANDIDATES", "DOWNSTREAM_KINDS", "DUMMY_KINDS", "UPSTREAM_KINDS", "SpaceContext",
                      "build_candidates", "replicate"), "hepms.select.candidates"),
     **dict.fromkeys(("DartsSupernet", "darts_search"), "hepms.select.darts"),
-    **dict.fromkeys(("Inputs", "JetKinematics", "PreparedData", "Targets", "make_batch", "prepare_data"),
+    **dict.fromkeys(("Inputs", "JetKinematics", "SelectionData", "Targets", "make_batch", "prepare_selection_data"),
                     "hepms.select.data"),
     "grid_search": "hepms.select.grid",
     **dict.fromkeys(("Chain", "SearchSpace"), "hepms.select.space"),
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
         replicate,
     )
     from hepms.select.darts import DartsSupernet, darts_search  # noqa: F401
-    from hepms.select.data import Inputs, JetKinematics, PreparedData, Targets, make_batch, prepare_data  # noqa: F401
+    from hepms.select.data import Inputs, JetKinematics, SelectionData, Targets, make_batch, prepare_selection_data  # noqa: F401
     from hepms.select.grid import grid_search  # noqa: F401
     from hepms.select.space import Chain, SearchSpace  # noqa: F401
     from hepms.select.spos import spos_search  # noqa: F401
@@ -65,8 +65,8 @@ if TYPE_CHECKING:
     from hepms.select.training import Pretrained, SearchSettings, SelectionResult, evaluate_chain, pretrain  # noqa: F401
 
 __all__ = [
-    "prepare_data",
-    "PreparedData",
+    "prepare_selection_data",
+    "SelectionData",
     "JetKinematics",
     "Inputs",
     "Targets",

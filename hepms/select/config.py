@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from hepms.select.candidates import DEFAULT_CANDIDATES, validate_spec
-from hepms.select.data import DEFAULT_JET_FEATURES
+from hepms.select.data import SELECTION_JET_FEATURES
 from hepms.select.tasks import TASKS
 from hepms.select.training import SearchSettings
 
@@ -98,7 +98,7 @@ def load_config(source: Union[str, os.PathLike, Mapping[str, Any]]) -> StudyConf
         data["generate"] = generate
     data.setdefault("max_jets", 8)
     data.setdefault("max_constituents", 50)
-    data.setdefault("jet_features", list(DEFAULT_JET_FEATURES))
+    data.setdefault("jet_features", list(SELECTION_JET_FEATURES))
     data.setdefault("fractions", [0.6, 0.2, 0.2])
     data.setdefault("split_seed", 1)
 

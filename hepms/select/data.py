@@ -2,16 +2,15 @@
 
 The selection study reuses :class:`hepms.data.TauEventData` (built by
 :func:`hepms.data.build_dataset`, standardised by :class:`hepms.data.Standardizer` fitted on the
-training split) with one change: ``jet_targets`` hold the study's Task-1 regression target, the
-visible tau ``(pT / 100 GeV, eta, phi)`` of the matched tau (zero for light jets), instead of
-``(px, py, pz)``. They are converted exactly from the ``(px, py, pz)`` that ``build_dataset``
-computes, so the jet order and event filtering stay those of ``hepms.data``.
+training split) with its own :class:`~hepms.features.FeatureSpec`: ``jet_targets`` hold the
+study's Task-1 regression target, the visible tau ``(pT / 100 GeV, eta, phi)`` of the matched tau
+(zero for light jets; spec targets ``("pt", "eta", "phi")``), instead of ``(px, py, pz)``.
 
 Models receive :class:`Inputs` (features only: no labels, so a candidate model cannot read the
 answer) and losses receive :class:`Targets`; both are built per batch by :func:`make_batch`.
 
 The test split is returned separately from the training and validation splits
-(:class:`PreparedData`): selection functions in :mod:`hepms.select` take ``train`` and ``val``
+(:class:`SelectionData`): selection functions in :mod:`hepms.select` take ``train`` and ``val``
 only, and the test split is evaluated once, after the selection, by the study runner.
 """
 from __future__ import annotations
@@ -28,14 +27,15 @@ from torch import Tensor, nn
 from hepms import data as hdata
 from hepms import physics
 from hepms.data import Standardizer, TauEventData
+from hepms.features import DEFAULT_JET_FEATURES, FeatureSpec
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_JET_FEATURES",
+    "SELECTION_JET_FEATURES",
     "KINEMATIC_COLUMNS",
-    "PreparedData",
-    "prepare_data",
+    "SelectionData",
+    "prepare_selection_data",
     "JetKinematics",
     "Inputs",
     "Targets",
@@ -43,16 +43,18 @@ __all__ = [
     "iterate_batches",
 ]
 
-#: Jet-level features given to the models (names of :data:`hepms.data.JET_FEATURES`).
-DEFAULT_JET_FEATURES: tuple[str, ...] = ("log_pt", "eta", "phi", "log_mass", "log_n_constituents")
+#: Jet-level features the selection study gives its models by default: the training default
+#: (:data:`hepms.features.DEFAULT_JET_FEATURES`) plus the constituent count, which the candidate
+#: models of the study were defined with.
+SELECTION_JET_FEATURES: tuple[str, ...] = (*DEFAULT_JET_FEATURES, "log_n_constituents")
 #: The columns the raw jet 4-vector is recovered from (they must be among the jet features).
 KINEMATIC_COLUMNS: tuple[str, ...] = ("log_pt", "eta", "phi", "log_mass")
-#: Momentum unit of the regression targets (DESIGN.md: targets in units of 100 GeV).
-MOMENTUM_UNIT = 100.0
+#: The Task-1 calibration targets (:data:`hepms.features.TARGETS`): visible tau pT / unit, eta, phi.
+CALIBRATION_TARGETS: tuple[str, ...] = ("pt", "eta", "phi")
 
 
 @dataclass(frozen=True)
-class PreparedData:
+class SelectionData:
     """Standardised splits and what is needed to undo the standardisation of the kinematics.
 
     Attributes:
@@ -60,6 +62,7 @@ class PreparedData:
         scaler: the :class:`~hepms.data.Standardizer` fitted on ``train``.
         jet_names: names of the jet feature columns.
         constituent_features: number of constituent feature columns.
+        spec: the :class:`~hepms.features.FeatureSpec` the splits were built with.
     """
 
     train: TauEventData
@@ -68,32 +71,22 @@ class PreparedData:
     scaler: Standardizer
     jet_names: tuple[str, ...]
     constituent_features: int
+    spec: Optional[FeatureSpec] = None
 
     def kinematics(self) -> "JetKinematics":
         """A :class:`JetKinematics` for these splits."""
         return JetKinematics(self.scaler, self.jet_names)
 
 
-def _momentum_to_calibration_targets(momentum: Tensor) -> Tensor:
-    """``(px, py, pz) / 100 GeV`` -> ``(pT / 100 GeV, eta, phi)``; zero rows stay zero."""
-    px, py, pz = momentum.unbind(1)
-    pt = torch.hypot(px, py)
-    positive = pt > 0
-    safe_pt = torch.where(positive, pt, torch.ones_like(pt))
-    eta = torch.where(positive, torch.asinh(pz / safe_pt), torch.zeros_like(pt))
-    phi = torch.where(positive, torch.atan2(py, px), torch.zeros_like(pt))
-    return torch.stack([pt, eta, phi], dim=1)
-
-
-def prepare_data(
+def prepare_selection_data(
     events: ak.Array,
     *,
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
     seed: int = 0,
     max_jets: int = 8,
     max_constituents: int = 50,
-    jet_features: Sequence[str] = DEFAULT_JET_FEATURES,
-) -> PreparedData:
+    jet_features: Sequence[str] = SELECTION_JET_FEATURES,
+) -> SelectionData:
     """Build, split (seeded, by events) and standardise the generator's events for selection.
 
     Args:
@@ -104,7 +97,7 @@ def prepare_data(
         jet_features: jet feature names; must include :data:`KINEMATIC_COLUMNS`.
 
     Returns:
-        A :class:`PreparedData`.
+        A :class:`SelectionData`.
 
     Raises:
         ValueError: missing kinematic columns, or events without the visible-tau fields.
@@ -117,42 +110,28 @@ def prepare_data(
         )
     if len(fractions) != 3:
         raise ValueError(f"fractions must be (train, validation, test), got {fractions}")
-    data = hdata.build_dataset(
-        events,
-        max_jets=max_jets,
-        max_constituents=max_constituents,
-        jet_features=tuple(jet_features),
-        regression_targets=True,
-    )
+    spec = FeatureSpec(jet_features=tuple(jet_features), max_jets=max_jets,
+                       max_constituents=max_constituents, targets=CALIBRATION_TARGETS)
+    data = hdata.build_dataset(events, spec)
     if data.jet_targets is None:
         raise ValueError(
             "the events have no visible-tau fields (visTauPt, visTauEta, visTauPhi) on their jets: "
             "the calibration task needs them (use hepms.generate.read_events)"
         )
-    data = TauEventData(
-        data.constituents,
-        data.jet_features,
-        data.jet_labels,
-        data.event_labels,
-        jet_targets=_momentum_to_calibration_targets(data.jet_targets),
-        constituent_names=data.constituent_names,
-        jet_names=data.jet_names,
-        event_split=data.event_split,
-        validate=False,
-    )
     train, val, test = hdata.split(data, fractions, seed)
     scaler = Standardizer.fit(train)
     log.info(
         "selection data: %d / %d / %d events (train / validation / test)",
         len(train), len(val), len(test),
     )
-    return PreparedData(
+    return SelectionData(
         scaler(train),
         scaler(val),
         scaler(test),
         scaler,
         tuple(data.jet_names),
         data.constituents.num_features,
+        spec,
     )
 
 
@@ -234,7 +213,7 @@ def make_batch(data: TauEventData, kinematics: JetKinematics) -> tuple[Inputs, T
     if data.jet_targets is None or data.jet_targets.shape[1] != 3:
         raise ValueError(
             "selection data need jet_targets = (pT/100, eta, phi): prepare them with "
-            "hepms.select.prepare_data"
+            "hepms.select.prepare_selection_data"
         )
     with torch.no_grad():
         p4 = kinematics(data.jet_features)

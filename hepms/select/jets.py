@@ -12,15 +12,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from hepms.ops import segment_ids
+
 __all__ = ["event_ids", "pad_jets", "Candidates", "leading_two", "pair_mass"]
 
 
 def event_ids(jet_offsets: Tensor, num_jets: int) -> tuple[Tensor, Tensor]:
     """``(event [B], position [B])``: the event of each jet and its index within that event."""
-    counts = jet_offsets[1:] - jet_offsets[:-1]
-    event = torch.repeat_interleave(
-        torch.arange(counts.shape[0], device=jet_offsets.device), counts, output_size=num_jets
-    )
+    event = segment_ids(jet_offsets, num_jets)
     position = torch.arange(num_jets, device=jet_offsets.device) - jet_offsets[:-1][event]
     return event, position
 

@@ -15,7 +15,7 @@ from hepms.select.candidates import (
     replicate,
     validate_spec,
 )
-from hepms.select.data import Inputs, JetKinematics, PreparedData
+from hepms.select.data import Inputs, JetKinematics, SelectionData
 from hepms.select.tasks import UpstreamTask, make_task
 
 __all__ = ["SearchSpace", "Chain"]
@@ -42,7 +42,7 @@ class SearchSpace:
     @classmethod
     def create(
         cls,
-        prepared: PreparedData,
+        prepared: SelectionData,
         task: str | UpstreamTask,
         upstream: Mapping[str, Mapping[str, Any]],
         downstream: Mapping[str, Mapping[str, Any]],

@@ -24,7 +24,7 @@ import torch
 
 from hepms.select import select
 from hepms.select.config import StudyConfig
-from hepms.select.data import PreparedData, prepare_data
+from hepms.select.data import SelectionData, prepare_selection_data
 from hepms.select.space import SearchSpace
 from hepms.select.training import evaluate_chain, json_ready, pretrain
 from hepms.select.validity import GPReference, chain_upstream_outputs, validity_fraction
@@ -59,10 +59,10 @@ def load_events(config: StudyConfig, out_dir: PathLike, progress: bool = True):
     return read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"])
 
 
-def prepare_study_data(config: StudyConfig, events) -> PreparedData:
+def prepare_study_data(config: StudyConfig, events) -> SelectionData:
     """Build, split and standardise the events as the config says."""
     data = config.data
-    return prepare_data(
+    return prepare_selection_data(
         events,
         fractions=tuple(data["fractions"]),
         seed=int(data["split_seed"]),
@@ -80,7 +80,7 @@ def run_study(
     config: StudyConfig,
     out_dir: PathLike,
     *,
-    prepared: Optional[PreparedData] = None,
+    prepared: Optional[SelectionData] = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run every (seed, v1, method) selection of ``config`` and write the results.

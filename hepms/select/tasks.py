@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from hepms import metrics, physics
-from hepms.select.data import MOMENTUM_UNIT, Inputs, Targets
+from hepms.features import MOMENTUM_UNIT_GEV
+from hepms.select.data import Inputs, Targets
 from hepms.train.losses import bce_loss, momentum_loss
 
 __all__ = ["Link", "UpstreamTask", "TauIDTask", "CalibrationTask", "event_loss", "make_task", "TASKS"]
@@ -117,7 +118,7 @@ class CalibrationTask(UpstreamTask):
 
     def base(self, inputs: Inputs) -> Tensor:
         p4 = inputs.jet_p4
-        return torch.stack([p4[:, 0] / MOMENTUM_UNIT, p4[:, 1], p4[:, 2]], dim=1)
+        return torch.stack([p4[:, 0] / MOMENTUM_UNIT_GEV, p4[:, 1], p4[:, 2]], dim=1)
 
     @staticmethod
     def residuals(u: Tensor, targets: Targets) -> Tensor:
@@ -143,7 +144,7 @@ class CalibrationTask(UpstreamTask):
         # |pT|: a calibration model may output a negative pT early in training; the mass of the
         # pair only depends on the momentum's magnitude and direction.
         return torch.stack(
-            [u[:, 0].abs() * MOMENTUM_UNIT, u[:, 1], u[:, 2], torch.zeros_like(u[:, 0])], dim=1
+            [u[:, 0].abs() * MOMENTUM_UNIT_GEV, u[:, 1], u[:, 2], torch.zeros_like(u[:, 0])], dim=1
         )
 
     def metrics(self, u: Tensor, targets: Targets) -> dict[str, float]:

@@ -21,11 +21,13 @@ import torch
 
 from hepms.config import ConfigError, settings_hash
 from hepms.data import Standardizer, TauEventData, build_dataset, split
+from hepms.features import FeatureSpec
 from hepms.jagged import Jagged
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PreparedData", "dataset_of_sample", "ensure_sample", "prepare_data", "sample_fingerprint"]
+__all__ = ["PreparedData", "dataset_of_sample", "ensure_sample", "feature_spec", "prepare_data",
+           "sample_fingerprint"]
 
 MANIFEST = "manifest.json"
 
@@ -40,6 +42,8 @@ class PreparedData:
         test_jet_pt: ``[B_test]`` jet pT in GeV (None when ``log_pt`` is not a jet feature).
         fingerprint: hash of the source sample's manifest and the data settings.
         info: sample description (events, jets, tau fraction, mu, sqrt(s)).
+        spec: the :class:`~hepms.features.FeatureSpec` the parts were built with (what a model
+            file records).
     """
 
     train: TauEventData
@@ -49,6 +53,7 @@ class PreparedData:
     test_jet_pt: Optional[np.ndarray]
     fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)
+    spec: Optional[FeatureSpec] = None
 
 
 def sample_fingerprint(path: Path) -> str:
@@ -131,6 +136,12 @@ def _load_dataset(path: Path) -> TauEventData:
     )
 
 
+def feature_spec(cfg: Mapping[str, Any]) -> FeatureSpec:
+    """The :class:`~hepms.features.FeatureSpec` of a configuration's ``data`` section (momentum
+    regression targets always built: the trainer uses them when ``model.regression`` is on)."""
+    return FeatureSpec.from_settings(cfg["data"])
+
+
 def dataset_of_sample(cfg: Mapping[str, Any], path: Path) -> TauEventData:
     """Every event of the sample at ``path``, as the dataset of ``cfg["data"]`` (features, caps,
     labels; not standardised, not split). Used for the study's own sample and for scoring a
@@ -141,14 +152,7 @@ def dataset_of_sample(cfg: Mapping[str, Any], path: Path) -> TauEventData:
     log.info("building the dataset: reading events from %s", path)
     events = read_events(path, max_jets=d["max_jets"], max_constituents=d["max_constituents"])
     log.info("building the dataset: features of %d events (jets, constituents, labels)", len(events))
-    return build_dataset(
-        events,
-        max_jets=d["max_jets"],
-        max_constituents=d["max_constituents"],
-        min_jets=d["min_jets"],
-        jet_features=d["jet_features"],
-        constituent_features=d["constituent_features"],
-    )
+    return build_dataset(events, feature_spec(cfg))
 
 
 def _build(cfg: Mapping[str, Any], path: Path) -> TauEventData:
@@ -226,4 +230,5 @@ def prepare_data(
         "ecm_gev": settings.get("ecm"),
         "generator_seed": settings.get("seed"),
     }
-    return PreparedData(scaler(train), scaler(val), scaler(test), scaler, test_pt, fingerprint, info)
+    return PreparedData(scaler(train), scaler(val), scaler(test), scaler, test_pt, fingerprint, info,
+                        feature_spec(cfg))

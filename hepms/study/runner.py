@@ -2,8 +2,10 @@
 
 :func:`run_trial` trains a :class:`~hepms.nn.MultiStep` model into a folder and evaluates it once
 on the test part. The folder holds the trainer's ``checkpoint.pt`` (written after every epoch,
-atomically) and ``metrics.csv`` / ``metrics.json`` (per-epoch log), then ``predictions.npz``
-(optional) and, last, ``result.json``: a folder with a valid ``result.json`` is finished. A folder
+atomically, with the preprocessing) and ``metrics.csv`` / ``metrics.json`` (per-epoch log), then
+``model.pt`` (the model file of :mod:`hepms.model_file`: load it with
+:func:`hepms.model_file.load_model`), ``predictions.npz`` (optional) and, last, ``result.json``:
+a folder with a valid ``result.json`` is finished. A folder
 with a checkpoint but no result is an interrupted run and continues from the checkpoint (the
 trainer's resume gives the same weights as an uninterrupted run).
 """
@@ -26,6 +28,7 @@ import hepms
 from hepms import metrics
 from hepms.config import ConfigError, settings_hash
 from hepms.generate.io import UnreadableFileError
+from hepms.model_file import MODEL_FILE, preprocessing, save_model
 from hepms.nn.models import MultiStep
 from hepms.study.dataset import PreparedData
 from hepms.study.plan import run_settings
@@ -44,6 +47,7 @@ __all__ = [
     "predict",
     "read_result",
     "save_predictions",
+    "save_model_file",
     "load_predictions",
     "evaluate_predictions",
     "write_json",
@@ -243,6 +247,17 @@ def load_predictions(path: Path) -> dict[str, np.ndarray]:
                                   f"{error}; delete it and rerun the run or trial that wrote it") from error
 
 
+def save_model_file(
+    path: Path, network: MultiStep, data: PreparedData, settings_hash: str, producer: str,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """The model file of a trained run or trial (:func:`hepms.model_file.save_model`)."""
+    if data.spec is None:
+        raise ValueError("the prepared data carry no feature spec: build them with prepare_data")
+    return save_model(path, network, data.spec, data.scaler, data_fingerprint=data.fingerprint,
+                      settings_hash=settings_hash, producer=producer, extra=extra)
+
+
 # ----------------------------------------------------------------------------------------------
 # One run
 # ----------------------------------------------------------------------------------------------
@@ -263,17 +278,20 @@ def fit_trial(
     # What a checkpoint must match to be resumed: every result-defining setting (the model's
     # configuration included), the seed and the sample. The trainer adds its own checks.
     identity = {"settings": trial_identity(cfg, seed), "data_fingerprint": data.fingerprint}
+    # Recorded in every checkpoint, so that hepms.model_file.load_model reads one on its own.
+    steps = None if data.spec is None else preprocessing(data.spec, data.scaler)
     if resume is not None:
         log.info("resuming %s from its checkpoint", folder)
     try:
-        history = trainer.fit(data.train, data.val, resume_from=resume, identity=identity)
+        history = trainer.fit(data.train, data.val, resume_from=resume, identity=identity,
+                              preprocessing=steps)
     except CheckpointError as error:
         # Unreadable, or made by other settings/data: never resume it, start this run again.
         log.warning("discarding %s: %s; training from scratch", checkpoint, error.reason)
         checkpoint.unlink(missing_ok=True)
         model = build_model(cfg, data, seed)
         trainer = Trainer(model, train_config(cfg, seed, folder, progress))
-        history = trainer.fit(data.train, data.val, identity=identity)
+        history = trainer.fit(data.train, data.val, identity=identity, preprocessing=steps)
         resume = None
     return trainer, history, resume is not None
 
@@ -319,6 +337,8 @@ def run_trial(
     trainer, history, resumed = fit_trial(cfg, data, folder, seed, progress)
     predictions = _predict(trainer, data)
     result_metrics = evaluate_predictions(predictions, cfg["evaluate"]["tau_efficiency"])
+    save_model_file(folder / MODEL_FILE, trainer.model, data, trial_identity(cfg, seed), "hepms scan",
+                    {"seed": seed, "epochs": len(history.epochs), **dict(extra or {})})
     if save_predictions_file:
         save_predictions(folder / PREDICTIONS, predictions)
     result: dict[str, Any] = {

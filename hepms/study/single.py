@@ -5,7 +5,8 @@ Layout of the run directory::
     config.yaml, manifest.json
     cache/dataset-<hash>.pt
     train/       checkpoint.pt (every epoch), metrics.csv, metrics.json (per-epoch log), summary.json
-    model.pt     the selected weights, the model's configuration and the feature scaler
+    model.pt     the model file (hepms.model_file): selected weights, network configuration,
+                 feature spec, standardisation, provenance
     evaluation/  metrics.json, predictions.npz (test set)
     tables/      evaluation.md, evaluation.json
     figures/     PDF + PNG
@@ -27,9 +28,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from hepms.config import ConfigError, dump_yaml
-from hepms.data import Standardizer
-from hepms.generate.io import UnreadableFileError
-from hepms.nn.models import MultiStep
+from hepms.model_file import MODEL_FILE, TrainedModel, load_model
 from hepms.study.dataset import PreparedData, prepare_data
 from hepms.study.runner import (
     check_trainer_device,
@@ -37,6 +36,7 @@ from hepms.study.runner import (
     fit_trial,
     load_predictions,
     predict,
+    save_model_file,
     save_predictions,
     trial_identity,
     versions,
@@ -46,9 +46,7 @@ from hepms.study.scan import _now, update_manifest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_run", "evaluate_run", "plot_run", "MODEL_FORMAT"]
-
-MODEL_FORMAT = "hepms.model/1"
+__all__ = ["train_run", "evaluate_run", "plot_run"]
 
 
 def _prepare(cfg: Mapping[str, Any], run_dir: Path, progress: bool) -> PreparedData:
@@ -74,14 +72,17 @@ def train_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     data = _prepare(cfg, run_dir, progress)
-    model_path = run_dir / "model.pt"
+    model_path = run_dir / MODEL_FILE
     identity = trial_identity(cfg, cfg["seed"])
     if model_path.is_file() and not force:
-        state = _read_model_file(model_path)
-        if state is None:
-            log.warning("ignoring %s: unreadable (truncated or corrupt?); training again", model_path)
-        elif state.get("identity") == identity and state.get("data_fingerprint") == data.fingerprint:
-            return {"status": "up to date", "model": str(model_path), "epochs": state.get("epochs")}
+        try:
+            provenance = load_model(model_path).provenance
+        except ValueError as error:  # unreadable, foreign or of an older format
+            log.warning("ignoring %s: %s; training again", model_path, error)
+        else:
+            if provenance.settings_hash == identity and provenance.data_fingerprint == data.fingerprint:
+                return {"status": "up to date", "model": str(model_path),
+                        "epochs": provenance.extra.get("epochs")}
     folder = run_dir / "train"
     if force and folder.exists():
         shutil.rmtree(folder)  # a forced retrain must not resume the old checkpoint
@@ -90,20 +91,8 @@ def train_run(
                     invocation={"id": f"{os.getpid()}-train", "step": "train", "started_utc": _now(),
                                 "command": list(command or sys.argv), "status": "running"})
     trainer, history, resumed = fit_trial(cfg, data, folder, cfg["seed"], progress)
-    model = trainer.model
-    state = {
-        "format": MODEL_FORMAT,
-        "identity": identity,
-        "data_fingerprint": data.fingerprint,
-        "model_config": model.config,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "scaler": data.scaler.state_dict(),
-        "seed": cfg["seed"],
-        "epochs": len(history.epochs),
-    }
-    tmp = model_path.with_name(f".model.pt.partial-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, model_path)
+    save_model_file(model_path, trainer.model, data, identity, "hepms train",
+                    {"seed": cfg["seed"], "epochs": len(history.epochs)})
     summary = {"best": history.best, "epochs": len(history.epochs), "resumed": resumed,
                "seconds": time.perf_counter() - started, "last_epoch": history.epochs[-1] if history.epochs else None}
     write_json(folder / "summary.json", summary)
@@ -113,55 +102,46 @@ def train_run(
     return {"status": "trained", "model": str(model_path), **summary}
 
 
-def load_model(run_dir: Path) -> tuple[MultiStep, dict[str, Any]]:
-    """The trained model of ``run_dir/model.pt`` (eval mode, CPU) and the saved state."""
-    path = Path(run_dir) / "model.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `hepms train` first")
-    state = _read_model_file(path)
-    if state is None:
-        raise UnreadableFileError(f"{path} is unreadable (truncated or corrupt?): retrain with `hepms train --force`")
-    if state.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: unknown model format {state.get('format')!r}; retrain with `hepms train --force`")
+def _trained_model(run_dir: Path, model: Optional[Path]) -> TrainedModel:
+    source = Path(model) if model is not None else run_dir
     try:
-        model = MultiStep(**state["model_config"])
-        model.load_state_dict(state["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{path} does not hold a usable model ({type(error).__name__}: {error}); "
-                         "retrain with `hepms train --force`") from error
-    model.eval()
-    return model, state
-
-
-def _read_model_file(path: Path) -> Optional[dict[str, Any]]:
-    """The dict saved in ``path``, or None when the file is unreadable (truncated, random bytes:
-    torch.load then raises anything from OSError to UnpicklingError or IndexError)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        log.debug("cannot read %s: %s: %s", path, type(error).__name__, error)
-        return None
-    return state if isinstance(state, dict) else None
+        return load_model(source)
+    except FileNotFoundError:
+        if model is None:
+            raise FileNotFoundError(f"no {MODEL_FILE} in {run_dir}: run `hepms train` first") from None
+        raise
 
 
 def evaluate_run(
-    cfg: Mapping[str, Any], run_dir: Optional[Path] = None, *, progress: Optional[bool] = None
+    cfg: Mapping[str, Any],
+    run_dir: Optional[Path] = None,
+    *,
+    progress: Optional[bool] = None,
+    model: Optional[Path] = None,
 ) -> dict[str, Any]:
-    """Evaluate ``run_dir/model.pt`` once on the test part; write metrics, predictions, tables."""
+    """Evaluate a model file once on the test part of ``cfg``'s data; write metrics, predictions,
+    tables into ``run_dir``.
+
+    Args:
+        model: a model file, or a run or trial directory (default: ``run_dir/model.pt``).
+    """
     run_dir = Path(run_dir or cfg["run_dir"])
     progress = cfg["progress"] if progress is None else progress
-    model, state = load_model(run_dir)
+    trained = _trained_model(run_dir, model)
     data = _prepare(cfg, run_dir, progress)
-    if state.get("data_fingerprint") != data.fingerprint:
+    if trained.provenance.data_fingerprint != data.fingerprint:
         raise ConfigError(
-            "data: the model in {} was trained on another sample or other data settings; "
-            "retrain with `hepms train`".format(run_dir)
+            f"data: the model in {trained.path} was trained on another sample or other data "
+            "settings; retrain with `hepms train`, or evaluate it with the configuration it was "
+            "trained with"
         )
+    if trained.spec != data.spec:
+        raise ConfigError(f"data: the model in {trained.path} reads features {trained.spec}, the "
+                          f"configuration builds {data.spec}")
     # The split and the scaler are recomputed from the same sample and seed: check they agree.
-    saved = Standardizer.from_state_dict(state["scaler"])
-    if not torch.allclose(saved.jet_mean, data.scaler.jet_mean):
+    if not torch.allclose(trained.scaler.jet_mean, data.scaler.jet_mean):
         raise ValueError("the feature scaler differs from the one saved with the model")
-    pred = predict(model, data, cfg["trainer"]["eval_batch_size"])
+    pred = predict(trained.network, data, cfg["trainer"]["eval_batch_size"])
     metrics = evaluate_predictions(pred, cfg["evaluate"]["tau_efficiency"])
     folder = run_dir / "evaluation"
     save_predictions(folder / "predictions.npz", pred)

@@ -47,10 +47,11 @@ log = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "Trainer", "History", "EarlyStopping", "CheckpointError", "data_digest",
            "check_device"]
 
-# Readers for inference (hepms.export) need only model_config and model, unchanged in format 1.
-# Resuming also needs "identity" (model configuration, data digest, the caller's identity): a
-# checkpoint without it, or with another one, is refused (CheckpointError).
-CHECKPOINT_FORMAT = 1
+# hepms.model_file.load_model reads model_config, model and "preprocessing" (the feature spec and
+# standardisation given to fit; format 2 added it). Resuming also needs "identity" (model
+# configuration, data digest, the caller's identity): a checkpoint without it, or with another
+# one, is refused (CheckpointError).
+CHECKPOINT_FORMAT = 2
 
 
 class CheckpointError(ValueError):
@@ -300,6 +301,7 @@ class Trainer:
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.history = History()
         self._identity: Optional[dict] = None  # what produced the checkpoints (set by fit)
+        self._preprocessing: Optional[Mapping[str, Any]] = None  # stored in checkpoints (fit)
 
     # -- public API -----------------------------------------------------------------------------
     def fit(
@@ -309,6 +311,7 @@ class Trainer:
         resume_from: Optional[PathLike] = None,
         stop_after: Optional[int] = None,
         identity: Optional[Mapping[str, Any]] = None,
+        preprocessing: Optional[Mapping[str, Any]] = None,
     ) -> History:
         """Train on ``train``, select and stop on ``val``.
 
@@ -321,6 +324,10 @@ class Trainer:
                 with ``history.interrupted`` set; resume later from the checkpoint.
             identity: JSON-able facts that must match for a checkpoint to be resumed (e.g. a
                 settings hash and a data fingerprint); stored in every checkpoint written.
+            preprocessing: the input pipeline of the data
+                (:func:`hepms.model_file.preprocessing`: feature spec and standardisation),
+                stored in every checkpoint so that :func:`hepms.model_file.load_model` reads a
+                checkpoint without further arguments.
 
         Every checkpoint also records the model's configuration and a digest of ``train`` and
         ``val``; resuming with another model, other data or another ``identity`` raises.
@@ -333,6 +340,7 @@ class Trainer:
                 model or other data (the message says which).
         """
         cfg = self.config
+        self._preprocessing = preprocessing
         self._check_data(train, "train")
         self._check_data(val, "validation")
         if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
@@ -658,6 +666,8 @@ class Trainer:
             "early_stopping": stopper.state_dict() if stopper is not None else None,
             "history": self.history.to_dict(),
             "rng": _rng_state(),
+            "preprocessing": self._preprocessing,
+            "hepms_version": hepms.__version__,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
