@@ -7,6 +7,7 @@
     hepms plot     CONFIG|RUN_DIR             figures (hist + mplhep, PDF and PNG)
     hepms scan     CONFIG [--trials N]        repeated trials over the configured studies
     hepms config   [CONFIG] [--keys]          the resolved configuration, or every key documented
+    hepms export   RUN|MODEL --format F [-o OUT]  TorchScript, torch.export (.pt2) or ONNX file
     hepms select   ...                        model selection (hepms.select, when installed)
     hepms --version
 
@@ -274,6 +275,33 @@ def config_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``hepms export`` formats and the suffix of their default output name.
+EXPORT_FORMATS = {"torchscript": ".torchscript.pt", "export": ".pt2", "onnx": ".onnx"}
+
+
+def export_cmd(args: argparse.Namespace) -> int:
+    """Export a trained model (model file, run or trial directory) for serving."""
+    from pathlib import Path
+
+    from hepms.export import export_onnx, export_program, export_torchscript
+    from hepms.model_file import load_model, model_path
+
+    writers = {"torchscript": export_torchscript, "export": export_program, "onnx": export_onnx}
+    try:
+        source = model_path(args.model)
+        out = Path(args.output) if args.output else source.with_name(
+            source.stem + EXPORT_FORMATS[args.format])
+        if out.resolve() == source.resolve():
+            raise ValueError(f"the output {out} is the model file itself: choose another with -o")
+        model = load_model(source).inference_model()
+        path = writers[args.format](model, out)
+    except (OSError, ValueError, ImportError) as error:
+        print(f"hepms export: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} ({args.format}, from {source})")
+    return 0
+
+
 def _add_config_arguments(p: argparse.ArgumentParser, run_dir: bool = True) -> None:
     p.add_argument("config", help="YAML configuration file, or a run directory (uses its config.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -345,6 +373,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_cfg.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
     add_verbosity_arguments(p_cfg, progress=False)
     p_cfg.set_defaults(func=config_cmd)
+
+    p_export = sub.add_parser(
+        "export", help="write a trained model as TorchScript, torch.export or ONNX",
+        description="Export a model file (or the model.pt of a run or scan trial directory) with its "
+        "standardisation and feature spec: raw CSR tensors in, scores out. torchscript and export "
+        "(.pt2) files need `import hepms` where they are loaded (the segment ops); onnx files run in "
+        "onnxruntime without hepms or torch. Every entry point checks its offsets (ONNX: NaN outputs "
+        "and inputs_valid = false).")
+    p_export.add_argument("model", metavar="RUN_OR_MODEL", help="model file, or run / trial directory")
+    p_export.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS),
+                          help="torchscript (torch.jit.script), export (torch.export program, .pt2) or onnx")
+    p_export.add_argument("-o", "--output", metavar="OUT",
+                          help="output file (default: next to the model file, model.torchscript.pt / "
+                          "model.pt2 / model.onnx)")
+    add_verbosity_arguments(p_export, progress=False)
+    p_export.set_defaults(func=export_cmd)
 
     sub.add_parser("select", help="model selection (dispatched to hepms.select; see hepms select --help)",
                    add_help=False)

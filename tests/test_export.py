@@ -157,3 +157,58 @@ def test_metadata_props_and_runs_without_hepms(exported, data, tmp_path: Path) -
     with torch.no_grad():
         expected = model(*_inputs(data[:20]))[2].numpy()
     np.testing.assert_allclose(np.load(tmp_path / "event.npy"), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_hepms_train_then_export_every_format(tiny_sample: Path, tmp_path: Path, capsys) -> None:
+    """`hepms train` -> `hepms export RUN --format onnx|torchscript|export`: the exported files give
+    the scores of the model file (onnxruntime: to float32 rounding; torch formats: bit for bit)."""
+    import yaml
+
+    from hepms.cli import main
+    from hepms.export import load_export
+    from hepms.model_file import load_model
+
+    run_dir = tmp_path / "run"
+    config = tmp_path / "cfg.yaml"
+    study = Path(__file__).resolve().parents[1] / "analyses" / "htautau" / "config" / "study.yaml"
+    config.write_text(yaml.safe_dump({
+        "extends": str(study), "run_dir": str(run_dir), "progress": False,
+        "data": {"path": str(tiny_sample)},
+        "trainer": {"epochs": 1, "patience": 1, "batch_size": 64}}))
+    assert main(["train", str(config)]) == 0
+    capsys.readouterr()
+
+    trained = load_model(run_dir)
+    reference = trained.inference_model()
+    events = read_events(sorted(tiny_sample.glob("*.root")), max_jets=None, max_constituents=None)
+    args = _inputs(build_dataset(events, trained.spec))  # the model's own feature spec
+    with torch.no_grad():
+        expected = reference(*args)
+
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 0
+    onnx_path = run_dir / "model.onnx"
+    assert f"wrote {onnx_path}" in capsys.readouterr().out
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    out = _run(session, args)
+    assert bool(out[-1])
+    for name, a, b in zip(ONNX_OUTPUTS, out, expected):
+        np.testing.assert_allclose(a, b.numpy(), rtol=RTOL, atol=ATOL, err_msg=name)
+    meta = model_metadata(onnx_path)
+    assert FeatureSpec.from_dict(meta["features"]) == trained.spec
+
+    for fmt, name in (("torchscript", "model.torchscript.pt"), ("export", "exported.pt2")):
+        target = tmp_path / name
+        options = ["-o", str(target)] if fmt == "export" else []
+        assert main(["export", str(run_dir / "model.pt"), "--format", fmt, *options]) == 0
+        target = target if fmt == "export" else run_dir / name
+        loaded = load_export(target)
+        assert model_metadata(loaded)["features"] == meta["features"]
+        with torch.no_grad():
+            for a, b in zip(loaded(*args), expected):
+                assert torch.equal(a, b), fmt
+
+    # Errors name the problem and exit with status 1.
+    assert main(["export", str(tmp_path / "missing"), "--format", "onnx"]) == 1
+    assert "no model file" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--format", "onnx", "-o", str(run_dir / "model.pt")]) == 1
+    assert "model file itself" in capsys.readouterr().err
