@@ -1,6 +1,7 @@
-"""ONNX export (hepms.export.export_onnx): onnxruntime outputs equal the torch model's on real
+"""Exports: ONNX (hepms.export.export_onnx): onnxruntime outputs equal the torch model's on real
 generated events (with empty jets and jet-less events), invalid offsets give NaN and
-inputs_valid = False, and the file runs without hepms."""
+inputs_valid = False, and the file runs without hepms; the entry points of the torch model, its
+TorchScript and torch.export files raise for invalid offsets; `hepms export` after `hepms train`."""
 from __future__ import annotations
 
 import json
@@ -112,17 +113,7 @@ def test_onnxruntime_equals_torch_on_generated_events(data, exported) -> None:
 
 def test_invalid_offsets_give_nan_and_inputs_valid_false(data, exported) -> None:
     model, _, session = exported
-    part = data[:6]
-    x, co, jo, jf = _inputs(part)
-    assert int(jo[-1]) >= 3
-    bad = {
-        "decreasing constituent offsets": (x, co.flip(0), jo, jf),
-        "constituent offsets past N": (x, torch.cat([co[:-1], co[-1:] + 5]), jo, jf),
-        "constituent offsets not starting at 0": (x, co + 1, jo, jf),
-        "decreasing jet offsets": (x, co, torch.cat([jo[:1], jo[2:3], jo[1:2], jo[3:]]), jf),
-        "jet offsets ending before B": (x, co, jo.clamp(max=int(jo[-1]) - 1), jf),
-        "negative offsets": (x, co - 1000, jo, jf),
-    }
+    bad = _bad_inputs(data)
     for what, args in bad.items():
         with pytest.raises(ValueError, match="offsets"):  # torch raises ...
             model(*args)
@@ -130,6 +121,49 @@ def test_invalid_offsets_give_nan_and_inputs_valid_false(data, exported) -> None
         assert not bool(out[-1]), what
         for name, array in zip(ONNX_OUTPUTS[:-1], out[:-1]):
             assert np.isnan(array).all(), f"{what}: {name}"
+
+
+def _bad_inputs(data) -> dict[str, tuple[torch.Tensor, ...]]:
+    x, co, jo, jf = _inputs(data[:6])
+    assert int(jo[-1]) >= 3
+    return {
+        "decreasing constituent offsets": (x, co.flip(0), jo, jf),
+        "constituent offsets past N": (x, torch.cat([co[:-1], co[-1:] + 5]), jo, jf),
+        "constituent offsets not starting at 0": (x, co + 1, jo, jf),
+        "decreasing jet offsets": (x, co, torch.cat([jo[:1], jo[2:3], jo[1:2], jo[3:]]), jf),
+        "jet offsets ending before B": (x, co, jo.clamp(max=int(jo[-1]) - 1), jf),
+        "negative offsets": (x, co - 1000, jo, jf),
+    }
+
+
+def test_torch_exports_raise_for_invalid_offsets(data, exported, tmp_path: Path) -> None:
+    """TorchScript and torch.export files check their offsets (whatever the validation switch
+    says: the entry points always check) instead of returning finite garbage."""
+    import hepms
+    from hepms.export import export_program, export_torchscript, load_export
+
+    model = exported[0]
+    loaded = {"torchscript": load_export(export_torchscript(model, tmp_path / "m.pt")),
+              "export": load_export(export_program(model, tmp_path / "m.pt2"))}
+    with torch.no_grad(), hepms.validation(False):
+        good = _inputs(data[:6])
+        for kind, module in loaded.items():
+            for a, b in zip(module(*good), model(*good)):
+                assert torch.equal(a, b), kind
+        for what, args in _bad_inputs(data).items():
+            with pytest.raises(ValueError, match="offsets"):
+                model(*args)
+            for kind, module in loaded.items():
+                # TorchScript wraps the ValueError in its interpreter's RuntimeError
+                with pytest.raises((ValueError, RuntimeError), match=r"offsets"):
+                    module(*args)
+        # one row per jet
+        x, co, jo, jf = good
+        with pytest.raises(ValueError, match="jet_features has 2 rows but constituent_offsets "
+                                             "describes"):
+            model(x, co, jo, jf[:2])
+        with pytest.raises(torch.jit.Error, match="jet_features has 2 rows"):
+            loaded["torchscript"](x, co, jo, jf[:2])
 
 
 def test_metadata_props_and_runs_without_hepms(exported, data, tmp_path: Path) -> None:

@@ -388,6 +388,86 @@ def test_validation_can_be_switched_off_and_kernels_stay_in_bounds():
         hepms.segment_sum(GOOD_VALUES, bad)
 
 
+BAD_OFFSETS = torch.tensor([0, 4, 2, 5])  # decreasing
+
+
+class ExplicitlyValidated(torch.nn.Module):
+    def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return (hepms.segment_sum(values, offsets, validate=True)
+                + hepms.segment_amax(values, offsets, validate=True)
+                + hepms.segment_softmax(values, offsets, validate=True)[:3])
+
+
+@pytest.mark.parametrize("wrap", ["compile", "script"])
+def test_explicit_validate_works_under_compile_and_torchscript(wrap):
+    """validate=True is not silently dropped: under torch.compile (fullgraph) and in TorchScript
+    it runs as the op hepms::check_offsets and raises the eager error."""
+    model = ExplicitlyValidated()
+    if wrap == "compile":
+        wrapped = torch.compile(model, fullgraph=True, backend="aot_eager")
+        error = ValueError
+    else:
+        wrapped = torch.jit.script(model)
+        error = RuntimeError  # TorchScript's interpreter error, quoting the ValueError
+    torch.testing.assert_close(wrapped(GOOD_VALUES, torch.tensor([0, 2, 2, 5])),
+                               model(GOOD_VALUES, torch.tensor([0, 2, 2, 5])))
+    with pytest.raises(error, match=r"segment_\w+: offsets must be non-decreasing"):
+        wrapped(GOOD_VALUES, BAD_OFFSETS)
+    with pytest.raises(error, match=r"offsets\[-1\] must equal the number of rows of values \(5\)"):
+        wrapped(GOOD_VALUES, torch.tensor([0, 2, 2, 4]))
+    if wrap == "script":  # and it survives saving and loading the TorchScript archive
+        import io
+        buffer = io.BytesIO()
+        torch.jit.save(wrapped, buffer)
+        buffer.seek(0)
+        with pytest.raises(RuntimeError, match="non-decreasing"):
+            torch.jit.load(buffer)(GOOD_VALUES, BAD_OFFSETS)
+
+
+def test_validation_block_is_local_to_its_thread():
+    """dask workers run tasks in threads: one thread's `with hepms.validation(False)` must not
+    switch the checks off (or, leaving its block, back on) in another."""
+    import threading
+
+    inside, checked = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def unchecked() -> None:
+        with hepms.validation(False):
+            inside.set()
+            checked.wait(timeout=60)  # stay inside the block while the other thread checks
+            results["unchecked"] = hepms.segment_sum(GOOD_VALUES, BAD_OFFSETS).shape
+            results["enabled_in_block"] = hepms.ops.validation_enabled()
+
+    def checking() -> None:
+        inside.wait(timeout=60)
+        try:
+            hepms.segment_sum(GOOD_VALUES, BAD_OFFSETS)
+            results["checking"] = "no error"
+        except ValueError as error:
+            results["checking"] = str(error)
+        checked.set()
+
+    threads = [threading.Thread(target=unchecked), threading.Thread(target=checking)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert "non-decreasing" in results["checking"]
+    assert results["unchecked"] == (3, 2) and results["enabled_in_block"] is False
+    # set_validation is the process-wide default: other threads see it
+    previous = hepms.ops.validation_enabled()
+    hepms.set_validation(False)
+    try:
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(hepms.ops.validation_enabled()))
+        thread.start()
+        thread.join()
+        assert seen == [False]
+    finally:
+        hepms.set_validation(previous)
+
+
 def test_raw_op_rejects_int32_offsets_with_a_clear_error():
     with pytest.raises(RuntimeError, match="offsets must be int64"):
         torch.ops.hepms.segment_sum(GOOD_VALUES, GOOD_OFFSETS.int())
