@@ -11,8 +11,16 @@ hepms version) as a JSON string, so an export file is all a consumer needs:
   also stored as the extra file ``hepms.json`` (``unzip -p model.pt '*/extra/hepms.json'``);
 * :func:`export_program` writes a ``torch.export`` program (``.pt2``) of ``forward`` with dynamic
   sizes for the constituents, jets and events, the metadata as the extra file ``hepms.json``;
-* :func:`load_export` loads either and returns a ready model in eval mode; :func:`model_metadata`
-  reads the metadata of any of them.
+* :func:`export_onnx` writes an ONNX file (opset 18, the segment ops as standard ONNX operators,
+  :mod:`hepms.onnx_ops`) that onnxruntime runs without hepms or torch, the metadata in its
+  ``metadata_props``; invalid offsets give NaN outputs and ``inputs_valid = False`` there;
+* :func:`load_export` loads a TorchScript or ``torch.export`` file and returns a ready model in eval
+  mode; :func:`model_metadata` reads the metadata of any of them (ONNX files too).
+
+Every entry point (``forward``, ``upstream``, ``downstream``) checks its offsets, whatever the
+segment ops' validation switches say, and raises ``ValueError`` for offsets that do not start at 0,
+decrease or do not end at the number of rows; the check is the op ``hepms::check_offsets``, so it
+is part of TorchScript and ``torch.export`` files too.
 
 A trained model comes from its model file (:func:`hepms.model_file.load_model`, which also reads
 run and trial directories): ``load_model(run).inference_model()`` is the :class:`InferenceModel`.
@@ -190,7 +198,7 @@ class InferenceModel(nn.Module):
     # ops' validation switches say: in eager mode, in TorchScript and in torch.export programs
     # the check is the op hepms::check_offsets, which raises ValueError for offsets that do not
     # start at 0, decrease, or do not end at the number of rows (instead of finite garbage).
-    # ONNX has no exceptions: see hepms.export_onnx (NaN outputs and an inputs_valid output).
+    # ONNX has no exceptions: see export_onnx (NaN outputs and an inputs_valid output).
     @torch.jit.export
     def upstream(
         self, constituents: Tensor, constituent_offsets: Tensor, jet_features: Tensor

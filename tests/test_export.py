@@ -171,6 +171,8 @@ def test_metadata_props_and_runs_without_hepms(exported, data, tmp_path: Path) -
     proto = onnx.load(str(path))
     props = {p.key: p.value for p in proto.metadata_props}
     meta = json.loads(props["hepms.json"])
+    session_meta = exported[2].get_modelmeta().custom_metadata_map  # what the README shows
+    assert json.loads(session_meta["hepms.json"]) == meta
     assert meta == model_metadata(path)
     assert meta["features"]["constituent_features"] == list(DEFAULT_CONSTITUENT_FEATURES)
     assert FeatureSpec.from_dict(meta["features"]) == SPEC
@@ -227,6 +229,8 @@ def test_hepms_train_then_export_every_format(tiny_sample: Path, tmp_path: Path,
     assert bool(out[-1])
     for name, a, b in zip(ONNX_OUTPUTS, out, expected):
         np.testing.assert_allclose(a, b.numpy(), rtol=RTOL, atol=ATOL, err_msg=name)
+    print(f"trained model: max |onnxruntime - torch| on {len(args[2]) - 1} events: "
+          f"{_max_diff(out, expected):.3g}")
     meta = model_metadata(onnx_path)
     assert FeatureSpec.from_dict(meta["features"]) == trained.spec
 
