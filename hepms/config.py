@@ -117,8 +117,8 @@ def _device_name(value: str) -> Optional[str]:
 
 
 def _choices_of_names() -> dict[str, tuple[str, ...]]:
-    # Imported lazily: hepms.data imports awkward, which `hepms --help` should not pay for.
-    from hepms.data import DEFAULT_CONSTITUENT_FEATURES, JET_FEATURES
+    # Imported lazily: hepms.features imports awkward, which `hepms --help` should not pay for.
+    from hepms.features import DEFAULT_CONSTITUENT_FEATURES, JET_FEATURES
     from hepms.nn.models import CONNECTIONS
     from hepms.train.balancers import BALANCERS
     from hepms.train.losses import CLASSIFICATION_LOSSES
@@ -141,7 +141,7 @@ SAVE_PREDICTIONS = ("first", "all", "none")
 
 def _build_schema() -> dict[str, Any]:
     names = _choices_of_names()
-    from hepms.data import DEFAULT_CONSTITUENT_FEATURES, DEFAULT_JET_FEATURES
+    from hepms.features import DEFAULT_CONSTITUENT_FEATURES, DEFAULT_JET_FEATURES
 
     return {
         "name": Key("htautau", "name of the study (labels and file names)", "str"),

@@ -285,7 +285,8 @@ def export_program(model: InferenceModel, path: PathLike) -> Path:
 def _example_inputs(model: InferenceModel) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Small inputs with distinct sizes N != B != E, an empty jet and an event without jets."""
     meta = model.metadata
-    f_c, f_j = len(meta["constituent_features"]), len(meta["jet_features"])
+    features = meta["features"]
+    f_c, f_j = len(features["constituent_features"]), len(features["jet_features"])
     device = model.constituent_mean.device
     constituent_offsets = torch.tensor([0, 3, 3, 7, 9, 12], device=device)
     jet_offsets = torch.tensor([0, 2, 2, 5], device=device)
