@@ -83,22 +83,18 @@ def sample_files(args: argparse.Namespace) -> list[Path]:
 
 
 def make_model(files: list[Path], folder: Path) -> Path:
-    from hepms.data import (
-        DEFAULT_CONSTITUENT_FEATURES,
-        DEFAULT_JET_FEATURES,
-        Standardizer,
-        build_dataset,
-    )
-    from hepms.export import InferenceModel, export_torchscript
+    from hepms.data import Standardizer, build_dataset
+    from hepms.features import FeatureSpec
     from hepms.generate.io import read_events
+    from hepms.model_file import save_model
     from hepms.nn import MultiStep
 
-    data = build_dataset(read_events(files[0]))
+    spec = FeatureSpec()
+    data = build_dataset(read_events(files[0]), spec)
     model = MultiStep(data.constituents.num_features, data.jet_features.shape[1],
                       connection="additional", k=4, seed=1)
-    inference = InferenceModel(model, Standardizer.fit(data), DEFAULT_CONSTITUENT_FEATURES,
-                               DEFAULT_JET_FEATURES)
-    return export_torchscript(inference, folder / "model.pt")
+    return save_model(folder / "model.pt", model, spec, Standardizer.fit(data),
+                      producer="benchmarks/inference.py")
 
 
 def nano(files: list[Path], mode: str, steps_per_file: int = 1) -> Any:
@@ -127,7 +123,8 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
 
 
 def eager_in_memory(files: list[Path], model: Path, threads: int, repeats: int) -> dict:
-    from hepms.coffea import MultiStepTagger, _prepare, _run_model
+    from hepms.coffea import MultiStepTagger
+    from hepms.features import feature_tensors
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -139,11 +136,16 @@ def eager_in_memory(files: list[Path], model: Path, threads: int, repeats: int) 
             arrays = nano([file], "eager")
             jets, parts = arrays.Jet, arrays.PFCands
             total += timed(lambda: tagger(jets, parts), repeats)
-            # Split of one call: preprocessing vs the model's forward.
-            prepare += timed(lambda: _prepare(jets, parts, False, tagger), repeats)
-            inputs = _prepare(jets, parts, False, tagger)
+            # Split of one call: preprocessing (the features of every jet) vs the model's
+            # forward on them (every jet feeding the event model: the tagger first moves jets
+            # beyond max_jets aside, a gather that is part of neither number).
+            prepare += timed(lambda: feature_tensors(jets, parts, tagger.spec, select_jets=False),
+                             repeats)
+            inputs = feature_tensors(jets, parts, tagger.spec, select_jets=False)
+            args = (inputs.constituents.values, inputs.constituent_offsets, inputs.jet_offsets,
+                    inputs.jet_features)
             with torch.inference_mode():
-                forward += timed(lambda: _run_model(tagger.model, inputs, "cpu"), repeats)
+                forward += timed(lambda: tagger.model(*args), repeats)
             events += len(arrays)
     finally:
         torch.set_num_threads(before)

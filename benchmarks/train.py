@@ -42,6 +42,7 @@ import torch
 import hepms
 from hepms._machine import describe as machine
 from hepms.data import Standardizer, TauEventData, build_dataset, toy_dataset
+from hepms.features import FeatureSpec
 from hepms.jagged import Jagged
 from hepms.nn import MultiStep, run
 from hepms.nn.padded import PaddedBatch, multistep_padded
@@ -70,7 +71,7 @@ def load_events(args: argparse.Namespace) -> tuple[TauEventData, str]:
             generate(folder, events_per_process=args.generate, mu=args.mu, seed=args.seed,
                      workers=args.workers, progress=False, pileup_pool=max(1000, args.generate))
     events = read_events(folder, max_jets=MAX_JETS, max_constituents=MAX_CONSTITUENTS)
-    data = build_dataset(events, MAX_JETS, MAX_CONSTITUENTS, regression_targets=False)
+    data = build_dataset(events, FeatureSpec(max_jets=MAX_JETS, max_constituents=MAX_CONSTITUENTS, targets=()))
     manifest = Path(folder) / "manifest.json"
     what = f"generated events from {folder}"
     if manifest.exists():

@@ -117,7 +117,7 @@ def _device_name(value: str) -> Optional[str]:
 
 
 def _choices_of_names() -> dict[str, tuple[str, ...]]:
-    # Imported lazily: hepms.data imports awkward, which `hepms --help` should not pay for.
+    # Imported lazily: hepms.features imports awkward, which `hepms --help` should not pay for.
     from hepms.features import DEFAULT_CONSTITUENT_FEATURES, JET_FEATURES
     from hepms.nn.models import CONNECTIONS
     from hepms.train.balancers import BALANCERS

@@ -446,7 +446,9 @@ def _quiet_onnx() -> Iterator[None]:
 
 def _example_inputs(model: InferenceModel) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Small inputs with distinct sizes N != B != E, an empty jet and an event without jets."""
-    f_c, f_j = model.constituent_mean.shape[0], model.jet_mean.shape[0]
+    meta = model.metadata
+    features = meta["features"]
+    f_c, f_j = len(features["constituent_features"]), len(features["jet_features"])
     device = model.constituent_mean.device
     constituent_offsets = torch.tensor([0, 3, 3, 7, 9, 12], device=device)
     jet_offsets = torch.tensor([0, 2, 2, 5], device=device)

@@ -41,6 +41,7 @@ Example:
     >>> import tempfile, torch, hepms
     >>> from hepms.data import Standardizer
     >>> from hepms.features import FeatureSpec
+from hepms.generate.io import UnreadableFileError
     >>> from hepms.model_file import load_model, save_model
     >>> from hepms.nn import MultiStep
     >>> spec = FeatureSpec(jet_features=("log_pt",), constituent_features=("deta", "dphi"))
@@ -66,6 +67,7 @@ import hepms
 from hepms.data import Standardizer
 from hepms.export import InferenceModel, save_atomically
 from hepms.features import FeatureSpec
+from hepms.generate.io import UnreadableFileError
 from hepms.nn.models import MultiStep
 
 log = logging.getLogger(__name__)
@@ -280,6 +282,7 @@ def load_model(source: PathLike, map_location: Union[str, torch.device] = "cpu")
 
     Raises:
         FileNotFoundError: nothing at ``source``.
+        UnreadableFileError: (an ``OSError``) a truncated or corrupt file.
         ValueError: not a hepms model file, an old format (the message says how to convert it),
             or parts that do not fit together.
     """
@@ -314,8 +317,10 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated or random bytes: anything from OSError to IndexError
-        raise ValueError(f"{path} is unreadable as a hepms model file (truncated, corrupt, or an "
-                         f"export? {type(error).__name__}: {error})") from error
+        raise UnreadableFileError(
+            f"{path} is unreadable (truncated or corrupt? {type(error).__name__}: {error}); "
+            "retrain with `hepms train --force` (exports are read by hepms.export.load_export)"
+        ) from error
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a hepms model file")
     return state

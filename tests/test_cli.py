@@ -102,7 +102,7 @@ def test_generate_train_evaluate_plot(sample: Path, tmp_path: Path, capsys: pyte
 def test_interrupted_training_resumes_to_the_same_weights(
     sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hepms.study.single import load_model
+    from hepms.model_file import load_model
     from hepms.train.trainer import Trainer
 
     settings = ["--set", "trainer.epochs=3", "--set", "trainer.patience=5"]
@@ -129,8 +129,8 @@ def test_interrupted_training_resumes_to_the_same_weights(
     assert main(["train", str(config), *settings]) == 0
     summary = json.loads((tmp_path / "run" / "train" / "summary.json").read_text())
     assert summary["resumed"] is True and summary["epochs"] == 3
-    resumed, _ = load_model(tmp_path / "run")
-    uninterrupted, _ = load_model(tmp_path / "ref")
+    resumed = load_model(tmp_path / "run").network
+    uninterrupted = load_model(tmp_path / "ref").network
     for (name, a), (_, b) in zip(resumed.state_dict().items(), uninterrupted.state_dict().items()):
         assert torch.equal(a, b), name
 

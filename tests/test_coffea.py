@@ -29,20 +29,20 @@ from coffea.nanoevents import NanoEventsFactory  # noqa: E402
 
 import hepms  # noqa: E402
 from hepms import coffea as hc  # noqa: E402
-from hepms.data import (  # noqa: E402
-    DEFAULT_CONSTITUENT_FEATURES,
-    DEFAULT_JET_FEATURES,
-    build_dataset,
-    prepare,
-)
+from hepms.data import build_dataset, prepare  # noqa: E402
 from hepms.export import (  # noqa: E402
     InferenceModel,
     export_program,
     export_torchscript,
-    load_model,
+    load_export,
     model_metadata,
-    save_checkpoint,
 )
+from hepms.features import (  # noqa: E402
+    DEFAULT_CONSTITUENT_FEATURES,
+    DEFAULT_JET_FEATURES,
+    FeatureSpec,
+)
+from hepms.model_file import load_model, preprocessing, save_model  # noqa: E402
 from hepms.generate.io import read_events  # noqa: E402
 from hepms.generate.pipeline import generate  # noqa: E402
 from hepms.generate.schema import HepmsNanoAODSchema  # noqa: E402
@@ -78,9 +78,10 @@ def trained(sample: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dic
     model = MultiStep(train.constituents.num_features, train.jet_features.shape[1],
                       connection="additional", k=3, seed=1)
     Trainer(model, max_epochs=2, batch_size=32, progress=False,
-            checkpoint_dir=str(folder / "run")).fit(train, val)
+            checkpoint_dir=str(folder / "run")).fit(train, val,
+                                                   preprocessing=preprocessing(FeatureSpec(), scaler))
     model.eval()
-    inference = InferenceModel(model, scaler, DEFAULT_CONSTITUENT_FEATURES, DEFAULT_JET_FEATURES)
+    inference = InferenceModel(model, scaler, FeatureSpec())
     path = export_torchscript(inference, folder / "model.pt")
     return {"model": model, "scaler": scaler, "inference": inference, "path": path,
             "checkpoint": folder / "run" / "checkpoint.pt", "folder": folder}
@@ -104,8 +105,8 @@ def _raw_data(files: list[Path], **options) -> "hepms.data.TauEventData":
     """The training pipeline's raw (unstandardised) features of every event, jet-less included,
     and of every jet (the tagger scores every jet; events with more than 8 jets do occur)."""
     options.setdefault("max_jets", 64)
-    return build_dataset(read_events(files, max_jets=None, max_constituents=None), min_jets=0,
-                         **options)
+    return build_dataset(read_events(files, max_jets=None, max_constituents=None),
+                         FeatureSpec(min_jets=0, **options))
 
 
 def _processor_module():
@@ -128,7 +129,7 @@ def test_torchscript_round_trip_equals_python_model(trained: dict, sample: list[
     data = _raw_data(sample)
     args = (data.constituents.values, data.constituent_offsets, data.jet_offsets,
             data.jet_features)
-    loaded = load_model(trained["path"])
+    loaded = load_export(trained["path"])
     assert isinstance(loaded, torch.jit.ScriptModule)
     with torch.no_grad():
         python_out = trained["inference"](*args)
@@ -148,9 +149,8 @@ def test_torchscript_round_trip_equals_python_model(trained: dict, sample: list[
 
     meta = model_metadata(trained["path"])  # read from the archive without loading it
     assert meta == model_metadata(loaded)
-    assert meta["constituent_features"] == list(DEFAULT_CONSTITUENT_FEATURES)
-    assert meta["jet_features"] == list(DEFAULT_JET_FEATURES)
-    assert (meta["k"], meta["max_jets"], meta["max_constituents"]) == (3, 8, 50)
+    assert FeatureSpec.from_dict(meta["features"]) == FeatureSpec()
+    assert meta["k"] == 3
     assert meta["hepms_version"] == hepms.__version__
     assert meta["model_config"] == trained["model"].config
 
@@ -167,15 +167,14 @@ def test_failed_export_leaves_no_file(trained: dict, tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError, match="No space left"):
-        save_checkpoint(target, trained["model"], trained["scaler"], DEFAULT_CONSTITUENT_FEATURES,
-                        DEFAULT_JET_FEATURES)
+        save_model(target, trained["model"], FeatureSpec(), trained["scaler"])
     assert target.read_bytes() == b"previous model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
 def test_torch_export_program_round_trip(trained: dict, tagger, sample: list[Path]) -> None:
     path = export_program(trained["inference"], trained["folder"] / "model.pt2")
-    loaded = load_model(path)
+    loaded = load_export(path)
     assert model_metadata(loaded)["k"] == 3
     data = _raw_data(sample)
     with torch.no_grad():
@@ -193,8 +192,7 @@ def test_torch_export_program_round_trip(trained: dict, tagger, sample: list[Pat
 def test_regression_head_gives_tau_momentum(trained: dict, sample: list[Path]) -> None:
     net = MultiStep(len(DEFAULT_CONSTITUENT_FEATURES), len(DEFAULT_JET_FEATURES),
                     regression_outputs=3, seed=2)
-    model = InferenceModel(net, trained["scaler"], DEFAULT_CONSTITUENT_FEATURES,
-                           DEFAULT_JET_FEATURES)
+    model = InferenceModel(net, trained["scaler"], FeatureSpec())
     events = _events(sample[:1])
     out = hc.MultiStepTagger(model)(events.Jet, events.PFCands)
     assert str(out.tau_momentum.type) == "120 * var * 3 * float32"
@@ -206,40 +204,45 @@ def test_regression_head_gives_tau_momentum(trained: dict, sample: list[Path]) -
                                100.0 * momentum.numpy(), rtol=1e-6)  # GeV
 
 
-def test_load_trainer_checkpoint_needs_the_scaler(trained: dict, sample: list[Path]) -> None:
-    with pytest.raises(ValueError, match="scaler"):
-        load_model(trained["checkpoint"])
-    model = load_model(trained["checkpoint"].parent, scaler=trained["scaler"])
+def test_trainer_checkpoint_loads_with_its_preprocessing(trained: dict, sample: list[Path]) -> None:
+    loaded = load_model(trained["checkpoint"])  # Trainer.fit(preprocessing=...) recorded it
+    assert loaded.spec == FeatureSpec() and loaded.provenance.producer == "trainer checkpoint"
+    model = loaded.inference_model()
     data = _raw_data(sample)
     args = (data.constituents.values, data.constituent_offsets, data.jet_offsets,
             data.jet_features)
     with torch.no_grad():
         for a, b in zip(model(*args), trained["inference"](*args)):
             assert torch.equal(a, b)
-    # A checkpoint that records its preprocessing needs nothing else, and feeds the tagger.
-    path = save_checkpoint(trained["folder"] / "bundle.pt", trained["model"], trained["scaler"],
-                           DEFAULT_CONSTITUENT_FEATURES, DEFAULT_JET_FEATURES)
+    # A model file needs nothing else either, and feeds the tagger (as does the checkpoint).
+    path = save_model(trained["folder"] / "bundle.pt", trained["model"], FeatureSpec(),
+                      trained["scaler"])
     with torch.no_grad():
-        for a, b in zip(load_model(path)(*args), trained["inference"](*args)):
+        for a, b in zip(load_model(path).inference_model()(*args), trained["inference"](*args)):
             assert torch.equal(a, b)
-    assert hc.MultiStepTagger(path).metadata == model_metadata(trained["path"])
+    assert hc.MultiStepTagger(path).spec == FeatureSpec()
+    assert hc.MultiStepTagger(trained["checkpoint"]).spec == FeatureSpec()
+    # A checkpoint without its preprocessing (older hepms, or fit without it) says what to do.
+    state = torch.load(trained["checkpoint"], weights_only=True)
+    state["preprocessing"] = None
+    torch.save(state, trained["folder"] / "old_checkpoint.pt")
+    with pytest.raises(ValueError, match="without its preprocessing.*retrain"):
+        load_model(trained["folder"] / "old_checkpoint.pt")
 
 
 def test_feature_mismatch_names_the_features(trained: dict) -> None:
-    three = ["log_pt", "eta", "phi"]
+    three = FeatureSpec(jet_features=("log_pt", "eta", "phi"))
     with pytest.raises(ValueError, match=r"model takes 4 jet features.*'log_pt', 'eta', 'phi'"):
-        load_model(trained["checkpoint"], scaler=trained["scaler"], jet_features=three)
-    with pytest.raises(ValueError, match="jet_features"):
-        load_model(trained["path"], jet_features=["log_pt", "eta", "phi", "log_e"])
+        InferenceModel(trained["model"], trained["scaler"], three)
+    with pytest.raises(ValueError, match=r"network takes 4 jet features"):
+        save_model(trained["folder"] / "wrong.pt", trained["model"], three, trained["scaler"])
     with pytest.raises(ValueError, match="btag"):
-        InferenceModel(trained["model"], trained["scaler"], DEFAULT_CONSTITUENT_FEATURES,
-                       ["log_pt", "eta", "phi", "btag"])
+        FeatureSpec(jet_features=("log_pt", "eta", "phi", "btag"))
     # An export whose metadata asks for a feature hepms cannot compute (e.g. written by another
     # version) is refused by the tagger, naming the feature.
-    odd = InferenceModel(trained["model"], trained["scaler"], DEFAULT_CONSTITUENT_FEATURES,
-                         DEFAULT_JET_FEATURES)
+    odd = InferenceModel(trained["model"], trained["scaler"], FeatureSpec())
     meta = odd.metadata
-    meta["jet_features"] = ["log_pt", "eta", "phi", "btagDeepB"]
+    meta["features"]["jet_features"] = ["log_pt", "eta", "phi", "btagDeepB"]
     odd.metadata_json = json.dumps(meta)
     with pytest.raises(ValueError, match="btagDeepB"):
         hc.MultiStepTagger(odd)
@@ -297,8 +300,7 @@ def test_jets_beyond_max_jets_are_scored_but_not_in_the_event_model(
     trained: dict, sample: list[Path]
 ) -> None:
     """With max_jets=1, only the leading jet enters the event model; every jet is scored."""
-    model = InferenceModel(trained["model"], trained["scaler"], DEFAULT_CONSTITUENT_FEATURES,
-                           DEFAULT_JET_FEATURES, max_jets=1)
+    model = InferenceModel(trained["model"], trained["scaler"], FeatureSpec(max_jets=1))
     tagger = hc.MultiStepTagger(model)
     events = _events(sample[:1])
     # Reverse the jets of every event: the leading jet is now the last one.

@@ -18,6 +18,7 @@ from hepms.data import (
     split,
     toy_dataset,
 )
+from hepms.features import FeatureSpec
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,7 +55,7 @@ def events() -> ak.Array:
 # build_dataset
 # ------------------------------------------------------------------------------------------------
 def test_build_dataset_layout_caps_and_features(events):
-    data = build_dataset(events, max_jets=2, max_constituents=2)
+    data = build_dataset(events, FeatureSpec(max_jets=2, max_constituents=2))
     assert len(data) == 2  # the empty event is dropped
     assert data.jet_offsets.tolist() == [0, 2, 3]  # jets capped at 2 per event
     # jets pT-ordered (50, 30 | 60); constituents pT-ordered and capped at 2
@@ -87,19 +88,24 @@ def test_build_dataset_layout_caps_and_features(events):
 
 
 def test_build_dataset_options_and_errors(events):
-    data = build_dataset(events, min_jets=0, jet_features=("log_pt", "log_n_constituents"),
-                         constituent_features=("log_pt", "delta_r"), regression_targets=False,
-                         dtype=torch.float64)
+    spec = FeatureSpec(min_jets=0, jet_features=("log_pt", "log_n_constituents"),
+                       constituent_features=("log_pt", "delta_r"), targets=())
+    data = build_dataset(events, spec, dtype=torch.float64)
     assert len(data) == 3 and data.jet_offsets.tolist() == [0, 3, 3, 4]
     assert data.jet_features.dtype == torch.float64 and data.jet_targets is None
     torch.testing.assert_close(data.jet_features[:, 1],
                                torch.log1p(torch.tensor([3.0, 2.0, 1.0, 1.0], dtype=torch.float64)))
-    with pytest.raises(ValueError, match="unknown jet feature"):
-        build_dataset(events, jet_features=("rapidity_of_doom",))
-    with pytest.raises(ValueError, match="unknown constituent feature"):
-        build_dataset(events, constituent_features=("spin",))
+    with pytest.raises(ValueError, match="jet_features: unknown name"):
+        FeatureSpec(jet_features=("rapidity_of_doom",))
+    with pytest.raises(ValueError, match="constituent_features: unknown name"):
+        FeatureSpec(constituent_features=("spin",))
     with pytest.raises(ValueError, match="max_jets"):
-        build_dataset(events, max_jets=0)
+        FeatureSpec(max_jets=0)
+    no_charge = ak.with_field(events, events.jets.constituents[["pt", "eta", "phi", "mass"]],
+                              ["jets", "constituents"])
+    with pytest.raises(ValueError, match="'charge'"):
+        build_dataset(no_charge)
+    assert build_dataset(no_charge, FeatureSpec(constituent_features=("deta", "dphi"))).num_jets == 4
     with pytest.raises(ValueError, match="no label field"):
         build_dataset(events, jet_label_field="isBottom")
     with pytest.raises(ValueError, match="no field 'truth'"):
@@ -245,7 +251,7 @@ def test_generated_events_build_split_and_standardise(tmp_path):
     generate(tmp_path, events_per_process=40, mu=0, seed=3, workers=1, progress=False,
              block_size=40)
     events = read_events(tmp_path, max_jets=8, max_constituents=50)
-    train, val, test, scaler = prepare(events, seed=2, max_jets=3, max_constituents=10)
+    train, val, test, scaler = prepare(events, seed=2, spec=FeatureSpec(max_jets=3, max_constituents=10))
     kept = events[ak.num(events.jets) >= 1]
     assert len(train) + len(val) + len(test) == len(kept)
     for part in (train, val, test):

@@ -498,10 +498,11 @@ def test_splits_of_hepms_data_share_no_pileup_event(sample):
     import torch
 
     from hepms.data import TauEventData, build_dataset, split
+    from hepms.features import FeatureSpec
 
     out, manifest = sample
     events = read_events(out)
-    data = build_dataset(events, min_jets=0)
+    data = build_dataset(events, FeatureSpec(min_jets=0))
     assert data.event_split is not None and len(data) == len(events)
     # tag every event with its row number (in event_labels) to find it again after the split
     tagged = TauEventData(data.constituents, data.jet_features, data.jet_labels,

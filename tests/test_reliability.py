@@ -149,11 +149,12 @@ def test_train_discards_a_checkpoint_of_other_data_or_model(sample: Path, tmp_pa
     assert second["status"] == "trained" and not second["resumed"] and second["epochs"] == 2
     assert any("discarding" in r.message and "checkpoint.pt" in r.message for r in caplog.records)
     state = torch.load(Path(cfg["run_dir"]) / "model.pt", weights_only=True)
-    assert state["model_config"]["tau_options"]["block_activation"] == "relu"
+    assert state["network"]["config"]["tau_options"]["block_activation"] == "relu"
 
 
 def test_corrupt_model_file_retrains_and_evaluate_names_it(sample: Path, tmp_path: Path, caplog) -> None:
-    from hepms.study.single import load_model, train_run
+    from hepms.model_file import load_model
+    from hepms.study.single import train_run
 
     cfg = _config(tmp_path, sample, trainer={"epochs": 1})
     train_run(cfg)
@@ -523,13 +524,16 @@ def test_int32_offsets_through_deepsets_and_multistep() -> None:
 
 
 def test_coffea_missing_field_message_on_plain_awkward_arrays() -> None:
-    from hepms.coffea import _missing_message
+    from hepms.features import FeatureSpec, check_inputs
 
-    constituents = ak.Array([[{"pt": 1.0, "eta": 0.0}], []])
-    message = _missing_message("constituents", constituents, ["charge"])
-    assert "'charge'" in message and "['pt', 'eta']" in message
-    jets = ak.Array([[{"pt": 30.0}]])
-    assert "'phi'" in _missing_message("jets", ak.Array(ak.to_layout(jets)), ["phi"])
+    spec = FeatureSpec()
+    jets = ak.Array([[{"pt": 30.0, "eta": 0.0, "phi": 0.0, "mass": 1.0}], []])
+    constituents = ak.Array([[[{"pt": 1.0, "eta": 0.0, "phi": 0.0, "mass": 0.0}]], []])
+    with pytest.raises(ValueError, match=r"'charge', needed for constituent feature 'charge'.*"
+                                         r"\['pt', 'eta', 'phi', 'mass'\]"):
+        check_inputs(jets, constituents, spec)
+    with pytest.raises(ValueError, match=r"jets lack field\(s\).*'phi'"):
+        check_inputs(ak.Array([[{"pt": 30.0, "eta": 0.0, "mass": 1.0}]]), constituents[:1], spec)
 
 
 @pytest.mark.parametrize(

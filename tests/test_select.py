@@ -17,7 +17,7 @@ from hepms import physics
 from hepms.data import TauEventData
 from hepms import select
 from hepms.select.config import load_config
-from hepms.select.data import _momentum_to_calibration_targets
+from hepms.select.data import CALIBRATION_TARGETS, SELECTION_JET_FEATURES
 from hepms.select.jets import leading_two, pad_jets, pair_mass
 from hepms.select.scaling import fit_all, fit_power_law, time_methods
 
@@ -49,7 +49,7 @@ def events(generated):
 @pytest.fixture(scope="module")
 def prepared(events):
     # 30 % validation: the selection criterion needs enough events to be stable on a small sample.
-    return select.prepare_data(events, seed=2, fractions=(0.5, 0.3, 0.2))
+    return select.prepare_selection_data(events, seed=2, fractions=(0.5, 0.3, 0.2))
 
 
 def _settings(**changes) -> select.SearchSettings:
@@ -112,13 +112,16 @@ def test_leading_two_and_padding():
 def test_prepared_targets_and_kinematics_match_the_events(events):
     from hepms import data as hdata
 
-    built = hdata.build_dataset(events, jet_features=select.data.DEFAULT_JET_FEATURES)
+    from hepms.features import FeatureSpec
+
+    built = hdata.build_dataset(events, FeatureSpec(jet_features=SELECTION_JET_FEATURES,
+                                                    targets=CALIBRATION_TARGETS))
     kept = events[ak.num(events.jets, axis=1) >= 1]
     jets = physics.leading(kept.jets, 8, by="pt")
     flat = {f: ak.to_numpy(ak.flatten(jets[f])).astype(np.float64)
             for f in ("pt", "eta", "phi", "mass", "isTau", "visTauPt", "visTauEta", "visTauPhi")}
     # Task-1 targets: the matched visible tau, pT in units of 100 GeV; zero for light jets.
-    targets = _momentum_to_calibration_targets(built.jet_targets.double()).numpy()
+    targets = built.jet_targets.double().numpy()
     tau = flat["isTau"] > 0
     assert tau.any() and (~tau).any()
     np.testing.assert_allclose(targets[tau, 0], flat["visTauPt"][tau] / 100, rtol=1e-5)
@@ -298,7 +301,7 @@ def test_study_never_reads_the_test_split(prepared, tmp_path):
         "study": {"methods": ["darts", "spos"], "v1": [0.5], "seeds": [0],
                   "validity": {"max_points": 100, "iterations": 10}},
     })
-    poisoned = select.PreparedData(prepared.train, prepared.val, _poisoned(prepared.test),
+    poisoned = select.SelectionData(prepared.train, prepared.val, _poisoned(prepared.test),
                                    prepared.scaler, prepared.jet_names, prepared.constituent_features)
     clean = run_study(config, tmp_path / "clean", prepared=prepared, progress=False)
     config.plots = False

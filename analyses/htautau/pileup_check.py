@@ -38,7 +38,7 @@ from hepms.data import Standardizer
 from hepms._machine import cpu_model
 from hepms.study.dataset import PreparedData, dataset_of_sample, prepare_data, sample_fingerprint
 from hepms.study.runner import predict, versions, write_json
-from hepms.study.single import load_model
+from hepms.model_file import load_model
 
 log = logging.getLogger("pileup_check")
 
@@ -86,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.run_dir / "config.yaml", [])
     cfg["progress"] = False
-    model, state = load_model(args.run_dir)
+    trained = load_model(args.run_dir)
+    model = trained.network
     data = prepare_data(cfg, None, progress=False)
-    if state.get("data_fingerprint") != data.fingerprint:
+    if trained.provenance.data_fingerprint != data.fingerprint:
         print(f"error: the model in {args.run_dir} was trained on another sample or other settings",
               file=sys.stderr)
         return 2
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if own_manifest["settings"]["seed"] == other_manifest["settings"]["seed"]:
         print("error: the independent sample has the same seed as the training sample", file=sys.stderr)
         return 2
-    scaler = Standardizer.from_state_dict(state["scaler"])
+    scaler = trained.scaler
     batch = cfg["trainer"]["eval_batch_size"]
     with torch.no_grad():
         pred_test = predict(model, data, batch)

@@ -3,8 +3,8 @@
 
 Examples::
 
-    # a model: hepms.export.export_torchscript(...) -> model.pt (see hepms/export.py)
-    python analyses/htautau/run_processor.py --model model.pt --files data/htautau --workers 2
+    # a model: the run directory of `hepms train` (or its model.pt, a scan trial, an export)
+    python analyses/htautau/run_processor.py --model runs/my_run --files data/htautau --workers 2
     python analyses/htautau/run_processor.py --model model.pt --files a.root b.root --workers 0
 
 ``--workers 0`` runs file by file in this process (coffea virtual NanoEvents, no dask);

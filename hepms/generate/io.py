@@ -384,7 +384,8 @@ def _build_events(
     from hepms.features import group_by_jet  # here: torch is not needed to write samples
 
     pf = _collection(arrays, "PFCands")
-    const_fields = [k for k in ("pt", "eta", "phi", "mass", "charge", "pdgId", "isPileup") if k in pf]
+    # the 4-vector and the jet index are required (a missing one raises, naming its branch)
+    const_fields = ["pt", "eta", "phi", "mass", *(k for k in ("charge", "pdgId", "isPileup") if k in pf)]
     pf_records = ak.zip({k: pf[k] for k in (*const_fields, "jetIdx")}, depth_limit=2)
     constituents = group_by_jet(pf_records, n_jet, "jetIdx", fields=const_fields, sort_by="pt",
                                 with_name=with_name, behavior=behavior)

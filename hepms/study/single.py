@@ -77,7 +77,7 @@ def train_run(
     if model_path.is_file() and not force:
         try:
             provenance = load_model(model_path).provenance
-        except ValueError as error:  # unreadable, foreign or of an older format
+        except (OSError, ValueError) as error:  # unreadable, foreign or of an older format
             log.warning("ignoring %s: %s; training again", model_path, error)
         else:
             if provenance.settings_hash == identity and provenance.data_fingerprint == data.fingerprint:
