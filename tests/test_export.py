@@ -241,6 +241,7 @@ def test_hepms_train_then_export_every_format(tiny_sample: Path, tmp_path: Path,
               + _diffs(out, expected))
     meta = model_metadata(onnx_path)
     assert FeatureSpec.from_dict(meta["features"]) == trained.spec
+    assert meta["extra"]["provenance"] == trained.provenance.to_dict()
 
     for fmt, name in (("torchscript", "model.torchscript.pt"), ("export", "exported.pt2")):
         target = tmp_path / name
