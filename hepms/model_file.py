@@ -391,16 +391,8 @@ def upgrade_model_file(
                              "was trained with)")
         import yaml
 
-        data = (yaml.safe_load(config.read_text()) or {}).get("data", {})
-        regression = int(state["model_config"].get("regression_outputs", 0) or 0)
-        spec = FeatureSpec(
-            jet_features=tuple(data["jet_features"]),
-            constituent_features=tuple(data["constituent_features"]),
-            max_jets=int(data["max_jets"]),
-            max_constituents=int(data["max_constituents"]),
-            min_jets=int(data["min_jets"]),
-            targets=("px", "py", "pz") if regression else (),
-        )
+        # What hepms train builds from its data section (hepms.study.dataset.feature_spec).
+        spec = FeatureSpec.from_settings((yaml.safe_load(config.read_text()) or {}).get("data", {}))
     network = MultiStep(**state["model_config"])
     network.load_state_dict(state["state_dict"])
     return save_model(

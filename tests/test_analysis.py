@@ -204,6 +204,15 @@ def test_scan_runs_skips_redoes_and_resumes(sample: Path, tmp_path: Path, monkey
     results = collect_results(run_dir, planned, None)
     assert all(len(v) == 2 for v in results.values())
     assert sorted(r["seed"] for r in results[planned[0].key]) == [cfg["scan"]["seed"], cfg["scan"]["seed"] + 1]
+    # Every finished trial folder holds its model file (hepms.model_file.load_model reads the folder).
+    from hepms.model_file import load_model
+
+    for folder in run_dir.glob("trials/*/trial_*"):
+        trained = load_model(folder)
+        result = json.loads((folder / "result.json").read_text())
+        assert trained.provenance.producer == "hepms scan"
+        assert trained.provenance.data_fingerprint == result["data_fingerprint"]
+        assert trained.provenance.extra["seed"] == result["seed"]
 
     # Done: a re-run trains nothing and leaves the results alone.
     stamp = {p: p.stat().st_mtime_ns for p in run_dir.glob("trials/*/trial_*/result.json")}
