@@ -1,5 +1,6 @@
 """One model file from ``hepms train`` to every consumer: load_model, ``hepms evaluate``, the coffea
-tagger and processor (eager and dask), with identical scores; the file is used unchanged.
+tagger and processor (eager and dask), with identical scores, and ``hepms export --format onnx``
+in onnxruntime (the same scores to float32 rounding); the file is used unchanged.
 
 Also: the feature spec's round trip and errors, and old (``hepms.model/1``) files, which are
 refused with the way to convert them, and converted.
@@ -141,6 +142,24 @@ def test_the_train_file_gives_identical_scores_everywhere(run: dict) -> None:
     for name in ("tau_score", "event_score", "mvis"):
         eager_values = sum(out["hists"][name].values() for out in eager_outs)
         assert np.array_equal(eager_values, lazy_out["hists"][name].values()), name
+
+    # ... and through `hepms export --format onnx` in onnxruntime (which needs no hepms): the same
+    # scores to float32 rounding (onnxruntime sums in another order than our kernels).
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    onnx_file = run_dir / "exported" / "model.onnx"
+    onnx_file.parent.mkdir()
+    assert main(["export", str(run_dir), "--format", "onnx", "-o", str(onnx_file)]) == 0
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    for name, expected in zip(FILES, reference):
+        data = build_dataset(read_events(sample / name), spec)
+        out = session.run(None, {
+            "constituents": data.constituents.values.numpy(),
+            "constituent_offsets": data.constituent_offsets.numpy(),
+            "jet_offsets": data.jet_offsets.numpy(), "jet_features": data.jet_features.numpy()})
+        assert bool(out[-1])  # inputs_valid
+        for got, want in zip(out[:4], expected):  # tau_logit, intermediate, event_logit, momentum
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
 
     assert _sha256(model_file) == run["sha256"]  # used unchanged by everything above
 
