@@ -1,7 +1,7 @@
 """Exports: ONNX (hepms.export.export_onnx): onnxruntime outputs equal the torch model's on real
 generated events (with empty jets and jet-less events), invalid offsets give NaN and
 inputs_valid = False, and the file runs without hepms; the entry points of the torch model, its
-TorchScript and torch.export files raise for invalid offsets; `hepms export` after `hepms train`."""
+TorchScript and torch.export files raise for invalid offsets; `hepms export` of a model file."""
 from __future__ import annotations
 
 import json
@@ -203,29 +203,27 @@ def test_metadata_props_and_runs_without_hepms(exported, data, tmp_path: Path) -
     np.testing.assert_allclose(np.load(tmp_path / "event.npy"), expected, rtol=RTOL, atol=ATOL)
 
 
-def test_hepms_train_then_export_every_format(tiny_sample: Path, tmp_path: Path, capsys) -> None:
-    """`hepms train` -> `hepms export RUN --format onnx|torchscript|export`: the exported files give
-    the scores of the model file (onnxruntime: to float32 rounding; torch formats: bit for bit)."""
-    import yaml
-
+def test_hepms_export_every_format(tiny_sample: Path, tmp_path: Path, capsys) -> None:
+    """`hepms export RUN --format onnx|torchscript|export` on a model file (written here with
+    hepms.model_file.save_model; tests/test_model_file.py exports what `hepms train` wrote): the
+    exported files give the model file's scores (onnxruntime: to float32 rounding; torch formats:
+    bit for bit) and carry its feature spec and provenance."""
     from hepms.cli import main
     from hepms.export import load_export
-    from hepms.model_file import load_model
+    from hepms.model_file import load_model, save_model
 
+    spec = FeatureSpec()  # the training defaults: leading 8 jets, events with jets
+    events = read_events(sorted(tiny_sample.glob("*.root")), max_jets=None, max_constituents=None)
+    data = build_dataset(events, spec)
     run_dir = tmp_path / "run"
-    config = tmp_path / "cfg.yaml"
-    study = Path(__file__).resolve().parents[1] / "analyses" / "htautau" / "config" / "study.yaml"
-    config.write_text(yaml.safe_dump({
-        "extends": str(study), "run_dir": str(run_dir), "progress": False,
-        "data": {"path": str(tiny_sample)},
-        "trainer": {"epochs": 1, "patience": 1, "batch_size": 64}}))
-    assert main(["train", str(config)]) == 0
-    capsys.readouterr()
+    run_dir.mkdir()
+    net = MultiStep(data.constituents.num_features, data.jet_features.shape[1],
+                    connection="additional", k=2, seed=5)
+    save_model(run_dir / "model.pt", net, spec, Standardizer.fit(data), producer="test_export")
 
     trained = load_model(run_dir)
     reference = trained.inference_model()
-    events = read_events(sorted(tiny_sample.glob("*.root")), max_jets=None, max_constituents=None)
-    args = _inputs(build_dataset(events, trained.spec))  # the model's own feature spec
+    args = _inputs(data)
     with torch.no_grad():
         expected = reference(*args)
 
@@ -237,7 +235,7 @@ def test_hepms_train_then_export_every_format(tiny_sample: Path, tmp_path: Path,
     assert bool(out[-1])
     for name, a, b in zip(ONNX_OUTPUTS, out, expected):
         np.testing.assert_allclose(a, b.numpy(), rtol=RTOL, atol=ATOL, err_msg=name)
-    report = (f"trained model: max |onnxruntime - torch| on {len(args[2]) - 1} events: "
+    report = (f"model file: max |onnxruntime - torch| on {len(args[2]) - 1} events: "
               + _diffs(out, expected))
     meta = model_metadata(onnx_path)
     assert FeatureSpec.from_dict(meta["features"]) == trained.spec
