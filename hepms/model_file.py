@@ -1,10 +1,12 @@
 """The model file: one self-describing file from training to evaluation, coffea and export.
 
-``hepms train`` (``RUN/model.pt``), every ``hepms scan`` trial (``TRIAL/model.pt``) and the
-trainer's checkpoints write what a consumer needs to turn events into scores, and nothing else
+``hepms train`` (``RUN/model.pt``), every ``hepms scan`` trial (``TRIAL/model.pt``), every
+selection of ``hepms select`` (``runs/<selection>.model.pt``, a :class:`hepms.select.Chain`) and
+the trainer's checkpoints write what a consumer needs to turn events into scores, and nothing else
 has to travel with it:
 
-* the network: its class and configuration (``MultiStep(**config)``) and its weights;
+* the network: its class and configuration (``MultiStep(**config)``, or the builder of a selected
+  chain) and its weights;
 * the :class:`~hepms.features.FeatureSpec`: feature names and order, ``max_jets``,
   ``max_constituents``, ``min_jets``, the momentum unit, the regression targets;
 * the standardisation (:class:`~hepms.data.Standardizer`, fitted on the training split);
@@ -19,7 +21,7 @@ temporary name and renamed, so a crash never leaves a truncated model under the 
 Public API (stable)::
 
     save_model(path, network, spec, scaler, *, data_fingerprint=None, settings_hash=None,
-               producer="", extra=None) -> Path
+               producer="", extra=None, builder=None, config=None) -> Path
     load_model(source, map_location="cpu") -> TrainedModel
         source: a model file (hepms.model/2), a run or trial directory (its model.pt), or a
         trainer checkpoint (checkpoint.pt, the weights of its last epoch)
@@ -27,7 +29,7 @@ Public API (stable)::
     upgrade_model_file(path, spec=None, out=None) -> Path   # hepms.model/1 -> hepms.model/2
 
     TrainedModel attributes:
-        network     hepms.nn.MultiStep, eval mode, on map_location
+        network     hepms.nn.MultiStep (or a hepms.select.Chain), eval mode, on map_location
         spec        hepms.features.FeatureSpec
         scaler      hepms.data.Standardizer (statistics of the raw features)
         provenance  Provenance (hepms_version, torch_version, data_fingerprint, settings_hash,
@@ -35,6 +37,7 @@ Public API (stable)::
         path        the file read (pathlib.Path)
     TrainedModel methods:
         inference_model() -> hepms.export.InferenceModel   # raw CSR tensors in, scores out
+                                                           # (MultiStep networks)
         preprocessing() -> dict        # what checkpoints store: {"features", "standardization"}
 
 Example:
@@ -54,14 +57,16 @@ from hepms.generate.io import UnreadableFileError
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
+from torch import nn
 
 import hepms
 from hepms.data import Standardizer
@@ -92,7 +97,7 @@ FORMAT = "hepms.model/2"
 MODEL_FILE = "model.pt"
 _OLD_FORMAT = "hepms.model/1"
 _CHECKPOINT = "checkpoint.pt"
-_NETWORKS = {"hepms.nn.MultiStep": MultiStep}
+_MULTISTEP = "hepms.nn.MultiStep"
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,7 @@ class TrainedModel:
         path: the file read.
     """
 
-    network: MultiStep
+    network: nn.Module
     spec: FeatureSpec
     scaler: Standardizer
     provenance: Provenance
@@ -159,6 +164,12 @@ class TrainedModel:
         """The network with its standardisation: raw CSR tensors in (as
         :func:`hepms.features.feature_tensors` computes them), ``(tau_logit, intermediate,
         event_logit, momentum)`` out. Ready for TorchScript, ``torch.export`` and coffea."""
+        if not isinstance(self.network, MultiStep):
+            raise TypeError(
+                f"{self.path}: the network is a {type(self.network).__name__}, not a "
+                "hepms.nn.MultiStep: InferenceModel serves multi-step models only (a selected "
+                "chain runs on hepms.select.make_batch inputs)"
+            )
         extra = {"provenance": self.provenance.to_dict()}
         device = next(self.network.parameters()).device
         return InferenceModel(self.network, self.scaler, self.spec, extra_metadata=extra).to(device)
@@ -169,8 +180,8 @@ class TrainedModel:
 
     def __repr__(self) -> str:
         where = f" from {self.path}" if self.path is not None else ""
-        return (f"TrainedModel({self.network.connection} k={self.network.k}, "
-                f"jets={list(self.spec.jet_features)}, max_jets={self.spec.max_jets}{where})")
+        return (f"TrainedModel({type(self.network).__name__}, jets={list(self.spec.jet_features)}, "
+                f"max_jets={self.spec.max_jets}{where})")
 
 
 def preprocessing(spec: FeatureSpec, scaler: Standardizer) -> dict[str, Any]:
@@ -200,17 +211,32 @@ def save_model(
     settings_hash: Optional[str] = None,
     producer: str = "",
     extra: Optional[Mapping[str, Any]] = None,
+    builder: Optional[str] = None,
+    config: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write ``network`` with its feature spec, standardisation and provenance to ``path``
     (atomically: temporary file + rename).
 
+    Args:
+        network: a :class:`~hepms.nn.MultiStep` (its ``config`` rebuilds it), or another network
+            with ``builder`` and ``config``.
+        builder: for other networks, ``"hepms.module:function"``: ``function(config, spec,
+            scaler)`` rebuilds the network (e.g. ``hepms.select.space:chain_from_config``).
+        config: the JSON-able configuration given to ``builder``.
+
     Raises:
-        TypeError: ``network`` is not a :class:`~hepms.nn.MultiStep`.
+        TypeError: not a MultiStep and no builder/config, or a builder outside hepms.
         ValueError: the spec or the scaler do not match the network's input widths.
     """
-    if not isinstance(network, MultiStep):
-        raise TypeError(f"network must be a hepms.nn.MultiStep, got {type(network).__name__}")
-    _check_parts(network, spec, scaler, "the network")
+    if isinstance(network, MultiStep):
+        _check_parts(network, spec, scaler, "the network")
+        entry = {"class": _MULTISTEP, "config": network.config}
+    else:
+        if builder is None or config is None:
+            raise TypeError(f"a {type(network).__name__} needs builder= and config= (only "
+                            "hepms.nn.MultiStep networks describe themselves)")
+        _builder(builder)  # refuses names it would not load
+        entry = {"class": builder, "config": dict(config)}
     provenance = Provenance(
         hepms_version=hepms.__version__,
         torch_version=str(torch.__version__),  # a TorchVersion would not load with weights_only
@@ -222,7 +248,7 @@ def save_model(
     )
     state = {
         "format": FORMAT,
-        "network": {"class": "hepms.nn.MultiStep", "config": network.config},
+        "network": entry,
         "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
         **preprocessing(spec, scaler),
         "provenance": provenance.to_dict(),
@@ -300,13 +326,10 @@ def load_model(source: PathLike, map_location: Union[str, torch.device] = "cpu")
         network_info = state.get("network")
         if not isinstance(network_info, Mapping):
             raise ValueError(f"{path}: {FORMAT} file without its 'network' entry")
-        cls = _NETWORKS.get(network_info.get("class"))
-        if cls is None:
-            raise ValueError(f"{path}: unknown network class {network_info.get('class')!r} "
-                             f"(this hepms builds {sorted(_NETWORKS)})")
         config, weights = network_info.get("config"), state.get("state_dict")
         provenance = Provenance.from_dict(state.get("provenance") or {})
-        return _assemble(path, cls, config, weights, state, provenance, map_location)
+        return _assemble(path, str(network_info.get("class")), config, weights, state, provenance,
+                         map_location)
     if _is_checkpoint(state):
         return _from_checkpoint(path, state, map_location)
     raise ValueError(f"{path} is not a hepms model file (format {found!r}; this hepms reads {FORMAT} "
@@ -347,21 +370,36 @@ def _from_checkpoint(path: Path, state: Mapping[str, Any], map_location: Any) ->
         producer="trainer checkpoint",
         extra={"phase": state.get("phase"), "epoch": state.get("epoch")},
     )
-    return _assemble(path, MultiStep, state["model_config"], state["model"], state["preprocessing"],
+    return _assemble(path, _MULTISTEP, state["model_config"], state["model"], state["preprocessing"],
                      provenance, map_location)
 
 
-def _assemble(path: Path, cls: type, config: Any, weights: Any, parts: Mapping[str, Any],
+def _builder(name: str) -> Callable[..., nn.Module]:
+    """The network builder ``"hepms.module:function"`` (only hepms' own modules are imported)."""
+    module, _, function = name.partition(":")
+    if not (module == "hepms" or module.startswith("hepms.")) or not function:
+        raise ValueError(f"network builder {name!r}: expected 'hepms.<module>:<function>'")
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"network builder {name!r} not found in this hepms ({error})") from None
+
+
+def _assemble(path: Path, kind: str, config: Any, weights: Any, parts: Mapping[str, Any],
               provenance: Provenance, map_location: Any) -> TrainedModel:
     try:
         spec = FeatureSpec.from_dict(parts["features"])
         scaler = Standardizer.from_state_dict(parts["standardization"])
-        network = cls(**config)
+        if kind == _MULTISTEP:
+            network = MultiStep(**config)
+        else:
+            network = _builder(kind)(config, spec, scaler)
         network.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ValueError(f"{path} does not hold a usable model ({type(error).__name__}: {error}); "
                          "retrain with `hepms train --force`") from error
-    _check_parts(network, spec, scaler, f"the network of {path}")
+    if isinstance(network, MultiStep):
+        _check_parts(network, spec, scaler, f"the network of {path}")
     network = network.to(map_location).eval()
     return TrainedModel(network, spec, scaler, provenance, path)
 

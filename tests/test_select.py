@@ -302,7 +302,8 @@ def test_study_never_reads_the_test_split(prepared, tmp_path):
                   "validity": {"max_points": 100, "iterations": 10}},
     })
     poisoned = select.SelectionData(prepared.train, prepared.val, _poisoned(prepared.test),
-                                   prepared.scaler, prepared.jet_names, prepared.constituent_features)
+                                   prepared.scaler, prepared.jet_names, prepared.constituent_features,
+                                   prepared.spec)
     clean = run_study(config, tmp_path / "clean", prepared=prepared, progress=False)
     config.plots = False
     dirty = run_study(config, tmp_path / "dirty", prepared=poisoned, progress=False)
@@ -316,6 +317,19 @@ def test_study_never_reads_the_test_split(prepared, tmp_path):
         assert 0.0 <= a["test_validity"] <= 1.0
     written = json.loads((tmp_path / "clean" / "results.json").read_text())
     assert len(written["rows"]) == 2 and written["machine"]["cpu"]
+    # Each selection's chain is a model file: loaded, it gives the recorded test numbers.
+    from hepms.model_file import load_model
+    from hepms.select.training import evaluate_chain
+
+    for row in clean["rows"]:
+        trained = load_model(tmp_path / "clean" / "runs" / f"{row['method']}_v1-0.5_seed-0.model.pt")
+        assert trained.spec == prepared.spec and trained.provenance.producer == "hepms select"
+        assert trained.network.names == (row["upstream"], row["downstream"])
+        again = evaluate_chain(trained.network, prepared.test, prepared.kinematics(), 0.5,
+                               config.settings.eval_batch_size)
+        assert again["auc_event"] == row["test_auc_event"]
+        with pytest.raises(TypeError, match="not a hepms.nn.MultiStep"):
+            trained.inference_model()
     for name in ("selected_pairs.png", "auc_vs_v1.png", "mse_vs_v1.png", "validity_vs_v1.png",
                  "alpha_v1-0.5.png", "results.csv"):
         assert (tmp_path / "clean" / name).is_file(), name

@@ -8,6 +8,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from hepms.data import Standardizer
+from hepms.features import FeatureSpec
 from hepms.select.candidates import (
     SpaceContext,
     build_candidates,
@@ -18,7 +20,10 @@ from hepms.select.candidates import (
 from hepms.select.data import Inputs, JetKinematics, SelectionData
 from hepms.select.tasks import UpstreamTask, make_task
 
-__all__ = ["SearchSpace", "Chain"]
+__all__ = ["SearchSpace", "Chain", "CHAIN_BUILDER", "chain_config", "chain_from_config"]
+
+#: The builder a model file names for a selected chain (:func:`hepms.model_file.save_model`).
+CHAIN_BUILDER = "hepms.select.space:chain_from_config"
 
 
 @dataclass(frozen=True)
@@ -146,3 +151,25 @@ class Chain(nn.Module):
             up.load_state_dict(states[0])
             down.load_state_dict(states[1])
         return cls(up, down, task)
+
+
+def chain_config(space: SearchSpace, upstream: str, downstream: str) -> dict[str, Any]:
+    """What rebuilds the chain of the candidates ``upstream`` and ``downstream`` of ``space``
+    (:func:`chain_from_config`): the Task-1 name and the two candidates' specs."""
+    return {
+        "task": space.task.name,
+        "upstream": {upstream: copy.deepcopy(dict(space.upstream[upstream]))},
+        "downstream": {downstream: copy.deepcopy(dict(space.downstream[downstream]))},
+    }
+
+
+def chain_from_config(config: Mapping[str, Any], spec: FeatureSpec, scaler: Standardizer) -> Chain:
+    """A freshly built (untrained) :class:`Chain` of :func:`chain_config`, on the feature layout of
+    ``spec`` and the standardisation ``scaler``: the network entry of a model file
+    (:data:`CHAIN_BUILDER`), whose weights are then loaded."""
+    task = make_task(config["task"])
+    context = SpaceContext(task, len(spec.constituent_features), spec.jet_features,
+                           JetKinematics(scaler, spec.jet_features))
+    (up,) = build_candidates(config["upstream"], context, "upstream").values()
+    (down,) = build_candidates(config["downstream"], context, "downstream").values()
+    return Chain(up, down, task)

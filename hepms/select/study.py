@@ -8,7 +8,9 @@ Task-2 AUC, the Task-1 metric (MSE or tau AUC) and, for the calibration task, th
 Task-1 outputs within two sigma of the Gaussian-process reference.
 
 Outputs in ``out_dir``: ``results.json`` (config, machine, rows), ``results.csv`` (rows),
-``runs/<method>_v1-<v1>_seed-<seed>.json`` (each selection's full record) and the plots.
+``runs/<method>_v1-<v1>_seed-<seed>.json`` (each selection's full record),
+``runs/<method>_v1-<v1>_seed-<seed>.model.pt`` (the selected, trained chain as a model file:
+:func:`hepms.model_file.load_model`) and the plots.
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ import torch
 from hepms.select import select
 from hepms.select.config import StudyConfig
 from hepms.select.data import SelectionData, prepare_selection_data
-from hepms.select.space import SearchSpace
+from hepms.config import settings_hash
+from hepms.model_file import save_model
+from hepms.select.space import CHAIN_BUILDER, SearchSpace, chain_config
 from hepms.select.training import evaluate_chain, json_ready, pretrain
 from hepms.select.validity import GPReference, chain_upstream_outputs, validity_fraction
 
@@ -70,6 +74,15 @@ def prepare_study_data(config: StudyConfig, events) -> SelectionData:
         max_constituents=int(data["max_constituents"]),
         jet_features=tuple(data["jet_features"]),
     )
+
+
+def _sample_fingerprint(config: StudyConfig, out: Path) -> Optional[str]:
+    """The fingerprint of the sample the events came from (``data.path``, or the events generated
+    into ``out/events``); None when it has no manifest (events passed in by the caller)."""
+    from hepms.study.dataset import sample_fingerprint
+
+    path = Path(config.data["path"]) if config.data.get("path") else out / "events"
+    return sample_fingerprint(path) if (path / "manifest.json").is_file() else None
 
 
 def _fmt(v: float) -> str:
@@ -155,7 +168,19 @@ def run_study(
                     row.update({f"test_{k}": v for k, v in validity_fraction(u, gp_mean, gp_sigma, tau_mask, nsigma).items()})
                 rows.append(row)
                 record = {**result.to_dict(), "test_metrics": test_metrics, "row": row}
-                path = out / "runs" / f"{method}_v1-{_fmt(v1)}_seed-{seed}.json"
+                stem = f"{method}_v1-{_fmt(v1)}_seed-{seed}"
+                save_model(
+                    out / "runs" / f"{stem}.model.pt", result.chain, prepared.spec, prepared.scaler,
+                    builder=CHAIN_BUILDER,
+                    config=chain_config(space, result.upstream, result.downstream),
+                    data_fingerprint=_sample_fingerprint(config, out),
+                    settings_hash=settings_hash({"config": config.to_dict(), "method": method,
+                                                 "v1": float(v1), "seed": int(seed)}),
+                    producer="hepms select",
+                    extra={"method": method, "v1": float(v1), "seed": int(seed),
+                           "upstream": result.upstream, "downstream": result.downstream},
+                )
+                path = out / "runs" / f"{stem}.json"
                 path.write_text(json.dumps(json_ready(record), indent=1))
                 if config.plots and method == "darts" and seed == config.seeds[0]:
                     from hepms.select.plots import plot_alpha_history
