@@ -295,7 +295,7 @@ def export_cmd(args: argparse.Namespace) -> int:
             raise ValueError(f"the output {out} is the model file itself: choose another with -o")
         model = load_model(source).inference_model()
         path = writers[args.format](model, out)
-    except (OSError, ValueError, ImportError) as error:
+    except (OSError, ValueError, TypeError, ImportError) as error:  # TypeError: not a MultiStep
         print(f"hepms export: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {path} ({args.format}, from {source})")
