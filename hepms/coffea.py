@@ -425,15 +425,10 @@ class _Outputs:
 
 
 def _jet_rank(jets: ak.Array) -> np.ndarray:
-    """``[B]`` position of each jet in its event by pT, descending and stable (0 = leading)."""
-    counts = ak.to_numpy(ak.num(jets, axis=1)).astype(np.int64)
-    first = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=first[1:])
-    pt = ak.to_numpy(ak.flatten(jets["pt"], axis=1))
-    order = np.lexsort((-pt, np.repeat(np.arange(len(counts)), counts)))
-    rank = np.empty(len(pt), dtype=np.int64)
-    rank[order] = np.arange(len(pt), dtype=np.int64) - np.repeat(first[:-1], counts)
-    return rank
+    """``[B]`` position of each jet in its event by pT, descending and stable (0 = leading): the
+    inverse of the pT ordering that :func:`hepms.features.feature_tensors` selects jets with."""
+    order = ak.argsort(jets["pt"], axis=1, ascending=False, stable=True)
+    return ak.to_numpy(ak.flatten(ak.argsort(order, axis=1), axis=1)).astype(np.int64)
 
 
 def _run_model(model: nn.Module, inputs: FeatureTensors, device: str) -> _Outputs:

@@ -44,7 +44,6 @@ Example:
     >>> import tempfile, torch, hepms
     >>> from hepms.data import Standardizer
     >>> from hepms.features import FeatureSpec
-from hepms.generate.io import UnreadableFileError
     >>> from hepms.model_file import load_model, save_model
     >>> from hepms.nn import MultiStep
     >>> spec = FeatureSpec(jet_features=("log_pt",), constituent_features=("deta", "dphi"))

@@ -164,14 +164,35 @@ def invariant_mass(objects: ak.Array, n: Optional[int] = None) -> ak.Array:
     return ak.sum(vectors, axis=-1).mass
 
 
-def pair_mass(first: ak.Array, second: ak.Array) -> ak.Array:
-    """Invariant mass of ``first + second``, element by element (awkward broadcasting).
+def pair_mass(
+    first: Union[ak.Array, torch.Tensor], second: Union[ak.Array, torch.Tensor], eps: float = 1e-6
+) -> Union[ak.Array, torch.Tensor]:
+    """Invariant mass of ``first + second``, element by element.
 
-    Select the pairs first, e.g. ``pair_mass(jets[:, 0], jets[:, 1])`` for the two leading jets
-    of events with at least two, or all pairs with
-    ``pair_mass(*ak.unzip(ak.combinations(jets, 2)))``.
+    Awkward records (via ``vector``, with awkward broadcasting): select the pairs first, e.g.
+    ``pair_mass(jets[:, 0], jets[:, 1])`` for the two leading jets of events with at least two, or
+    all pairs with ``pair_mass(*ak.unzip(ak.combinations(jets, 2)))``.
+
+    Torch tensors ``[..., 4]`` of ``(pT, eta, phi, mass)``: differentiable, for models (``vector``
+    has no torch backend); ``eps`` (GeV^2) is added under each energy's square root and ``m^2`` is
+    clamped at it, so gradients stay finite for zero momenta and collinear massless pairs.
+    ``eps`` is not used for awkward input.
     """
+    if isinstance(first, torch.Tensor) or isinstance(second, torch.Tensor):
+        a, b = _cartesian(first, eps), _cartesian(second, eps)
+        px, py, pz, energy = (x + y for x, y in zip(a, b))
+        m2 = energy * energy - px * px - py * py - pz * pz
+        return torch.sqrt(m2.clamp_min(eps))
     return (to_vectors(first) + to_vectors(second)).mass
+
+
+def _cartesian(p4: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    pt, eta, phi, mass = p4.unbind(-1)
+    px, py, pz = pt * torch.cos(phi), pt * torch.sin(phi), pt * torch.sinh(eta)
+    # eps under the root: a massless object at zero momentum (e.g. a "zeros" calibration) would
+    # otherwise give an infinite gradient, i.e. NaN weights.
+    energy = torch.sqrt(px * px + py * py + pz * pz + mass * mass + eps)
+    return px, py, pz, energy
 
 
 # ----------------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ from torch import Tensor, nn
 
 from hepms.nn import DeepSets, TauID, mlp
 from hepms.select.data import Inputs, JetKinematics
-from hepms.select.jets import leading_two, pad_jets, pair_mass
+from hepms.physics import pair_mass
+from hepms.select.jets import leading_two, pad_jets
 from hepms.select.tasks import Link, UpstreamTask
 
 log = logging.getLogger(__name__)

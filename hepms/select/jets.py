@@ -1,9 +1,8 @@
-"""Per-event jet helpers in torch: padding, the two leading candidates, a differentiable pair mass.
+"""Per-event jet helpers in torch: padding and the two leading candidates.
 
 These run inside the candidate models (on flat jets + ``jet_offsets``), so they must be vectorised
-and differentiable. ``hepms.physics`` does the same algebra with ``vector`` on awkward arrays;
-``vector`` has no torch backend, so the pair mass is written out here (and tested against
-:func:`hepms.physics.pair_mass`).
+and differentiable; the pair mass of two candidates is :func:`hepms.physics.pair_mass`, which
+takes torch tensors too.
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from torch import Tensor
 
 from hepms.ops import segment_ids
 
-__all__ = ["event_ids", "pad_jets", "Candidates", "leading_two", "pair_mass"]
+__all__ = ["event_ids", "pad_jets", "Candidates", "leading_two"]
 
 
 def event_ids(jet_offsets: Tensor, num_jets: int) -> tuple[Tensor, Tensor]:
@@ -65,24 +64,3 @@ def leading_two(score: Tensor, jet_offsets: Tensor) -> Candidates:
     index = jet_offsets[:-1].unsqueeze(1) + position
     index = torch.where(valid, index, torch.zeros_like(index))
     return Candidates(index, valid)
-
-
-def _cartesian(p4: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    pt, eta, phi, mass = p4.unbind(-1)
-    px, py, pz = pt * torch.cos(phi), pt * torch.sin(phi), pt * torch.sinh(eta)
-    # eps under the root: a massless object at zero momentum (e.g. a "zeros" calibration) would
-    # otherwise give an infinite gradient, i.e. NaN weights.
-    energy = torch.sqrt(px * px + py * py + pz * pz + mass * mass + eps)
-    return px, py, pz, energy
-
-
-def pair_mass(first: Tensor, second: Tensor, eps: float = 1e-6) -> Tensor:
-    """Invariant mass of ``first + second``, both ``[..., 4]`` as ``(pT, eta, phi, mass)``.
-
-    ``eps`` (GeV^2) is added under each energy's square root and ``m^2`` is clamped at it, so
-    gradients stay finite for zero momenta and collinear massless pairs.
-    """
-    a, b = _cartesian(first, eps), _cartesian(second, eps)
-    px, py, pz, energy = (x + y for x, y in zip(a, b))
-    m2 = energy * energy - px * px - py * py - pz * pz
-    return torch.sqrt(m2.clamp_min(eps))
