@@ -160,7 +160,9 @@ def test_feature_spec_round_trip_and_errors() -> None:
         FeatureSpec(targets=("energy",))
 
 
-def test_old_model_files_say_how_to_convert_and_are_converted(run: dict, tmp_path: Path) -> None:
+def test_old_model_files_say_how_to_convert_and_are_converted(
+    run: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     current = load_model(run["model"])
     old_dir = tmp_path / "old_run"
     old_dir.mkdir()
@@ -174,6 +176,8 @@ def test_old_model_files_say_how_to_convert_and_are_converted(run: dict, tmp_pat
     }, old_dir / "model.pt")
     with pytest.raises(ValueError, match=r"hepms\.model/1.*upgrade_model_file.*hepms train --force"):
         load_model(old_dir)
+    assert main(["evaluate", str(run["run_dir"]), "--model", str(old_dir)]) == 1
+    assert "upgrade_model_file" in capsys.readouterr().err
     upgrade_model_file(old_dir / "model.pt")
     upgraded = load_model(old_dir)
     assert upgraded.spec == current.spec
