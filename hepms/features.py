@@ -503,16 +503,18 @@ def feature_tensors(
                          f"{len(constituents)} (pass collections of the same events)")
     payload = [f for f in spec.required_fields(flat=not nested)["constituents"] if f != JET_INDEX_FIELD]
     if not nested:
+        # Grouped pT-descending (stable, like physics.leading): only the cap is left to apply.
         parts = group_by_jet(constituents, ak.num(jets, axis=1), JET_INDEX_FIELD, fields=payload)
+        parts = parts[:, :, : spec.max_constituents]
     else:
         if not ak.all(ak.num(jets, axis=1) == ak.num(constituents, axis=1)):
             raise ValueError("jets and constituents have different numbers of jets per event")
         parts = ak.zip({name: constituents[name] for name in payload}, depth_limit=3)
+        parts = physics.leading(parts, spec.max_constituents, by="pt")
     vectors = _momentum4d(jets)
     if select_jets:
         order = ak.argsort(vectors.pt, axis=1, ascending=False, stable=True)[:, : spec.max_jets]
         jets, vectors, parts = jets[order], vectors[order], parts[order]
-    parts = physics.leading(parts, spec.max_constituents, by="pt")
 
     with np.errstate(divide="ignore", invalid="ignore"):  # non-finite values are checked below
         part_records = physics.constituent_features(vectors, parts)

@@ -179,7 +179,9 @@ def test_feature_spec_round_trip_and_errors() -> None:
         FeatureSpec(targets=("energy",))
 
 
-def test_old_model_files_say_how_to_convert_and_are_converted(run: dict, tmp_path: Path) -> None:
+def test_old_model_files_say_how_to_convert_and_are_converted(
+    run: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     current = load_model(run["model"])
     old_dir = tmp_path / "old_run"
     old_dir.mkdir()
@@ -193,6 +195,8 @@ def test_old_model_files_say_how_to_convert_and_are_converted(run: dict, tmp_pat
     }, old_dir / "model.pt")
     with pytest.raises(ValueError, match=r"hepms\.model/1.*upgrade_model_file.*hepms train --force"):
         load_model(old_dir)
+    assert main(["evaluate", str(run["run_dir"]), "--model", str(old_dir)]) == 1
+    assert "upgrade_model_file" in capsys.readouterr().err
     upgrade_model_file(old_dir / "model.pt")
     upgraded = load_model(old_dir)
     assert upgraded.spec == current.spec
@@ -205,3 +209,37 @@ def test_old_model_files_say_how_to_convert_and_are_converted(run: dict, tmp_pat
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(OSError, match=r"junk\.pt is unreadable"):
         load_model(tmp_path / "junk.pt")
+
+
+def test_group_by_jet_and_feature_tensors_flat_or_nested() -> None:
+    from hepms.features import feature_tensors, group_by_jet
+
+    pf = ak.Array([
+        [{"pt": 1.0, "eta": 0.1, "phi": 0.2, "mass": 0.0, "charge": 1, "jetIdx": 1},
+         {"pt": 3.0, "eta": 0.0, "phi": 0.1, "mass": 0.0, "charge": -1, "jetIdx": 0},
+         {"pt": 2.0, "eta": 0.3, "phi": 0.0, "mass": 0.1, "charge": 0, "jetIdx": 1},
+         {"pt": 2.0, "eta": 0.2, "phi": 0.3, "mass": 0.0, "charge": 1, "jetIdx": 1},
+         {"pt": 9.0, "eta": 0.0, "phi": 0.0, "mass": 0.0, "charge": 0, "jetIdx": -1},
+         {"pt": 8.0, "eta": 0.0, "phi": 0.0, "mass": 0.0, "charge": 0, "jetIdx": 2}],
+        [],
+    ])
+    jets = ak.Array([[{"pt": 3.0, "eta": 0.0, "phi": 0.1, "mass": 0.5},
+                      {"pt": 5.0, "eta": 0.2, "phi": 0.1, "mass": 1.0}], []])
+    grouped = group_by_jet(pf, jets)  # -1 and an index past the event's jets are dropped
+    assert grouped.pt.tolist() == [[[3.0], [2.0, 2.0, 1.0]], []]
+    assert grouped.eta.tolist() == [[[0.0], [0.3, 0.2, 0.1]], []]  # ties keep the file order
+    assert grouped.fields == ["pt", "eta", "phi", "mass", "charge"]
+    assert group_by_jet(pf, [2, 0], sort_by=None).pt.tolist() == [[[3.0], [1.0, 2.0, 2.0]], []]
+    with pytest.raises(ValueError, match="jet_counts"):
+        group_by_jet(pf, [2])
+
+    spec = FeatureSpec(max_jets=1, max_constituents=2)
+    flat = feature_tensors(jets, pf, spec)
+    nested = feature_tensors(jets, grouped, spec)
+    assert torch.equal(flat.constituents.values, nested.constituents.values)
+    assert torch.equal(flat.jet_features, nested.jet_features)
+    assert flat.jet_offsets.tolist() == [0, 1, 1]  # the leading jet only (max_jets=1)
+    assert flat.constituent_offsets.tolist() == [0, 2]  # its two leading constituents
+    assert flat.jets.pt.tolist() == [[5.0], []]
+    every = feature_tensors(jets, pf, spec, select_jets=False)
+    assert every.jet_offsets.tolist() == [0, 2, 2] and every.jets.pt.tolist() == [[3.0, 5.0], []]

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from hepms.config import ConfigError, dump_yaml
+from hepms.generate.io import UnreadableFileError
 from hepms.model_file import MODEL_FILE, TrainedModel, load_model
 from hepms.study.dataset import PreparedData, prepare_data
 from hepms.study.runner import (
@@ -110,6 +111,8 @@ def _trained_model(run_dir: Path, model: Optional[Path]) -> TrainedModel:
         if model is None:
             raise FileNotFoundError(f"no {MODEL_FILE} in {run_dir}: run `hepms train` first") from None
         raise
+    except ValueError as error:  # an old format or a foreign file: the message says what to do
+        raise UnreadableFileError(str(error)) from error
 
 
 def evaluate_run(
