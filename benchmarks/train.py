@@ -46,6 +46,7 @@ from hepms.jagged import Jagged
 from hepms.nn import MultiStep, run
 from hepms.nn.padded import PaddedBatch, multistep_padded
 from hepms.train.losses import bce_loss
+from hepms.train.optim import make_optimizer
 
 MAX_JETS, MAX_CONSTITUENTS = 8, 50
 
@@ -141,7 +142,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     )
     model = MultiStep(data.constituents.num_features, data.jet_features.shape[1],
                       connection=args.connection, k=args.k, seed=0).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(model.parameters(), 1e-3)
     n = len(data)
     if args.variant == "jagged":
         batches_data: Any = data.to(device)

@@ -64,7 +64,8 @@ def trial_folder(run_dir: Path, run: PlannedRun, trial: int) -> Path:
     return config_folder(run_dir, run) / f"trial_{trial:03d}"
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (the time stamps of manifests)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -99,9 +100,9 @@ def _update_manifest(path: Path, kind: str, static: Mapping[str, Any], fields: d
         log.warning("%s is unreadable (%s): starting a new manifest", path, error)
         manifest = None
     if not isinstance(manifest, dict):
-        manifest = {"format": "hepms.run/1", "kind": kind, "created_utc": _now(), "invocations": []}
+        manifest = {"format": "hepms.run/1", "kind": kind, "created_utc": utc_now(), "invocations": []}
     manifest.update(static)
-    manifest["updated_utc"] = _now()
+    manifest["updated_utc"] = utc_now()
     invocation = fields.pop("invocation", None)
     if invocation is not None:
         invocations = manifest.setdefault("invocations", [])
@@ -315,7 +316,7 @@ def run_scan(
     wanted = {r.key for r in selected}
     todo = [r for r in unique_runs(planned) if r.key in wanted]
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    invocation = {"id": f"{os.getpid()}-{time.time():.0f}", "host": socket.gethostname(), "started_utc": _now(),
+    invocation = {"id": f"{os.getpid()}-{time.time():.0f}", "host": socket.gethostname(), "started_utc": utc_now(),
                   "command": list(command or sys.argv), "trials": trials, "only": list(only),
                   "trained": 0, "skipped": 0, "status": "running"}
     data = prepare_data(cfg, run_dir / "cache", progress)
@@ -367,7 +368,7 @@ def run_scan(
         status = "interrupted"
         raise
     finally:
-        invocation.update(status=status, finished_utc=_now(), trained=summary["trained"], skipped=summary["skipped"])
+        invocation.update(status=status, finished_utc=utc_now(), trained=summary["trained"], skipped=summary["skipped"])
         update_manifest(run_dir, "scan", cfg, invocation=invocation)
     outputs = build_outputs(cfg, run_dir, data, plots=cfg["scan"]["plots"] if plots is None else plots)
     summary.update(outputs)
@@ -419,7 +420,7 @@ def build_outputs(
     update_manifest(run_dir, "scan", cfg, results={"finished_trials": out["finished_trials"],
                                                    "configurations": out["configurations"],
                                                    "per_configuration": {r.folder: done[r.key] for r in unique_runs(planned)},
-                                                   "tables_utc": _now()})
+                                                   "tables_utc": utc_now()})
     return out
 
 

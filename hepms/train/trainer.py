@@ -34,12 +34,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import hepms
 from hepms import metrics
 from hepms.data import TauEventData
 from hepms.nn.models import MultiStep
+from hepms.ops import validation
 from hepms.train.balancers import BALANCERS, Balancer, FixedWeights, GradNorm, make_balancer
 from hepms.train.losses import CLASSIFICATION_LOSSES, bce_loss, classification_loss, momentum_loss
+from hepms.train.optim import make_optimizer
 from hepms.train.strategies import STRATEGIES, Phase, monitor_key, phases_for
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,8 @@ class EarlyStopping:
         self.best_state = state["best_state"]
 
 
-def _cpu_state(module: torch.nn.Module) -> dict:
+def cpu_state(module: torch.nn.Module) -> dict:
+    """A detached CPU copy of ``module``'s state dict: what :class:`EarlyStopping` keeps as the best."""
     return {k: v.detach().to("cpu", copy=True) if isinstance(v, Tensor) else copy.deepcopy(v)
             for k, v in module.state_dict().items()}
 
@@ -349,7 +351,7 @@ class Trainer:
             self.history = History()
         epochs_run = 0
         # The data were validated above: skip the per-call offsets checks (a GPU sync each).
-        with hepms.validation(False):
+        with validation(False):
             for phase_index in range(start_phase, len(self.phases)):
                 phase = self.phases[phase_index]
                 resumed = phase_index == start_phase and resume_from is not None
@@ -390,7 +392,7 @@ class Trainer:
         self.model.eval()
         parts: dict[str, list[Tensor]] = {k: [] for k in ("tau_logit", "intermediate",
                                                            "momentum", "event_logit")}
-        with hepms.validation(False):
+        with validation(False):
             for batch in _batches(data, batch_size or self.config.eval_batch_size):
                 out = self.model(batch.constituents.values, batch.constituents.offsets,
                                  batch.jet_offsets, batch.jet_features)
@@ -456,7 +458,7 @@ class Trainer:
         extra = self.balancer.trainable_parameters()
         if extra:
             groups.append({"params": extra})
-        self.optimizer = torch.optim.Adam(groups, lr=self.config.lr)
+        self.optimizer = make_optimizer(groups, self.config.lr)
         self.history.weight_tasks[phase.name] = list(self.balancer.tasks)
         self.history.step_weights.setdefault(phase.name, [])
 
@@ -558,7 +560,7 @@ class Trainer:
         val_result = self._validate(phase, val)
         key = monitor_key(phase, cfg.monitor)
         monitored = val_result["val_loss"] if key == "total" else val_result[f"val_{key}"]
-        state = {"model": _cpu_state(self.model), "balancer": _cpu_state(self.balancer)}
+        state = {"model": cpu_state(self.model), "balancer": cpu_state(self.balancer)}
         improved = stopper.update(monitored, epoch, state)
         row: dict[str, Any] = {"phase": phase.name, "epoch": epoch}
         row["train_loss"] = float(total_sum) / n_batches
