@@ -134,7 +134,7 @@ def _load(args: argparse.Namespace):
     kind = None
     if source is not None and source.is_dir():
         if not (source / "config.yaml").is_file():
-            from hepms.config import ConfigError
+            from hepms.schema import ConfigError
 
             raise ConfigError(f"{source} is a folder without config.yaml (not a run directory)")
         run_dir = run_dir or source
@@ -158,7 +158,7 @@ def _configured(func):
     def wrapper(args: argparse.Namespace) -> int:
         import logging
 
-        from hepms.config import ConfigError
+        from hepms.schema import ConfigError
         from hepms.generate.io import MissingBranchError
 
         setup_logging(args)
@@ -264,7 +264,8 @@ def scan(args: argparse.Namespace) -> int:
 @_configured
 def config_cmd(args: argparse.Namespace) -> int:
     """Print the resolved configuration or the documented keys."""
-    from hepms.config import describe, dump_yaml
+    from hepms.config import describe
+    from hepms.schema import dump_yaml
 
     if args.keys:
         print(describe())

@@ -41,7 +41,7 @@ from hepms.ops import validation
 from hepms.train.balancers import BALANCERS, Balancer, FixedWeights, GradNorm, make_balancer
 from hepms.train.losses import CLASSIFICATION_LOSSES, bce_loss, classification_loss, momentum_loss
 from hepms.train.optim import make_optimizer
-from hepms.train.strategies import STRATEGIES, Phase, monitor_key, phases_for
+from hepms.train.strategies import STRATEGIES, Phase, check_balancer, monitor_key, phases_for
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,7 @@ class TrainConfig:
             )
         if not isinstance(self.balancer_options, Mapping):
             raise ValueError(f"balancer_options must be a dict, got {self.balancer_options!r}")
-        if self.strategy == "w1_zero" and (self.balancer != "fixed" or self.balancer_options):
-            raise ValueError(
-                "strategy 'w1_zero' fixes the weights to (0, 1): leave balancer='fixed' without "
-                "balancer_options"
-            )
+        check_balancer(self.strategy, self.balancer, self.balancer_options)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         for name in ("batch_size", "eval_batch_size", "max_epochs", "patience"):
