@@ -2,7 +2,8 @@
 pre-training on truth, re-optimisation of a connected chain, and the result record.
 
 Every function here takes the training and the validation split only: early stopping and model
-choice look at validation, weights are fitted on training (DESIGN.md, "Splits").
+choice look at validation, weights are fitted on training; the test split is read only after a
+selection has returned.
 """
 from __future__ import annotations
 

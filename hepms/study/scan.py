@@ -315,6 +315,11 @@ def run_scan(
     # selection): its folder name must not depend on --only.
     wanted = {r.key for r in selected}
     todo = [r for r in unique_runs(planned) if r.key in wanted]
+    for run in selected:  # a study may set trainer.device: every run's, before the first trial trains
+        try:
+            check_trainer_device(run.config)
+        except ConfigError as error:
+            raise ConfigError(f"scan.studies.{run.study} (run {run.label!r}): {error}") from None
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     invocation = {"id": f"{os.getpid()}-{time.time():.0f}", "host": socket.gethostname(), "started_utc": utc_now(),
                   "command": list(command or sys.argv), "trials": trials, "only": list(only),
