@@ -23,7 +23,7 @@ Example:
     >>> validate({"trainer": {"balancer": "magic"}})
     Traceback (most recent call last):
     ...
-    hepms.config.ConfigError: trainer.balancer: 'magic' is not allowed; choose from ['dwa', 'fixed', 'gradnorm', 'uncertainty']
+    hepms.schema.ConfigError: trainer.balancer: 'magic' is not allowed; choose from ['dwa', 'fixed', 'gradnorm', 'uncertainty']
 """
 from __future__ import annotations
 

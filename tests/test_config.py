@@ -125,3 +125,14 @@ def test_generation_settings_use_the_engine() -> None:
     assert set(gen) == set(GENERATION_KEYS) and gen["events_per_process"] == 400
     with pytest.raises(ConfigError, match=r"data\.generate\.chs: expected true or false"):
         load_selection_config({"data": {"generate": {"chs": "yes"}}})
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import hepms.config
+    import hepms.schema
+
+    for module in (hepms.schema, hepms.config):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
