@@ -136,3 +136,15 @@ def test_docstring_examples_run() -> None:
     for module in (hepms.schema, hepms.config):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_cli_reports_a_repeated_key_and_prints_exponent_floats(tmp_path: Path, capsys) -> None:
+    from hepms.cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text("trainer: {lr: 2e-4}\nplot: {dpi: 100}\nplot: {dpi: 200}\n")
+    assert main(["config", str(path)]) == 2
+    assert "run.yaml:3: key 'plot' given twice" in capsys.readouterr().err
+    path.write_text("trainer: {lr: 2e-4}\n")
+    assert main(["config", str(path)]) == 0
+    assert "lr: 0.0002" in capsys.readouterr().out
