@@ -13,8 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hepms.generate.detector import DetectorConfig
+from typing import TYPE_CHECKING
+
 from hepms.schema import Key, check_value
+
+if TYPE_CHECKING:
+    from hepms.generate.detector import DetectorConfig
 
 #: Known processes: name -> (event-level label, "run" number written to the file).
 #: The run number is the PDG id of the boson, so (run, event) is unique across the samples.
@@ -86,6 +90,14 @@ GENERATION_KEYS: dict[str, Key] = {
 }
 
 
+def _detector_class() -> type:
+    # Imported on use: the detector module needs numpy and awkward, and this module is read by
+    # `hepms generate --help` (defaults of GENERATION_KEYS), which must start without them.
+    from hepms.generate.detector import DetectorConfig
+
+    return DetectorConfig
+
+
 def _default(name: str) -> Any:
     """A field's default, from its key (lists become tuples: the config is frozen and hashable)."""
     value = GENERATION_KEYS[name].default
@@ -117,7 +129,7 @@ class GenerationConfig:
     jet_eta_max: float = _default("jet_eta_max")
     jet_pileup_subtraction: bool = _default("jet_pileup_subtraction")
     match_dr: float = _default("match_dr")
-    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    detector: DetectorConfig = field(default_factory=lambda: _detector_class()())
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting; return silently when all are fine.
@@ -133,7 +145,7 @@ class GenerationConfig:
             raise ValueError(f"processes contains duplicates: {self.processes!r}")
         if self.pileup_pool is not None and self.mu > 0 and self.pileup_pool == 0:
             raise ValueError(f"pileup_pool must be a positive integer when mu > 0, got {self.pileup_pool!r}")
-        if not isinstance(self.detector, DetectorConfig):
+        if not isinstance(self.detector, _detector_class()):
             raise ValueError(f"detector must be a DetectorConfig, got {type(self.detector).__name__}")
         self.detector.validate()
 
