@@ -135,7 +135,7 @@ def _load(args: argparse.Namespace):
     kind = None
     if source is not None and source.is_dir():
         if not (source / "config.yaml").is_file():
-            from hepms.schema import ConfigError
+            from hepms.config_engine import ConfigError
 
             raise ConfigError(f"{source} is a folder without config.yaml (not a run directory)")
         run_dir = run_dir or source
@@ -159,7 +159,7 @@ def _configured(func):
     def wrapper(args: argparse.Namespace) -> int:
         import logging
 
-        from hepms.schema import ConfigError
+        from hepms.config_engine import ConfigError
         from hepms.generate.io import MissingBranchError
 
         setup_logging(args)
@@ -266,7 +266,7 @@ def scan(args: argparse.Namespace) -> int:
 def config_cmd(args: argparse.Namespace) -> int:
     """Print the resolved configuration or the documented keys."""
     from hepms.config import describe
-    from hepms.schema import dump_yaml
+    from hepms.config_engine import dump_yaml
 
     if args.keys:
         print(describe())

@@ -2,7 +2,7 @@
 
 A configuration is a nested mapping of sections (``data``, ``model``, ``trainer``, ``evaluate``,
 ``plot``, ``scan``) whose keys are all documented in :func:`schema` (``hepms config --keys`` prints
-them). The engine (typed keys, YAML reading, ``extends:``) is :mod:`hepms.schema`, shared with the
+them). The engine (typed keys, YAML reading, ``extends:``) is :mod:`hepms.config_engine`, shared with the
 selection study and the generator settings. Loading:
 
 1. :func:`load_config` reads the YAML file; a top-level ``extends: other.yaml`` (relative to the
@@ -23,7 +23,7 @@ Example:
     >>> validate({"trainer": {"balancer": "magic"}})
     Traceback (most recent call last):
     ...
-    hepms.schema.ConfigError: trainer.balancer: 'magic' is not allowed; choose from ['dwa', 'fixed', 'gradnorm', 'uncertainty']
+    hepms.config_engine.ConfigError: trainer.balancer: 'magic' is not allowed; choose from ['dwa', 'fixed', 'gradnorm', 'uncertainty']
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ import inspect
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
-from hepms import schema as engine
-from hepms.schema import ConfigError, Key, check_section, dump_yaml, get, read_yaml_chain, settings_hash
+from hepms import config_engine
+from hepms.config_engine import ConfigError, Key, check_section, dump_yaml, get, read_yaml_chain, settings_hash
 
 __all__ = [
     "ConfigError",
@@ -213,7 +213,7 @@ _SCHEMA_CACHE: Optional[dict[str, Any]] = None
 
 
 def schema() -> dict[str, Any]:
-    """The configuration schema (a nested dict of :class:`~hepms.schema.Key`), built on first use."""
+    """The configuration schema (a nested dict of :class:`~hepms.config_engine.Key`), built on first use."""
     global _SCHEMA_CACHE
     if _SCHEMA_CACHE is None:
         _SCHEMA_CACHE = _build_schema()
@@ -452,12 +452,12 @@ def set_key(cfg: dict[str, Any], key: str, value: Any) -> None:
 
     Keys inside free-form mappings (``trainer.balancer_options.weights.tau``) are allowed.
     """
-    engine.set_key(schema(), cfg, key, value)
+    config_engine.set_key(schema(), cfg, key, value)
 
 
 def apply_overrides(cfg: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of the raw ``cfg`` with ``key=value`` overrides applied (not yet validated)."""
-    return engine.apply_overrides(schema(), cfg, overrides)
+    return config_engine.apply_overrides(schema(), cfg, overrides)
 
 
 # Free-form values that replace rather than merge when a preset overrides them: merging two
@@ -492,4 +492,4 @@ def load_config(
 
 def describe() -> str:
     """Every key with its default and documentation, as text (``hepms config --keys``)."""
-    return engine.describe(schema())
+    return config_engine.describe(schema())

@@ -128,7 +128,7 @@ def test_new_option_at_its_default_keeps_every_run_key(monkeypatch: pytest.Monke
 
     import hepms.study.plan as plan
     from hepms.config import schema
-    from hepms.schema import Key
+    from hepms.config_engine import Key
 
     cfg = load_config(CONFIG / "full.yaml")
     extended = copy.deepcopy(schema())

@@ -1,4 +1,4 @@
-"""The configuration engine (hepms.schema) and the three configurations on it: the run config
+"""The configuration engine (hepms.config_engine) and the three configurations on it: the run config
 (hepms.config), the selection study (hepms.select.config) and the generator (hepms.generate.config)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from hepms.config import load_config, schema, validate
 from hepms.generate.config import GENERATION_KEYS, GenerationConfig
-from hepms.schema import ConfigError, Key, check_value, describe, parse_override, read_yaml
+from hepms.config_engine import ConfigError, Key, check_value, describe, parse_override, read_yaml
 from hepms.select.config import load_selection_config, selection_schema
 
 
@@ -131,9 +131,9 @@ def test_docstring_examples_run() -> None:
     import doctest
 
     import hepms.config
-    import hepms.schema
+    import hepms.config_engine
 
-    for module in (hepms.schema, hepms.config):
+    for module in (hepms.config_engine, hepms.config):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
-from hepms.schema import Key, check_value
+from hepms.config_engine import Key, check_value
 
 if TYPE_CHECKING:
     from hepms.generate.detector import DetectorConfig
@@ -135,7 +135,7 @@ class GenerationConfig:
         """Raise ``ValueError`` naming the first bad setting; return silently when all are fine.
 
         Every field is checked against its :data:`GENERATION_KEYS` entry (the configuration
-        engine of :mod:`hepms.schema`), then the rules that involve several fields.
+        engine of :mod:`hepms.config_engine`), then the rules that involve several fields.
         """
         for name, spec in GENERATION_KEYS.items():
             check_value(name, spec, getattr(self, name))

@@ -1,5 +1,5 @@
 """The selection study's configuration (``hepms select``): a YAML file or a mapping, validated into
-a :class:`SelectionConfig` by the configuration engine of :mod:`hepms.schema` (the one that also
+a :class:`SelectionConfig` by the configuration engine of :mod:`hepms.config_engine` (the one that also
 reads the run configuration of ``hepms train`` / ``scan``).
 
 Sections (all optional; see ``analyses/htautau/config/select.yaml``)::
@@ -11,9 +11,9 @@ Sections (all optional; see ``analyses/htautau/config/select.yaml``)::
     study:       methods, v1 (list), seeds (list), validity{...}, threads, plots
 
 The keys shared with the run configuration (``data.max_jets``, ``data.split_seed``, ...) and with
-the generator (``data.generate.*``) are the same :class:`~hepms.schema.Key` objects, so their
+the generator (``data.generate.*``) are the same :class:`~hepms.config_engine.Key` objects, so their
 types, checks and defaults are written once; ``data.generate`` differs only in its defaults (a
-small, fast sample). Unknown keys raise :class:`~hepms.schema.ConfigError` (a ``ValueError``)
+small, fast sample). Unknown keys raise :class:`~hepms.config_engine.ConfigError` (a ``ValueError``)
 naming them, so a typo cannot be silently ignored; YAML files may use ``extends:``, and a key given
 twice is an error.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from hepms.schema import ConfigError, Key, check_section, read_yaml_chain
+from hepms.config_engine import ConfigError, Key, check_section, read_yaml_chain
 from hepms.select.candidates import DEFAULT_CANDIDATES, validate_spec
 from hepms.select.data import DEFAULT_JET_FEATURES
 from hepms.select.tasks import UPSTREAM_TASKS
@@ -63,7 +63,7 @@ _SCHEMA_CACHE: Optional[dict[str, Any]] = None
 
 
 def selection_schema() -> dict[str, Any]:
-    """The schema of a selection-study configuration (a nested dict of :class:`~hepms.schema.Key`)."""
+    """The schema of a selection-study configuration (a nested dict of :class:`~hepms.config_engine.Key`)."""
     global _SCHEMA_CACHE
     if _SCHEMA_CACHE is not None:
         return _SCHEMA_CACHE

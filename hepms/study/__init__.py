@@ -15,7 +15,7 @@ this package:
 * :mod:`hepms.study.scan`: resumable repeated trials, then :mod:`hepms.study.tables` and
   :mod:`hepms.study.plots`.
 
-The configuration itself is :mod:`hepms.config` (read by the engine :mod:`hepms.schema`).
+The configuration itself is :mod:`hepms.config` (read by the engine :mod:`hepms.config_engine`).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ import torch
 
 import hepms
 from hepms import metrics
-from hepms.schema import ConfigError, settings_hash
+from hepms.config_engine import ConfigError, settings_hash
 from hepms.generate.io import UnreadableFileError
 from hepms.nn.models import MultiStep
 from hepms.study.dataset import PreparedData

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-from hepms.schema import dump_yaml, settings_hash
+from hepms.config_engine import dump_yaml, settings_hash
 from hepms.generate.io import UnreadableFileError
 from hepms.study.dataset import PreparedData, prepare_data
 from hepms.study.plan import PlannedRun, ensure_inside, expand_studies, unique_runs
@@ -294,7 +294,7 @@ def run_scan(
         A summary: ``trained``, ``skipped``, ``busy`` (locked by another scan), ``remaining``,
         ``tables`` and ``figures`` (paths).
     """
-    from hepms.schema import ConfigError
+    from hepms.config_engine import ConfigError
 
     for name, value in (("trials", trials), ("max_trials", max_trials)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

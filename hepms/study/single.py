@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from hepms.schema import ConfigError, dump_yaml
+from hepms.config_engine import ConfigError, dump_yaml
 from hepms.data import Standardizer
 from hepms.generate.io import UnreadableFileError
 from hepms.nn.models import MultiStep

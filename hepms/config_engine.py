@@ -20,7 +20,7 @@ Example:
     >>> check_section("trainer", spec, {"epoch": 3})
     Traceback (most recent call last):
     ...
-    hepms.schema.ConfigError: trainer.epoch: unknown key; allowed keys in trainer: ['epochs', 'lr']
+    hepms.config_engine.ConfigError: trainer.epoch: unknown key; allowed keys in trainer: ['epochs', 'lr']
 """
 from __future__ import annotations
 
