@@ -24,8 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: no hepms dependencies beyond the ops: the package face (version, lazy names), the
     #    compiled extension and its reference, the configuration engine, small leaf helpers
     ("hepms", "hepms._C", "hepms._reference", "hepms.ops", "hepms.config_engine", "hepms.console",
-     "hepms.physics",
-     "hepms.metrics"),
+     "hepms.physics", "hepms.metrics"),
     # 1: jagged arrays, the machine description, the event generator
     ("hepms.jagged", "hepms._machine", "hepms.generate"),
     # 2: events -> feature tensors
