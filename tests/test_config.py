@@ -148,3 +148,22 @@ def test_cli_reports_a_repeated_key_and_prints_exponent_floats(tmp_path: Path, c
     path.write_text("trainer: {lr: 2e-4}\n")
     assert main(["config", str(path)]) == 0
     assert "lr: 0.0002" in capsys.readouterr().out
+
+
+def test_one_optimizer_factory() -> None:
+    """Every optimizer of the package comes from hepms.train.optim.make_optimizer."""
+    import torch
+
+    from hepms.train.optim import make_optimizer
+
+    repo = Path(__file__).resolve().parents[1]
+    direct = [f"{p.relative_to(repo)}:{i}" for folder in ("hepms", "benchmarks") for p in (repo / folder).rglob("*.py")
+              if p.name != "optim.py" for i, line in enumerate(p.read_text().splitlines(), 1)
+              if "torch.optim.Adam(" in line or "optim.SGD(" in line]
+    assert not direct, direct
+    weight = torch.nn.Parameter(torch.ones(3))
+    for fused in (False, True):
+        optimizer = make_optimizer([{"params": [weight]}], 1e-2, fused=fused)
+        assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 1e-2
+    with pytest.raises(ValueError, match="learning rate"):
+        make_optimizer([weight], 0.0)
