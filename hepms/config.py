@@ -247,27 +247,39 @@ def _check_pool_modes(model: Mapping[str, Any]) -> None:
             )
 
 
+# Network settings already built without error: the runs of a scan mostly share them.
+_NETWORKS_CHECKED: set[str] = set()
+
+
 def _check_networks(cfg: Mapping[str, Any]) -> None:
-    """Build the tau and event networks of ``cfg["model"]`` on the meta device (no memory, about a
-    millisecond): a bad value in ``model.tau`` / ``model.event`` (a layer size of 0, a string where
-    a list belongs) fails here, naming the section, instead of when the run starts training."""
+    """Build the tau and event networks of ``cfg["model"]`` on the meta device (no memory, a few
+    tens of milliseconds, once per distinct setting): a bad value in ``model.tau`` / ``model.event``
+    (a layer size of 0, a string where a list belongs) fails here, naming the section, instead of
+    when the run starts training."""
+    import json
+
     import torch
 
     from hepms.nn.models import EventClassifier, TauID
 
     model, data = cfg["model"], cfg["data"]
     jets, constituents = len(data["jet_features"]), len(data["constituent_features"])
+    key = json.dumps([jets, constituents, model["k"], model["regression"], model["tau"], model["event"]],
+                     sort_keys=True, default=repr)
+    if key in _NETWORKS_CHECKED:
+        return
     builds = (
         ("model.tau", lambda: TauID(constituents, jets, outputs=model["k"],
                                     regression_outputs=3 if model["regression"] else 0, **model["tau"])),
         ("model.event", lambda: EventClassifier(jets, model["k"], **model["event"])),
     )
-    for key, build in builds:
+    for name, build in builds:
         try:
             with torch.device("meta"):
                 build()
         except (ValueError, TypeError) as error:
-            raise ConfigError(f"{key}: {error}") from None
+            raise ConfigError(f"{name}: {error}") from None
+    _NETWORKS_CHECKED.add(key)
 
 
 def _check_consistency(cfg: dict[str, Any]) -> None:
