@@ -5,7 +5,7 @@ same events with the same loss (BCE tau + BCE event, fixed weights 1, Adam lr 1e
 
   - jagged: ``hepms.nn.MultiStep`` on flat constituents + offsets (hepms segment ops), batches
     sliced from a ``TauEventData`` (views);
-  - padded: ``hepms.nn.padded.multistep_padded``, the same modules on ``[E, 8, 50, F]`` constituent
+  - padded: ``hepms._padded_reference.multistep_padded``, the same modules on ``[E, 8, 50, F]`` constituent
     and ``[E, 8, F]`` jet tensors with masks (masked pooling), batches sliced from the padded
     tensors (padding done once, outside the timing).
 
@@ -45,8 +45,9 @@ from hepms.data import Standardizer, TauEventData, build_dataset, toy_dataset
 from hepms.features import FeatureSpec
 from hepms.jagged import Jagged
 from hepms.nn import MultiStep, run
-from hepms.nn.padded import PaddedBatch, multistep_padded
+from hepms._padded_reference import PaddedBatch, multistep_padded
 from hepms.train.losses import bce_loss
+from hepms.train.optim import make_optimizer
 
 MAX_JETS, MAX_CONSTITUENTS = 8, 50
 
@@ -142,7 +143,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     )
     model = MultiStep(data.constituents.num_features, data.jet_features.shape[1],
                       connection=args.connection, k=args.k, seed=0).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(model.parameters(), 1e-3)
     n = len(data)
     if args.variant == "jagged":
         batches_data: Any = data.to(device)

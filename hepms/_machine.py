@@ -21,7 +21,7 @@ def cpu_model() -> str:
 
 def describe(device: torch.device | str = "cpu") -> dict:
     """Platform, CPU, thread count, torch version and (for CUDA) the GPU."""
-    import hepms
+    from hepms.ops import extension_available
 
     device = torch.device(device)
     description = {
@@ -30,7 +30,7 @@ def describe(device: torch.device | str = "cpu") -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "hepms_extension": hepms.extension_available(),
+        "hepms_extension": extension_available(),
         "device": str(device),
     }
     if device.type == "cuda":

@@ -56,7 +56,7 @@ def demo(args: argparse.Namespace) -> int:
     """Pool jet constituents of different lengths without padding, with gradients, and time it."""
     import torch
 
-    import hepms
+    from hepms import ops
     from hepms._machine import cpu_model
 
     torch.manual_seed(args.seed)
@@ -66,31 +66,31 @@ def demo(args: argparse.Namespace) -> int:
     offsets = torch.tensor([0, 3, 3, 5])
     print(f"  values  = {_rounded(values)}")
     print(f"  offsets = {offsets.tolist()}   (jet b owns rows offsets[b]:offsets[b+1])")
-    print(f"  segment_sum  -> {_rounded(hepms.segment_sum(values, offsets))}")
-    print(f"  segment_mean -> {_rounded(hepms.segment_mean(values, offsets))}")
-    maxima, argmax = hepms.segment_max(values, offsets)
+    print(f"  segment_sum  -> {_rounded(ops.segment_sum(values, offsets))}")
+    print(f"  segment_mean -> {_rounded(ops.segment_mean(values, offsets))}")
+    maxima, argmax = ops.segment_max(values, offsets)
     print(f"  segment_max  -> {_rounded(maxima)}, arg-max rows {argmax.tolist()}")
     print("  (the empty jet pools to 0 and its arg-max is -1)\n")
 
     leaf = values.clone().requires_grad_()
-    hepms.segment_max(leaf, offsets)[0].sum().backward()
+    ops.segment_max(leaf, offsets)[0].sum().backward()
     print(f"Gradient of sum(max) w.r.t. the constituents: {_rounded(leaf.grad)}")
     print("  (each maximum sends its gradient to exactly one row)\n")
 
     counts = torch.poisson(torch.full((args.jets,), 30.0)).long().clamp(max=200)
-    offsets = hepms.offsets_from_counts(counts)
+    offsets = ops.offsets_from_counts(counts)
     values = torch.randn(int(offsets[-1]), args.features)
     print(
         f"Timing on {args.jets} jets, {int(offsets[-1])} constituents, {args.features} features "
         f"({torch.get_num_threads()} threads, {cpu_model()}):"
     )
-    with hepms.validation(False):
-        ours_sum = _median_ms(lambda: hepms.segment_sum(values, offsets))
-        ours_max = _median_ms(lambda: hepms.segment_max(values, offsets))
+    with ops.validation(False):
+        ours_sum = _median_ms(lambda: ops.segment_sum(values, offsets))
+        ours_max = _median_ms(lambda: ops.segment_max(values, offsets))
     ref_sum = _median_ms(lambda: torch.segment_reduce(values, "sum", offsets=offsets))
     ref_max = _median_ms(lambda: torch.segment_reduce(values, "max", offsets=offsets))
     floor = _median_ms(lambda: values.sum(0))
-    backend = "compiled kernels" if hepms.extension_available() else "pure-PyTorch fallback"
+    backend = "compiled kernels" if ops.extension_available() else "pure-PyTorch fallback"
     print(f"  hepms ({backend}): sum {ours_sum:7.1f} ms   max {ours_max:7.1f} ms")
     print(f"  torch.segment_reduce:       sum {ref_sum:7.1f} ms   max {ref_max:7.1f} ms")
     print(f"  one read of the values (values.sum(0)): {floor:.1f} ms")
@@ -105,9 +105,10 @@ def info(args: argparse.Namespace) -> int:
     import torch
 
     import hepms
+    from hepms import ops
 
     print(f"hepms {hepms.__version__}, torch {torch.__version__}, Python {platform.python_version()}")
-    if hepms.extension_available():
+    if ops.extension_available():
         from hepms import _C
 
         print(f"compiled kernels: yes (CUDA kernels built: {_C.with_cuda}, built against torch {_C.torch_version})")
@@ -135,7 +136,7 @@ def _load(args: argparse.Namespace):
     kind = None
     if source is not None and source.is_dir():
         if not (source / "config.yaml").is_file():
-            from hepms.config import ConfigError
+            from hepms.config_engine import ConfigError
 
             raise ConfigError(f"{source} is a folder without config.yaml (not a run directory)")
         run_dir = run_dir or source
@@ -159,7 +160,7 @@ def _configured(func):
     def wrapper(args: argparse.Namespace) -> int:
         import logging
 
-        from hepms.config import ConfigError
+        from hepms.config_engine import ConfigError
         from hepms.generate.io import MissingBranchError
 
         setup_logging(args)
@@ -265,7 +266,8 @@ def scan(args: argparse.Namespace) -> int:
 @_configured
 def config_cmd(args: argparse.Namespace) -> int:
     """Print the resolved configuration or the documented keys."""
-    from hepms.config import describe, dump_yaml
+    from hepms.config import describe
+    from hepms.config_engine import dump_yaml
 
     if args.keys:
         print(describe())
@@ -395,25 +397,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _select(argv: Sequence[str]) -> int:
-    """``hepms select``: hand the arguments to ``hepms.select.cli.main`` when it exists."""
-    import importlib
-
-    try:
-        module = importlib.import_module("hepms.select.cli")
-    except ModuleNotFoundError as error:
-        if error.name not in ("hepms.select", "hepms.select.cli"):
-            raise  # hepms.select exists but is broken: show the real error
-        print("hepms select: model selection is not available in this installation "
-              "(the module hepms.select.cli is missing)", file=sys.stderr)
-        return 2
-    main_func = getattr(module, "main", None)
-    if main_func is None:
-        print("hepms select: hepms.select.cli has no main(argv)", file=sys.stderr)
-        return 2
-    return int(main_func(list(argv)) or 0)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "generate":
@@ -422,7 +405,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return generate_main(argv[1:])
     if argv and argv[0] == "select":
-        return _select(argv[1:])
+        # Model selection has its own option set too (hepms.select.cli).
+        from hepms.select.cli import main as select_main
+
+        return int(select_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     setup_logging(args)
     return args.func(args)

@@ -6,7 +6,7 @@ Objects are awkward records with either ``pt, eta, phi, mass`` (or ``E`` instead
 Energies and momenta are in GeV. Everything is vectorised with awkward broadcasting: no Python loop
 over events.
 
-Conventions (``DESIGN.md``): ``log_pt(pt) = log(0.1 + pT/GeV)``; azimuthal differences are wrapped
+Conventions of the package: ``log_pt(pt) = log(0.1 + pT/GeV)``; azimuthal differences are wrapped
 to ``[-pi, pi)``.
 
 Example:

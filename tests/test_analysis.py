@@ -127,12 +127,13 @@ def test_new_option_at_its_default_keeps_every_run_key(monkeypatch: pytest.Monke
     import copy
 
     import hepms.study.plan as plan
-    from hepms.config import Key, schema
+    from hepms.config import schema
+    from hepms.config_engine import Key
 
     cfg = load_config(CONFIG / "full.yaml")
     extended = copy.deepcopy(schema())
-    extended["trainer"]["new_option"] = Key(0.5, "an option added after run-key version 1", "float")
-    extended["model"]["new_width"] = Key([8], "another one", "list[int]")
+    extended["trainer"]["new_option"] = Key(0.5, "an option added after run-key version 1", float)
+    extended["model"]["new_width"] = Key([8], "another one", list[int])
     monkeypatch.setattr(plan, "schema", lambda: extended)
     with_defaults = copy.deepcopy(cfg)
     with_defaults["trainer"]["new_option"] = 0.5

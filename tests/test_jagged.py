@@ -284,7 +284,7 @@ def test_read_only_buffers_convert_without_warnings():
         jagged = to_jagged(array)
     assert jagged.values.flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert jagged.offsets.tolist() == [0, 2, 5]
-    # torch has no read-only tensors: values over a read-only buffer are a copy (issue 17), so an
+    # torch has no read-only tensors: values over a read-only buffer are a copy, so an
     # in-place edit cannot reach (or crash on) the immutable memory.
     assert jagged.values.data_ptr() != _address(data)
     jagged.values.mul_(2)

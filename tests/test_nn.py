@@ -10,7 +10,7 @@ import torch
 import hepms
 from hepms.data import toy_dataset
 from hepms.nn import DeepSets, EventClassifier, MultiStep, Pooling, TauID, run
-from hepms.nn.padded import PaddedBatch, deepsets_padded, multistep_padded, pad
+from hepms._padded_reference import PaddedBatch, deepsets_padded, multistep_padded, pad
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

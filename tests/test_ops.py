@@ -679,7 +679,7 @@ def test_cuda_torch_compile():
 
 
 # ----------------------------------------------------------------------------------------------
-# Convenience inputs: a Jagged, numpy offsets, counts (issue 19)
+# Convenience inputs: a Jagged, numpy offsets, counts
 # ----------------------------------------------------------------------------------------------
 def test_segment_ops_accept_a_jagged_and_numpy_offsets():
     import numpy as np

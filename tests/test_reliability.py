@@ -1,5 +1,5 @@
-"""Reliability (issue 17): no stale results, no crash on read-only buffers, sound concurrency,
-clean errors on corrupt inputs. One section per case of the issue; crash cases run in a subprocess
+"""Reliability: no stale results, no crash on read-only buffers, sound concurrency,
+clean errors on corrupt inputs. One section per case; crash cases run in a subprocess
 so that a segfault fails the test instead of killing pytest."""
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import torch
 from hepms import physics
 from hepms.data import TauEventData
 from hepms import select
-from hepms.select.config import load_config
+from hepms.select.config import load_selection_config
 from hepms.select.data import CALIBRATION_TARGETS, SELECTION_JET_FEATURES
 from hepms.select.jets import leading_two, pad_jets
 from hepms.select.scaling import fit_all, fit_power_law, time_methods
@@ -291,7 +291,7 @@ def _poisoned(data: TauEventData, seed: int = 0) -> TauEventData:
 def test_study_never_reads_the_test_split(prepared, tmp_path):
     from hepms.select.study import run_study
 
-    config = load_config({
+    config = load_selection_config({
         "task": "calibration",
         "candidates": {"upstream": {"ds": TINY_DEEPSETS, "sf": {"kind": "sf"}},
                        "downstream": {"mass": {"kind": "mass", "hidden": [16]},
@@ -361,12 +361,12 @@ def test_cli_runs_a_small_study(generated, tmp_path, capsys):
 
 def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="colour"):
-        load_config({"settings": {"colour": "red"}})
+        load_selection_config({"settings": {"colour": "red"}})
     with pytest.raises(ValueError, match="v1"):
-        load_config({"study": {"v1": [1.5]}})
+        load_selection_config({"study": {"v1": [1.5]}})
     with pytest.raises(ValueError, match="task"):
-        load_config({"task": "jets"})
-    config = load_config({})
+        load_selection_config({"task": "jets"})
+    config = load_selection_config({})
     assert config.task == "calibration" and config.methods == ("grid", "darts", "spos")
 
 
@@ -374,7 +374,7 @@ def test_example_config_loads():
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "analyses" / "htautau" / "config" / "select.yaml"
-    config = load_config(path)
+    config = load_selection_config(path)
     assert {"zeros", "noise", "sf", "mlp"} <= set(config.candidates["upstream"])
     assert {"deepsets", "mlp2", "lstm", "mass"} <= set(config.candidates["downstream"])
 

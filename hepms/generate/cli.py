@@ -8,6 +8,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from collections.abc import Sequence
@@ -32,24 +33,32 @@ def build_parser(prog: str = "hepms generate") -> argparse.ArgumentParser:
         "anti-kT jets) and write NanoAOD-like ROOT files plus manifest.json.",
     )
     parser.add_argument("output_dir", type=Path, help="output folder (created if missing)")
-    parser.add_argument("--events", type=int, default=1000, help="events per process (default 1000)")
-    parser.add_argument("--processes", type=_process_list, default=["H", "Z"], metavar="H,Z",
-                        help="processes, comma-separated: H and/or Z (default H,Z)")
-    parser.add_argument("--mu", type=float, default=50.0, help="mean pileup interactions (default 50; 0: none)")
-    parser.add_argument("--chs", dest="chs", action="store_true", default=True,
+    from hepms.generate.config import GENERATION_KEYS  # light: the defaults, written once there
+
+    default = {name: copy.deepcopy(key.default) for name, key in GENERATION_KEYS.items()}
+    parser.add_argument("--events", type=int, default=default["events_per_process"],
+                        help=f"events per process (default {default['events_per_process']})")
+    parser.add_argument("--processes", type=_process_list, default=default["processes"], metavar="H,Z",
+                        help=f"processes, comma-separated: H and/or Z (default {','.join(default['processes'])})")
+    parser.add_argument("--mu", type=float, default=default["mu"],
+                        help=f"mean pileup interactions (default {default['mu']:g}; 0: none)")
+    parser.add_argument("--chs", dest="chs", action="store_true", default=default["chs"],
                         help="remove charged pileup with a track (charged-hadron subtraction; the default)")
     parser.add_argument("--no-chs", dest="chs", action="store_false", help="keep charged pileup (no CHS)")
-    parser.add_argument("--seed", type=int, default=12345, help="master seed (default 12345)")
+    parser.add_argument("--seed", type=int, default=default["seed"], help=f"master seed (default {default['seed']})")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    parser.add_argument("--block-size", type=int, default=500, help="events per seed block (default 500)")
-    parser.add_argument("--pileup-pool", type=int, default=None,
+    parser.add_argument("--block-size", type=int, default=default["block_size"],
+                        help=f"events per seed block (default {default['block_size']})")
+    parser.add_argument("--pileup-pool", type=int, default=default["pileup_pool"],
                         help="minimum-bias events per split pool (default: sized from the sample, "
                         "max(200, ceil(mu * events of the split / 25)))")
-    parser.add_argument("--split-fractions", type=float, nargs=3, default=[0.6, 0.2, 0.2],
+    parser.add_argument("--split-fractions", type=float, nargs=3, default=default["split_fractions"],
                         metavar=("TRAIN", "VAL", "TEST"),
                         help="fractions of train / validation / test events, decided at generation "
-                        "(default 0.6 0.2 0.2); each split has its own pileup pool")
-    parser.add_argument("--pileup-process", default="inelastic", help="inelastic (default) or nondiffractive")
+                        f"(default {' '.join(map(str, default['split_fractions']))}); each split has its own "
+                        "pileup pool")
+    parser.add_argument("--pileup-process", default=default["pileup_process"],
+                        help=f"inelastic or nondiffractive (default {default['pileup_process']})")
     parser.add_argument("--no-pileup-subtraction", action="store_true", help="keep raw jet pT (no rho*A)")
     parser.add_argument(
         "--plots", nargs="?", const="", default=None, metavar="DIR",

@@ -13,7 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hepms.generate.detector import DetectorConfig
+from typing import TYPE_CHECKING
+
+from hepms.config_engine import Key, check_value
+
+if TYPE_CHECKING:
+    from hepms.generate.detector import DetectorConfig
 
 #: Known processes: name -> (event-level label, "run" number written to the file).
 #: The run number is the PDG id of the boson, so (run, event) is unique across the samples.
@@ -41,6 +46,64 @@ POOL_MIN_EVENTS = 200
 CHUNK_EVENTS = 100
 
 
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _split_fractions(value: list[float]) -> str | None:
+    if len(value) != 3 or any(f < 0 for f in value) or abs(sum(value) - 1.0) > 1e-6:
+        return ("must be three non-negative numbers (train, validation, test) summing to 1 "
+                "(split_fractions)")
+    return None
+
+
+#: The typed keys of :class:`GenerationConfig` (all fields but ``detector``): their types, checks
+#: and documentation, written once. The ``data.generate`` sections of the run configuration
+#: (:mod:`hepms.config`) and of the selection study (:mod:`hepms.select.config`) use these keys.
+GENERATION_KEYS: dict[str, Key] = {
+    "events_per_process": Key(1000, "events per process (H and Z)", int, check=_positive),
+    "processes": Key(["H", "Z"], "processes to generate: H (gg->H->tautau, label 1), Z (Z->tautau, label 0)",
+                     list[str], choices=tuple(PROCESS_LABELS)),
+    "mu": Key(50.0, "mean number of pileup interactions (Poisson per event; 0: no pileup)", float,
+              check=_non_negative),
+    "chs": Key(True, "remove charged pileup with a track (charged-hadron subtraction)", bool),
+    "seed": Key(12345, "generator seed (same seed and settings: same events, whatever the workers)", int,
+                check=_non_negative),
+    "block_size": Key(500, "events per seed block (one Pythia instance each)", int, check=_positive),
+    "pileup_pool": Key(None, "minimum-bias events in each split's pileup pool (null: sized from the sample)",
+                       int, nullable=True, check=_non_negative),
+    "split_fractions": Key([0.6, 0.2, 0.2], "train / validation / test fractions of the generated events",
+                           list[float], check=_split_fractions),
+    "gen_jet_pt_min": Key(10.0, "minimum pT of generator-level jets (GeV)", float, check=_positive),
+    "gen_match_dr": Key(0.2, "Delta R of the reco-to-generator jet matching", float, check=_positive),
+    "pileup_process": Key("inelastic", "minimum-bias process of the pileup", str, choices=PILEUP_PROCESSES),
+    "ecm": Key(13000.0, "centre-of-mass energy (GeV)", float, check=_positive),
+    "jet_r": Key(0.4, "anti-kT jet radius", float, check=_positive),
+    "jet_pt_min": Key(20.0, "minimum jet pT (GeV)", float, check=_positive),
+    "jet_eta_max": Key(2.5, "maximum jet |eta|", float, check=_positive),
+    "jet_pileup_subtraction": Key(True, "subtract the pileup density from the jet momenta", bool),
+    "match_dr": Key(0.3, "Delta R of the jet-to-visible-tau matching (labels)", float, check=_positive),
+}
+
+
+def _detector_class() -> type:
+    # Imported on use: the detector module needs numpy and awkward, and this module is read by
+    # `hepms generate --help` (defaults of GENERATION_KEYS), which must start without them.
+    from hepms.generate.detector import DetectorConfig
+
+    return DetectorConfig
+
+
+def _default(name: str) -> Any:
+    """A field's default, from its key (lists become tuples: the config is frozen and hashable)."""
+    value = GENERATION_KEYS[name].default
+    return tuple(value) if isinstance(value, list) else value
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """Everything that determines the content of a generated dataset.
@@ -48,83 +111,41 @@ class GenerationConfig:
     Two runs with equal configs produce identical files, whatever the number of workers.
     """
 
-    events_per_process: int = 1000
-    processes: tuple[str, ...] = ("H", "Z")
-    mu: float = 50.0
-    chs: bool = True
-    seed: int = 12345
-    block_size: int = 500
+    events_per_process: int = _default("events_per_process")
+    processes: tuple[str, ...] = _default("processes")
+    mu: float = _default("mu")
+    chs: bool = _default("chs")
+    seed: int = _default("seed")
+    block_size: int = _default("block_size")
     #: minimum-bias events per split pool; None: sized from the sample (see :func:`pool_sizes`)
-    pileup_pool: int | None = None
-    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    gen_jet_pt_min: float = 10.0
-    gen_match_dr: float = 0.2
-    pileup_process: str = "inelastic"
-    ecm: float = 13000.0
-    jet_r: float = 0.4
-    jet_pt_min: float = 20.0
-    jet_eta_max: float = 2.5
-    jet_pileup_subtraction: bool = True
-    match_dr: float = 0.3
-    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    pileup_pool: int | None = _default("pileup_pool")
+    split_fractions: tuple[float, float, float] = _default("split_fractions")
+    gen_jet_pt_min: float = _default("gen_jet_pt_min")
+    gen_match_dr: float = _default("gen_match_dr")
+    pileup_process: str = _default("pileup_process")
+    ecm: float = _default("ecm")
+    jet_r: float = _default("jet_r")
+    jet_pt_min: float = _default("jet_pt_min")
+    jet_eta_max: float = _default("jet_eta_max")
+    jet_pileup_subtraction: bool = _default("jet_pileup_subtraction")
+    match_dr: float = _default("match_dr")
+    detector: DetectorConfig = field(default_factory=lambda: _detector_class()())
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad setting; return silently when all are fine."""
-        _positive_int("events_per_process", self.events_per_process)
-        _positive_int("block_size", self.block_size)
-        if isinstance(self.processes, str) or not isinstance(self.processes, (tuple, list)):
-            raise ValueError(
-                f"processes must be a sequence of names from {sorted(PROCESS_LABELS)}, "
-                f"got {self.processes!r}"
-            )
+        """Raise ``ValueError`` naming the first bad setting; return silently when all are fine.
+
+        Every field is checked against its :data:`GENERATION_KEYS` entry (the configuration
+        engine of :mod:`hepms.config_engine`), then the rules that involve several fields.
+        """
+        for name, spec in GENERATION_KEYS.items():
+            check_value(name, spec, getattr(self, name))
         if len(self.processes) == 0:
             raise ValueError("processes must name at least one process")
-        for proc in self.processes:
-            if proc not in PROCESS_LABELS:
-                raise ValueError(
-                    f"processes: unknown process {proc!r}; known: {sorted(PROCESS_LABELS)}"
-                )
         if len(set(self.processes)) != len(self.processes):
             raise ValueError(f"processes contains duplicates: {self.processes!r}")
-        _finite_number("mu", self.mu)
-        if self.mu < 0:
-            raise ValueError(f"mu (mean number of pileup interactions) must be >= 0, got {self.mu}")
-        for name in ("chs", "jet_pileup_subtraction"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.pileup_pool is None:
-            pass
-        elif self.mu > 0:
-            _positive_int("pileup_pool", self.pileup_pool)
-        elif (
-            isinstance(self.pileup_pool, bool)
-            or not isinstance(self.pileup_pool, numbers.Integral)
-            or self.pileup_pool < 0
-        ):
-            raise ValueError(f"pileup_pool must be a non-negative integer, got {self.pileup_pool!r}")
-        if self.pileup_process not in PILEUP_PROCESSES:
-            raise ValueError(
-                f"pileup_process: unknown {self.pileup_process!r}; known: {list(PILEUP_PROCESSES)}"
-            )
-        fr = self.split_fractions
-        if (
-            not isinstance(fr, (tuple, list))
-            or len(fr) != 3
-            or any(isinstance(f, bool) or not isinstance(f, numbers.Real) or not math.isfinite(f) or f < 0 for f in fr)
-            or abs(sum(fr) - 1.0) > 1e-6
-        ):
-            raise ValueError(
-                f"split_fractions must be three non-negative numbers (train, validation, test) summing "
-                f"to 1, got {fr!r}"
-            )
-        for name in ("ecm", "jet_r", "jet_pt_min", "jet_eta_max", "match_dr", "gen_jet_pt_min", "gen_match_dr"):
-            value = getattr(self, name)
-            _finite_number(name, value)
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if not isinstance(self.detector, DetectorConfig):
+        if self.pileup_pool is not None and self.mu > 0 and self.pileup_pool == 0:
+            raise ValueError(f"pileup_pool must be a positive integer when mu > 0, got {self.pileup_pool!r}")
+        if not isinstance(self.detector, _detector_class()):
             raise ValueError(f"detector must be a DetectorConfig, got {type(self.detector).__name__}")
         self.detector.validate()
 
@@ -185,13 +206,3 @@ def validate_output_dir(output_dir: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise ValueError(f"output_dir {str(path)!r} is not writable: {exc}") from exc
     return path
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _finite_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")

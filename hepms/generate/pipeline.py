@@ -40,6 +40,7 @@ import numpy as np
 
 from hepms.generate.config import (
     CHUNK_EVENTS,
+    GENERATION_KEYS,
     PROCESS_LABELS,
     PROCESS_RUN,
     PYTHIA_SEED_MAX,
@@ -417,15 +418,15 @@ def _swap_in(staging: Path, out_dir: Path, files: list[str], manifest: dict[str,
 
 def generate(
     output_dir: str | os.PathLike[str],
-    events_per_process: int = 1000,
-    processes: Sequence[str] = ("H", "Z"),
-    mu: float = 50.0,
-    chs: bool = True,
-    seed: int = 12345,
+    events_per_process: int = GENERATION_KEYS["events_per_process"].default,
+    processes: Sequence[str] = tuple(GENERATION_KEYS["processes"].default),
+    mu: float = GENERATION_KEYS["mu"].default,
+    chs: bool = GENERATION_KEYS["chs"].default,
+    seed: int = GENERATION_KEYS["seed"].default,
     workers: int | None = None,
     progress: bool = True,
-    block_size: int = 500,
-    pileup_pool: int | None = None,
+    block_size: int = GENERATION_KEYS["block_size"].default,
+    pileup_pool: int | None = GENERATION_KEYS["pileup_pool"].default,
     detector: DetectorConfig | None = None,
     **settings: Any,
 ) -> dict[str, Any]:

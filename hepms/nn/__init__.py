@@ -5,7 +5,9 @@
   mode ``"attention"``): learned-query attention over each set's rows.
 * :class:`TauID` (upstream, per jet), :class:`EventClassifier` (downstream, per event),
   :class:`MultiStep` (the two connected, ``"direct"`` or ``"additional"`` NN), :func:`run`.
-* :mod:`hepms.nn.padded`: the padded + masked reference of the same modules.
+
+The padded + masked reference of the same modules, used by tests and benchmarks only, is
+:mod:`hepms._padded_reference` (next to :mod:`hepms._reference`, the reference of the ops).
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from hepms.nn.models import (
     TauID,
     run,
 )
-from hepms.nn import padded  # noqa: E402
 
 __all__ = [
     "DeepSets",
@@ -34,5 +35,4 @@ __all__ = [
     "MultiStepOutput",
     "CONNECTIONS",
     "run",
-    "padded",
 ]

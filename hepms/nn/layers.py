@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-import hepms
+from hepms.ops import segment_amax, segment_mean, segment_softmax, segment_sum
 
 __all__ = ["mlp", "Pooling", "AttentionPooling", "POOLING_MODES"]
 
@@ -14,7 +14,8 @@ POOLING_MODES = ("sum", "mean", "max", "attention")
 _ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
-def _check_sizes(name: str, sizes: Sequence[int]) -> tuple[int, ...]:
+def check_sizes(name: str, sizes: Sequence[int]) -> tuple[int, ...]:
+    """``sizes`` (an int or a sequence) as a tuple of layer widths; ``ValueError`` naming ``name`` otherwise."""
     if isinstance(sizes, int):
         sizes = (sizes,)
     sizes = tuple(sizes)
@@ -43,7 +44,7 @@ def mlp(
     """
     if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
         raise ValueError(f"{name}: in_features must be a positive integer, got {in_features!r}")
-    sizes = _check_sizes(name, sizes)
+    sizes = check_sizes(name, sizes)
     if activation in (None, "linear", "none"):
         make = None
     elif activation in _ACTIVATIONS:
@@ -115,9 +116,9 @@ class AttentionPooling(nn.Module):
         rows = values.shape[0]
         keys = self.key(values).view(rows, self.heads, self.head_features)
         scores = (keys * self.query).sum(-1) / self.head_features**0.5  # [N, heads]
-        weights = hepms.segment_softmax(scores, offsets)
+        weights = segment_softmax(scores, offsets)
         weighted = self.value(values).view(rows, self.heads, self.head_features) * weights.unsqueeze(-1)
-        return hepms.segment_sum(weighted.view(rows, self.heads * self.head_features), offsets)
+        return segment_sum(weighted.view(rows, self.heads * self.head_features), offsets)
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, head_features={self.head_features}"
@@ -169,11 +170,11 @@ class Pooling(nn.Module):
         pooled: List[Tensor] = []
         for mode in self.modes:
             if mode == "sum":
-                pooled.append(hepms.segment_sum(values, offsets))
+                pooled.append(segment_sum(values, offsets))
             elif mode == "mean":
-                pooled.append(hepms.segment_mean(values, offsets))
+                pooled.append(segment_mean(values, offsets))
             elif mode == "max":
-                pooled.append(hepms.segment_amax(values, offsets))
+                pooled.append(segment_amax(values, offsets))
             else:
                 attention = self.attention
                 if attention is not None:

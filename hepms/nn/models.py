@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from hepms.nn.deepsets import DeepSets
-from hepms.nn.layers import _check_sizes, last_linear, mlp
+from hepms.nn.layers import check_sizes, last_linear, mlp
 
 __all__ = ["TauID", "EventClassifier", "MultiStep", "MultiStepOutput", "CONNECTIONS", "run"]
 
@@ -127,10 +127,10 @@ class TauID(nn.Module):
         )
         width = self.deepsets.out_features
         self.embedding_size = width
-        self.head = mlp(width, tuple(_check_sizes("head", head)) + (outputs,), "relu", False, "head")
+        self.head = mlp(width, tuple(check_sizes("head", head)) + (outputs,), "relu", False, "head")
         if self.regression_outputs > 0:
             self.regression = mlp(
-                width, tuple(_check_sizes("head", head)) + (regression_outputs,), "relu", False
+                width, tuple(check_sizes("head", head)) + (regression_outputs,), "relu", False
             )
         else:
             self.regression = nn.Sequential()
@@ -182,7 +182,7 @@ class EventClassifier(nn.Module):
             pool=pool,
             post_pool=(),
             set_features=0,
-            rho=tuple(_check_sizes("rho", rho)) + (1,),
+            rho=tuple(check_sizes("rho", rho)) + (1,),
             rho_activation="relu",
             rho_final_activation=False,
         )
@@ -270,7 +270,7 @@ class MultiStep(nn.Module):
                 **dict(tau_options or {}),
             )
             if self.additional:
-                self.aux = mlp(k, tuple(_check_sizes("aux", aux)) + (1,), "relu", False, "aux")
+                self.aux = mlp(k, tuple(check_sizes("aux", aux)) + (1,), "relu", False, "aux")
             else:
                 self.aux = nn.Sequential()
             self.event = EventClassifier(jet_features, k, **dict(event_options or {}))

@@ -40,11 +40,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     setup_logging(args)
 
-    from hepms.select.config import load_config
+    from hepms.select.config import load_selection_config
     from hepms.select.study import run_study
 
     try:
-        config = load_config(args.config)
+        config = load_selection_config(args.config)
     except ValueError as error:
         print(f"hepms select: {error}", file=sys.stderr)
         return 2

@@ -32,8 +32,8 @@ from typing import Iterator, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-import hepms
 from hepms.data import TauEventData
+from hepms.ops import validation
 from hepms.select.data import Inputs, JetKinematics, Targets, iterate_batches, make_batch
 from hepms.select.space import SearchSpace
 from hepms.select.tasks import UpstreamTask, event_loss
@@ -41,13 +41,14 @@ from hepms.select.training import (
     Pretrained,
     SearchSettings,
     SelectionResult,
-    _epoch_generator,
-    adam_step,
+    epoch_generator,
+    optimizer_step,
     post_train,
     run_epochs,
     start_search,
     trainable,
 )
+from hepms.train.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def _cycle_batches(
     epoch = 0
     while True:
         yield from iterate_batches(
-            data, batch_size, shuffle=True, generator=_epoch_generator(seed, "darts/alpha", epoch)
+            data, batch_size, shuffle=True, generator=epoch_generator(seed, "darts/alpha", epoch)
         )
         epoch += 1
 
@@ -197,8 +198,8 @@ def darts_search(
 
     t0 = time.perf_counter()
     w_params = net.model_parameters()
-    w_opt = torch.optim.Adam(w_params, lr=settings.lr) if w_params else None
-    a_opt = torch.optim.Adam(net.architecture_parameters(), lr=settings.alpha_lr)
+    w_opt = make_optimizer(w_params, settings.lr) if w_params else None
+    a_opt = make_optimizer(net.architecture_parameters(), settings.alpha_lr)
     val_batches = _cycle_batches(val, settings.batch_size, settings.seed)
     alphas = net.architecture_parameters()
 
@@ -215,14 +216,14 @@ def darts_search(
         loss = net.loss(net(inputs), targets)
         if w_opt is None:
             return float(loss.detach())
-        return adam_step(w_opt, loss)
+        return optimizer_step(w_opt, loss)
 
     alpha_history = [{"epoch": 0, "val_loss": None, **net.named_weights()}]
 
     def record(epoch: int, val_loss: float) -> None:
         alpha_history.append({"epoch": epoch + 1, "val_loss": val_loss, **net.named_weights()})
 
-    with hepms.validation(False):
+    with validation(False):
         history = list(start.pretrained.history) + run_epochs(
             net,
             step,

@@ -12,20 +12,20 @@ import math
 import time
 from typing import Optional
 
-import hepms
 from hepms.data import TauEventData
+from hepms.ops import validation
 from hepms.select.space import Chain, SearchSpace
 from hepms.select.training import (
     Pretrained,
     SearchSettings,
     SelectionResult,
-    _cpu_state,
     evaluate_chain,
     pair_key,
     reoptimise,
     score,
     start_search,
 )
+from hepms.train.trainer import cpu_state
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,14 @@ def grid_search(
             history += reoptimise(
                 chain, train, val, settings, kinematics, tag=f"grid/{up_name}|{down_name}"
             )
-            with hepms.validation(False):
+            with validation(False):
                 metrics = evaluate_chain(chain, val, kinematics, settings.v1, settings.eval_batch_size)
             scores[pair_key(up_name, down_name)] = metrics
             value = score(metrics, settings.criterion)
             log.info("grid %s | %s: val total %.4f, AUC %.4f", up_name, down_name,
                      metrics["total"], metrics["auc_event"])
             if value < best[0] or best[3] is None:
-                best = (value, up_name, down_name, _cpu_state(chain))
+                best = (value, up_name, down_name, cpu_state(chain))
     timings["reoptimise"] = time.perf_counter() - t0
 
     _, up_name, down_name, state = best

@@ -23,8 +23,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-import hepms
 from hepms.data import TauEventData
+from hepms.ops import validation
 from hepms.select.data import Inputs, Targets
 from hepms.select.space import Chain, SearchSpace
 from hepms.select.tasks import event_loss
@@ -32,7 +32,7 @@ from hepms.select.training import (
     Pretrained,
     SearchSettings,
     SelectionResult,
-    adam_step,
+    optimizer_step,
     evaluate_chain,
     pair_key,
     post_train,
@@ -41,6 +41,7 @@ from hepms.select.training import (
     start_search,
     trainable,
 )
+from hepms.train.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def spos_search(
 
     t0 = time.perf_counter()
     params = trainable([supernet])
-    optimizer = torch.optim.Adam(params, lr=settings.lr) if params else None
+    optimizer = make_optimizer(params, settings.lr) if params else None
     sampler = torch.Generator().manual_seed(int(settings.seed) + 104729)
 
     def path_loss(i: int, j: int, inputs: Inputs, targets: Targets) -> torch.Tensor:
@@ -109,7 +110,7 @@ def spos_search(
         i = int(torch.randint(len(ups), (1,), generator=sampler))
         j = int(torch.randint(len(downs), (1,), generator=sampler))
         loss = path_loss(i, j, inputs, targets)
-        return float(loss.detach()) if optimizer is None else adam_step(optimizer, loss)
+        return float(loss.detach()) if optimizer is None else optimizer_step(optimizer, loss)
 
     paths = _validation_paths(len(ups), len(downs), settings.seed)
 
@@ -120,7 +121,7 @@ def spos_search(
             values.append(evaluate_chain(chain, val, kinematics, v1, settings.eval_batch_size)["total"])
         return float(sum(values) / len(values))
 
-    with hepms.validation(False):
+    with validation(False):
         history = list(start.pretrained.history) + run_epochs(
             supernet, step, validate, train, kinematics, settings,
             epochs=settings.search_epochs, patience=settings.search_patience, tag="spos/supernet",
@@ -130,7 +131,7 @@ def spos_search(
     t0 = time.perf_counter()
     scores: dict[str, dict] = {}
     best = (math.inf, "", "")
-    with hepms.validation(False):
+    with validation(False):
         for up_name, up in upstream.items():
             for down_name, down in downstream.items():
                 metrics = evaluate_chain(Chain(up, down, task), val, kinematics, v1, settings.eval_batch_size)

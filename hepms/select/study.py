@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 import torch
 
 from hepms.select import select
-from hepms.select.config import StudyConfig
+from hepms.select.config import SelectionConfig
 from hepms.select.data import SelectionData, prepare_selection_data
 from hepms.config import settings_hash
 from hepms.model_file import save_model
@@ -40,7 +40,7 @@ __all__ = ["run_study", "load_events", "prepare_study_data"]
 PathLike = Union[str, Path]
 
 
-def load_events(config: StudyConfig, out_dir: PathLike, progress: bool = True):
+def load_events(config: SelectionConfig, out_dir: PathLike, progress: bool = True):
     """The study's awkward events: read ``data.path``, or generate ``data.generate`` into
     ``out_dir/events`` (reused when a previous run generated the same settings there)."""
     from hepms.generate import generate, read_events
@@ -63,7 +63,7 @@ def load_events(config: StudyConfig, out_dir: PathLike, progress: bool = True):
     return read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"])
 
 
-def prepare_study_data(config: StudyConfig, events) -> SelectionData:
+def prepare_study_data(config: SelectionConfig, events) -> SelectionData:
     """Build, split and standardise the events as the config says."""
     data = config.data
     return prepare_selection_data(
@@ -76,7 +76,7 @@ def prepare_study_data(config: StudyConfig, events) -> SelectionData:
     )
 
 
-def _sample_fingerprint(config: StudyConfig, out: Path) -> Optional[str]:
+def _sample_fingerprint(config: SelectionConfig, out: Path) -> Optional[str]:
     """The fingerprint of the sample the events came from (``data.path``, or the events generated
     into ``out/events``); None when it has no manifest (events passed in by the caller)."""
     from hepms.study.dataset import sample_fingerprint
@@ -90,7 +90,7 @@ def _fmt(v: float) -> str:
 
 
 def run_study(
-    config: StudyConfig,
+    config: SelectionConfig,
     out_dir: PathLike,
     *,
     prepared: Optional[SelectionData] = None,
@@ -123,7 +123,7 @@ def run_study(
     train, val, test = prepared.train, prepared.val, prepared.test
 
     reference = None
-    enabled = config.validity.get("enabled")
+    enabled = config.validity["enabled"]
     if enabled is None:
         enabled = space.task.name == "calibration"
     if enabled and space.task.name != "calibration":
@@ -133,13 +133,13 @@ def run_study(
         reference = GPReference(
             space.task,
             kinematics,
-            max_points=int(v.get("max_points", 1000)),
-            iterations=int(v.get("iterations", 60)),
-            lr=float(v.get("lr", 0.1)),
-            seed=int(v.get("seed", 0)),
+            max_points=v["max_points"],
+            iterations=v["iterations"],
+            lr=v["lr"],
+            seed=v["seed"],
         ).fit(train)
         gp_mean, gp_sigma, tau_mask = reference.predict(test)
-    nsigma = float(config.validity.get("nsigma", 2.0))
+    nsigma = config.validity["nsigma"]
 
     rows: list[dict] = []
     files: list[str] = []

@@ -35,7 +35,7 @@ from hepms.features import MOMENTUM_UNIT_GEV
 from hepms.select.data import Inputs, Targets
 from hepms.train.losses import bce_loss, momentum_loss
 
-__all__ = ["Link", "UpstreamTask", "TauIDTask", "CalibrationTask", "event_loss", "make_task", "TASKS"]
+__all__ = ["Link", "UpstreamTask", "TauIDTask", "CalibrationTask", "event_loss", "make_task", "UPSTREAM_TASKS"]
 
 
 class Link(NamedTuple):
@@ -166,12 +166,12 @@ def event_loss(logit: Tensor, targets: Targets) -> Tensor:
     return bce_loss(logit, targets.event_labels)
 
 
-TASKS: dict[str, type[UpstreamTask]] = {"tau_id": TauIDTask, "calibration": CalibrationTask}
+UPSTREAM_TASKS: dict[str, type[UpstreamTask]] = {"tau_id": TauIDTask, "calibration": CalibrationTask}
 
 
 def make_task(name: str) -> UpstreamTask:
     """The Task-1 definition called ``name`` (``"tau_id"`` or ``"calibration"``)."""
     try:
-        return TASKS[name]()
+        return UPSTREAM_TASKS[name]()
     except KeyError:
-        raise ValueError(f"unknown upstream task {name!r}; choose from {sorted(TASKS)}") from None
+        raise ValueError(f"unknown upstream task {name!r}; choose from {sorted(UPSTREAM_TASKS)}") from None

@@ -2,7 +2,8 @@
 pre-training on truth, re-optimisation of a connected chain, and the result record.
 
 Every function here takes the training and the validation split only: early stopping and model
-choice look at validation, weights are fitted on training (DESIGN.md, "Splits").
+choice look at validation, weights are fitted on training; the test split is read only after a
+selection has returned.
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import hepms
 from hepms import metrics
 from hepms.data import TauEventData
+from hepms.ops import validation
 from hepms.select.data import Inputs, JetKinematics, Targets, iterate_batches, make_batch
 from hepms.select.space import Chain, SearchSpace
 from hepms.select.tasks import UpstreamTask, event_loss
-from hepms.train import EarlyStopping
+from hepms.train.trainer import EarlyStopping, cpu_state
+from hepms.train.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +189,9 @@ def pair_key(up: str, down: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # Epoch loop
 # ------------------------------------------------------------------------------------------------
-def _cpu_state(module: nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def _epoch_generator(seed: int, tag: str, epoch: int) -> torch.Generator:
+def epoch_generator(seed: int, tag: str, epoch: int) -> torch.Generator:
+    """The batch-shuffling generator of one epoch: a function of (seed, search tag, epoch) only, so
+    a search draws the same batches whatever ran before it."""
     mixed = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, sum(map(ord, tag)) * 131 + len(tag), epoch])
     return torch.Generator().manual_seed(int(mixed.generate_state(1)[0]))
 
@@ -243,7 +243,7 @@ def run_epochs(
         for epoch in range(epochs):
             started = time.perf_counter()
             module.train()
-            generator = _epoch_generator(settings.seed, tag, epoch)
+            generator = epoch_generator(settings.seed, tag, epoch)
             losses = []
             for batch in iterate_batches(train, settings.batch_size, shuffle=True, generator=generator):
                 inputs, targets = make_batch(batch, kinematics)
@@ -253,7 +253,7 @@ def run_epochs(
                 val_loss = float(validate())
             if on_epoch is not None:
                 on_epoch(epoch, val_loss)
-            stopper.update(val_loss if math.isfinite(val_loss) else math.inf, epoch, _cpu_state(module))
+            stopper.update(val_loss if math.isfinite(val_loss) else math.inf, epoch, cpu_state(module))
             row = {
                 "phase": tag,
                 "epoch": epoch,
@@ -273,7 +273,7 @@ def run_epochs(
     return history
 
 
-def adam_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> float:
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> float:
     """Zero the gradients (to None: unsampled SPOS candidates stay untouched), back-propagate, step."""
     optimizer.zero_grad(set_to_none=True)
     if loss.requires_grad:
@@ -332,7 +332,7 @@ def evaluate_chain(
 ) -> dict[str, float]:
     """Metrics of a connected chain on ``data``: ``loss1``, ``loss2``, ``total``, ``auc_event``
     and the task's own (``auc_tau`` or ``mse``, ``mse_pt``, ...)."""
-    with hepms.validation(False):
+    with validation(False):
         u, logit = chain_outputs(chain, data, kinematics, batch_size)
     _, targets = make_batch(data, kinematics)
     return metrics_from_outputs(u, logit, targets, chain.task, v1)
@@ -391,14 +391,14 @@ def pretrain(
     task = space.task
     val_inputs, val_targets = make_batch(val, kinematics)
     result = Pretrained({}, {})
-    with hepms.validation(False):
+    with validation(False):
         for name, model in upstream.items():
             params = trainable([model])
             if params:
-                optimizer = torch.optim.Adam(params, lr=settings.lr)
+                optimizer = make_optimizer(params, settings.lr)
 
                 def step(inputs: Inputs, targets: Targets, model=model, optimizer=optimizer) -> float:
-                    return adam_step(optimizer, task.loss(model(inputs), targets))
+                    return optimizer_step(optimizer, task.loss(model(inputs), targets))
 
                 def validate(model=model) -> float:
                     return float(task.loss(_predict_upstream(model, val, kinematics, settings), val_targets))
@@ -412,7 +412,7 @@ def pretrain(
                 result.val_loss[f"upstream/{name}"] = float(
                     task.loss(_predict_upstream(model, val, kinematics, settings), val_targets)
                 )
-            result.upstream[name] = _cpu_state(model)
+            result.upstream[name] = cpu_state(model)
         for name, model in downstream.items():
             params = trainable([model])
 
@@ -420,10 +420,10 @@ def pretrain(
                 return model(inputs, task.truth_link(inputs, targets))
 
             if params:
-                optimizer = torch.optim.Adam(params, lr=settings.lr)
+                optimizer = make_optimizer(params, settings.lr)
 
                 def step(inputs: Inputs, targets: Targets, optimizer=optimizer, fwd=forward_truth) -> float:
-                    return adam_step(optimizer, event_loss(fwd(inputs, targets), targets))
+                    return optimizer_step(optimizer, event_loss(fwd(inputs, targets), targets))
 
                 def validate(fwd=forward_truth) -> float:
                     return float(event_loss(fwd(val_inputs, val_targets), val_targets))
@@ -438,7 +438,7 @@ def pretrain(
                 result.val_loss[f"downstream/{name}"] = float(
                     event_loss(forward_truth(val_inputs, val_targets), val_targets)
                 )
-            result.downstream[name] = _cpu_state(model)
+            result.downstream[name] = cpu_state(model)
     result.seconds = time.perf_counter() - started
     log.info("pre-training of %d + %d candidates: %.1f s", len(upstream), len(downstream), result.seconds)
     return result
@@ -534,16 +534,16 @@ def reoptimise(
     params = trainable([chain])
     if not params:
         return []
-    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    optimizer = make_optimizer(params, settings.lr)
     v1 = float(settings.v1)
 
     def step(inputs: Inputs, targets: Targets) -> float:
-        return adam_step(optimizer, chain_loss(chain, inputs, targets, v1))
+        return optimizer_step(optimizer, chain_loss(chain, inputs, targets, v1))
 
     def validate() -> float:
         return evaluate_chain(chain, val, kinematics, v1, settings.eval_batch_size)["total"]
 
-    with hepms.validation(False):
+    with validation(False):
         return run_epochs(
             chain, step, validate, train, kinematics, settings,
             epochs=settings.posttrain_epochs, patience=settings.patience, tag=tag,

@@ -32,6 +32,7 @@ from hepms import physics
 from hepms.data import TauEventData
 from hepms.select.data import JetKinematics, make_batch
 from hepms.select.tasks import CalibrationTask, UpstreamTask
+from hepms.train.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class GPReference:
                 model = ExactGP(x, y[:, c].contiguous(), likelihood).double()
                 model.train()
                 likelihood.train()
-                optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
+                optimizer = make_optimizer(model.parameters(), self.lr)
                 mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
                 for _ in range(self.iterations):
                     optimizer.zero_grad()

@@ -1,4 +1,9 @@
-"""Studies with the multi-step model: configured runs, repeated trials, tables and figures.
+"""The workflows behind ``hepms train`` / ``evaluate`` / ``plot`` / ``scan``: configured runs,
+repeated trials, tables and figures.
+
+"Study" here is a *study of a scan*: one entry of ``scan.studies`` (a table or box plot of runs).
+Not to be confused with the *selection study* of ``hepms select`` (:mod:`hepms.select`) or the
+*reference study* (the published analysis reproduced in ``analyses/htautau``).
 
 The ``hepms`` command line (``train``, ``evaluate``, ``plot``, ``scan``) is a thin layer over
 this package:
@@ -10,7 +15,7 @@ this package:
 * :mod:`hepms.study.scan`: resumable repeated trials, then :mod:`hepms.study.tables` and
   :mod:`hepms.study.plots`.
 
-The configuration itself is :mod:`hepms.config`.
+The configuration itself is :mod:`hepms.config` (read by the engine :mod:`hepms.config_engine`).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from hepms.config import ConfigError, settings_hash
+from hepms.config_engine import ConfigError, settings_hash
 from hepms.data import Standardizer, TauEventData, build_dataset, split
 from hepms.features import FeatureSpec
 from hepms.jagged import Jagged

@@ -1,6 +1,8 @@
 """Expanding ``scan.studies`` into the list of runs (configuration x trial) to train.
 
-A study is a mapping with keys:
+The studies are checked and their run configurations built by :func:`hepms.config.study_run_configs`
+(a configuration is valid only if all its studies are); this module names and keys them. A study is
+a mapping with keys:
 
 * ``kind``: ``table`` (rows = runs, columns = grid points; mean +- std over trials) or
   ``boxplot`` (downstream AUC per run, grouped by ``group``, on the x axis ``x``);
@@ -16,19 +18,16 @@ their identity is a hash of the settings that change the result (:func:`run_sett
 """
 from __future__ import annotations
 
-import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from hepms.config import STUDY_KINDS, ConfigError, Key, get, schema, set_key, settings_hash, validate
+from hepms.config import schema, study_run_configs
+from hepms.config_engine import Key, settings_hash
 
 __all__ = ["PlannedRun", "expand_studies", "run_settings", "unique_runs", "grid_label", "slug",
            "ensure_inside", "output_path"]
-
-_STUDY_KEYS = ("kind", "title", "runs", "grid", "x")
-_RUN_KEYS = ("label", "group", "set")
 
 
 @dataclass
@@ -137,108 +136,27 @@ def output_path(folder: Path, stem: str, suffix: str) -> Path:
 
 
 def expand_studies(cfg: Mapping[str, Any]) -> list[PlannedRun]:
-    """Every (study, run, grid point) of ``cfg["scan"]["studies"]`` with its validated config.
+    """Every (study, run, grid point) of ``cfg["scan"]["studies"]`` as a :class:`PlannedRun`.
 
     Raises:
         ConfigError: a malformed study, naming ``scan.studies.<name>...``.
     """
-    studies = cfg["scan"]["studies"]
-    base = {k: v for k, v in cfg.items()}
-    planned: list[PlannedRun] = []
-    for name, study in studies.items():
-        where = f"scan.studies.{name}"
-        if not isinstance(study, Mapping):
-            raise ConfigError(f"{where}: expected a mapping with keys {list(_STUDY_KEYS)}")
-        unknown = [k for k in study if k not in _STUDY_KEYS]
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys in {where}: {list(_STUDY_KEYS)}")
-        kind = study.get("kind", "table")
-        if kind not in STUDY_KINDS:
-            raise ConfigError(f"{where}.kind: {kind!r} is not allowed; choose from {list(STUDY_KINDS)}")
-        runs = study.get("runs")
-        if not isinstance(runs, Sequence) or isinstance(runs, str) or not runs:
-            raise ConfigError(f"{where}.runs: expected a non-empty list of {{label, group, set}}")
-        grid = study.get("grid") or {}
-        if not isinstance(grid, Mapping):
-            raise ConfigError(f"{where}.grid: expected a mapping {{dotted.key: [values]}}")
-        for key, values in grid.items():
-            if not isinstance(values, Sequence) or isinstance(values, str) or not values:
-                raise ConfigError(f"{where}.grid.{key}: expected a non-empty list of values")
-        if kind == "boxplot":
-            x = study.get("x")
-            if not isinstance(x, str):
-                raise ConfigError(f"{where}.x: a boxplot study needs the dotted key of its x axis")
-        points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] or [{}]
-        labels: set[str] = set()
-        checked: list[tuple[str, Optional[str], Mapping[str, Any]]] = []
-        for i, run in enumerate(runs):
-            rwhere = f"{where}.runs[{i}]"
-            if not isinstance(run, Mapping):
-                raise ConfigError(f"{rwhere}: expected a mapping with keys {list(_RUN_KEYS)}")
-            unknown = [k for k in run if k not in _RUN_KEYS]
-            if unknown:
-                raise ConfigError(f"{rwhere}.{unknown[0]}: unknown key; allowed keys: {list(_RUN_KEYS)}")
-            label = run.get("label")
-            if not isinstance(label, str) or not label:
-                raise ConfigError(f"{rwhere}.label: expected a non-empty string")
-            if label in labels:
-                raise ConfigError(f"{rwhere}.label: {label!r} is used twice in {where}")
-            labels.add(label)
-            overrides = run.get("set") or {}
-            if not isinstance(overrides, Mapping):
-                raise ConfigError(f"{rwhere}.set: expected a mapping {{dotted.key: value}}")
-            checked.append((label, run.get("group"), overrides))
-        # Grid points outermost: a scan stopped early has whole columns (all BCE rows) first.
-        for point in points:
-            for i, (label, group, overrides) in enumerate(checked):
-                rwhere = f"{where}.runs[{i}]"
-                raw = _deepcopy({k: v for k, v in base.items() if k != "scan"})
-                try:
-                    for key, value in overrides.items():
-                        set_key(raw, str(key), value)
-                    for key, value in point.items():
-                        set_key(raw, str(key), value)
-                    run_cfg = validate(raw, studies=False)
-                except ConfigError as error:
-                    raise ConfigError(f"{rwhere}.set: {error}") from None
-                run_cfg["scan"] = cfg["scan"]
-                column = grid_label(point)
-                planned.append(
-                    PlannedRun(
-                        study=name,
-                        label=label,
-                        group=group,
-                        column=column,
-                        grid=dict(point),
-                        config=run_cfg,
-                        key=settings_hash(run_settings(run_cfg)),
-                        slug=slug(f"{label}-{column}" if column else label),
-                    )
-                )
-        if kind == "boxplot":
-            for run in planned:
-                if run.study == name:
-                    get(run.config, study["x"])  # raises for an unknown x key
-    _check_figure_refs(cfg, planned)
+    planned = []
+    for run in study_run_configs(cfg):
+        column = grid_label(run.grid)
+        planned.append(
+            PlannedRun(
+                study=run.study,
+                label=run.label,
+                group=run.group,
+                column=column,
+                grid=run.grid,
+                config=run.config,
+                key=settings_hash(run_settings(run.config)),
+                slug=slug(f"{run.label}-{column}" if column else run.label),
+            )
+        )
     return planned
-
-
-def _check_figure_refs(cfg: Mapping[str, Any], planned: Sequence[PlannedRun]) -> None:
-    refs = {run.ref for run in planned}
-    figures = cfg["scan"]["figures"]
-    for key in ("showcase", "latent"):
-        ref = figures[key]
-        if ref is not None and ref not in refs:
-            raise ConfigError(f"scan.figures.{key}: {ref!r} is not a run; choose from {sorted(refs)}")
-    for key in ("roc", "weights"):
-        for ref in figures[key]:
-            if ref not in refs:
-                raise ConfigError(f"scan.figures.{key}: {ref!r} is not a run; choose from {sorted(refs)}")
-    latent = figures["latent"]
-    if latent is not None:
-        ks = {run.config["model"]["k"] for run in planned if run.ref == latent}
-        if ks != {2}:
-            raise ConfigError(f"scan.figures.latent: {latent!r} has k = {sorted(ks)}; the latent figure needs k = 2")
 
 
 def unique_runs(planned: Sequence[PlannedRun]) -> list[PlannedRun]:
@@ -248,8 +166,3 @@ def unique_runs(planned: Sequence[PlannedRun]) -> list[PlannedRun]:
         seen.setdefault(run.key, run)
     return list(seen.values())
 
-
-def _deepcopy(x: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(x)

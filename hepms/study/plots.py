@@ -35,7 +35,7 @@ __all__ = [
     "run_figures",
 ]
 
-TASKS = {
+TASK_LABELS = {
     "tau": {"signal": r"$\tau$ jets", "background": "light jets", "title": r"$\tau$ identification",
             "x": r"$\tau$-jet efficiency", "y": "light-jet rejection"},
     "event": {"signal": r"H$\to\tau\tau$", "background": r"Z$\to\tau\tau$", "title": "event classification",
@@ -134,7 +134,7 @@ def roc_figure(
     """
     from hepms import metrics
 
-    names = TASKS[task]
+    names = TASK_LABELS[task]
     fig, ax = style.figure(figsize=(8, 7))
     for label, (y, s) in curves.items():
         try:
@@ -161,7 +161,7 @@ def score_figure(style: FigureStyle, task: str, labels: np.ndarray, logits: np.n
     import hist
     import mplhep
 
-    names = TASKS[task]
+    names = TASK_LABELS[task]
     score = _sigmoid(logits)
     labels = np.asarray(labels).astype(bool)
     fig, ax = style.figure(figsize=(8, 7))

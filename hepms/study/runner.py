@@ -26,7 +26,7 @@ import torch
 
 import hepms
 from hepms import metrics
-from hepms.config import ConfigError, settings_hash
+from hepms.config_engine import ConfigError, settings_hash
 from hepms.generate.io import UnreadableFileError
 from hepms.model_file import MODEL_FILE, preprocessing, save_model
 from hepms.nn.models import MultiStep

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-from hepms.config import dump_yaml, settings_hash
+from hepms.config_engine import dump_yaml, settings_hash
 from hepms.generate.io import UnreadableFileError
 from hepms.study.dataset import PreparedData, prepare_data
 from hepms.study.plan import PlannedRun, ensure_inside, expand_studies, unique_runs
@@ -64,7 +64,8 @@ def trial_folder(run_dir: Path, run: PlannedRun, trial: int) -> Path:
     return config_folder(run_dir, run) / f"trial_{trial:03d}"
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (the time stamps of manifests)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -99,9 +100,9 @@ def _update_manifest(path: Path, kind: str, static: Mapping[str, Any], fields: d
         log.warning("%s is unreadable (%s): starting a new manifest", path, error)
         manifest = None
     if not isinstance(manifest, dict):
-        manifest = {"format": "hepms.run/1", "kind": kind, "created_utc": _now(), "invocations": []}
+        manifest = {"format": "hepms.run/1", "kind": kind, "created_utc": utc_now(), "invocations": []}
     manifest.update(static)
-    manifest["updated_utc"] = _now()
+    manifest["updated_utc"] = utc_now()
     invocation = fields.pop("invocation", None)
     if invocation is not None:
         invocations = manifest.setdefault("invocations", [])
@@ -293,7 +294,7 @@ def run_scan(
         A summary: ``trained``, ``skipped``, ``busy`` (locked by another scan), ``remaining``,
         ``tables`` and ``figures`` (paths).
     """
-    from hepms.config import ConfigError
+    from hepms.config_engine import ConfigError
 
     for name, value in (("trials", trials), ("max_trials", max_trials)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -314,8 +315,13 @@ def run_scan(
     # selection): its folder name must not depend on --only.
     wanted = {r.key for r in selected}
     todo = [r for r in unique_runs(planned) if r.key in wanted]
+    for run in selected:  # a study may set trainer.device: every run's, before the first trial trains
+        try:
+            check_trainer_device(run.config)
+        except ConfigError as error:
+            raise ConfigError(f"scan.studies.{run.study} (run {run.label!r}): {error}") from None
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    invocation = {"id": f"{os.getpid()}-{time.time():.0f}", "host": socket.gethostname(), "started_utc": _now(),
+    invocation = {"id": f"{os.getpid()}-{time.time():.0f}", "host": socket.gethostname(), "started_utc": utc_now(),
                   "command": list(command or sys.argv), "trials": trials, "only": list(only),
                   "trained": 0, "skipped": 0, "status": "running"}
     data = prepare_data(cfg, run_dir / "cache", progress)
@@ -367,7 +373,7 @@ def run_scan(
         status = "interrupted"
         raise
     finally:
-        invocation.update(status=status, finished_utc=_now(), trained=summary["trained"], skipped=summary["skipped"])
+        invocation.update(status=status, finished_utc=utc_now(), trained=summary["trained"], skipped=summary["skipped"])
         update_manifest(run_dir, "scan", cfg, invocation=invocation)
     outputs = build_outputs(cfg, run_dir, data, plots=cfg["scan"]["plots"] if plots is None else plots)
     summary.update(outputs)
@@ -419,7 +425,7 @@ def build_outputs(
     update_manifest(run_dir, "scan", cfg, results={"finished_trials": out["finished_trials"],
                                                    "configurations": out["configurations"],
                                                    "per_configuration": {r.folder: done[r.key] for r in unique_runs(planned)},
-                                                   "tables_utc": _now()})
+                                                   "tables_utc": utc_now()})
     return out
 
 

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from hepms.config import ConfigError, dump_yaml
+from hepms.config_engine import ConfigError, dump_yaml
 from hepms.generate.io import UnreadableFileError
 from hepms.model_file import MODEL_FILE, TrainedModel, load_model
 from hepms.study.dataset import PreparedData, prepare_data
@@ -43,7 +43,7 @@ from hepms.study.runner import (
     versions,
     write_json,
 )
-from hepms.study.scan import _now, update_manifest
+from hepms.study.scan import update_manifest, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def train_run(
         shutil.rmtree(folder)  # a forced retrain must not resume the old checkpoint
     started = time.perf_counter()
     update_manifest(run_dir, "train", cfg, data=data.info, data_fingerprint=data.fingerprint,
-                    invocation={"id": f"{os.getpid()}-train", "step": "train", "started_utc": _now(),
+                    invocation={"id": f"{os.getpid()}-train", "step": "train", "started_utc": utc_now(),
                                 "command": list(command or sys.argv), "status": "running"})
     trainer, history, resumed = fit_trial(cfg, data, folder, cfg["seed"], progress)
     save_model_file(model_path, trainer.model, data, identity, "hepms train",
@@ -98,7 +98,7 @@ def train_run(
                "seconds": time.perf_counter() - started, "last_epoch": history.epochs[-1] if history.epochs else None}
     write_json(folder / "summary.json", summary)
     update_manifest(run_dir, "train", cfg, invocation={"id": f"{os.getpid()}-train", "step": "train",
-                                                      "finished_utc": _now(), "status": "finished",
+                                                      "finished_utc": utc_now(), "status": "finished",
                                                       "command": list(command or sys.argv), **summary})
     return {"status": "trained", "model": str(model_path), **summary}
 
@@ -150,7 +150,7 @@ def evaluate_run(
     save_predictions(folder / "predictions.npz", pred)
     payload = {"metrics": metrics, "working_point": {"tau_efficiency": cfg["evaluate"]["tau_efficiency"]},
                "test_events": len(data.test), "test_jets": data.test.num_jets,
-               "data": data.info, "versions": versions(), "evaluated_utc": _now()}
+               "data": data.info, "versions": versions(), "evaluated_utc": utc_now()}
     write_json(folder / "metrics.json", payload)
     tables = run_dir / "tables"
     tables.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def evaluate_run(
     ]
     (tables / "evaluation.md").write_text("\n".join(lines) + "\n")
     write_json(tables / "evaluation.json", metrics)
-    update_manifest(run_dir, "train", cfg, evaluation={"metrics": metrics, "utc": _now()})
+    update_manifest(run_dir, "train", cfg, evaluation={"metrics": metrics, "utc": utc_now()})
     return {"metrics": metrics, "files": [str(folder / "metrics.json"), str(folder / "predictions.npz"),
                                            str(tables / "evaluation.md"), str(tables / "evaluation.json")]}
 
@@ -197,5 +197,5 @@ def plot_run(cfg: Mapping[str, Any], run_dir: Optional[Path] = None) -> list[Pat
     m = cfg["model"]
     label = f"{m['connection']} k={m['k']}, {cfg['trainer']['strategy']}, {cfg['trainer']['balancer']}"
     paths = plots.run_figures(style, pred, cfg["evaluate"], label, epochs, tasks, cfg["plot"]["latent_points"])
-    update_manifest(run_dir, "train", cfg, figures={"files": [p.name for p in paths], "utc": _now()})
+    update_manifest(run_dir, "train", cfg, figures={"files": [p.name for p in paths], "utc": utc_now()})
     return paths

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from hepms.config import ConfigError
+from hepms.config_engine import ConfigError
 from hepms.study.plan import PlannedRun, output_path, slug
 
 __all__ = ["summarise", "study_tables", "write_tables", "fmt_mean_std"]
@@ -87,7 +87,7 @@ def study_tables(
                 "seconds": [res.get("seconds") for res in found],
             }
             if study.get("kind") == "boxplot":
-                from hepms.config import get
+                from hepms.config_engine import get
 
                 row["x"] = get(r.config, study["x"])
             for metric in METRICS:

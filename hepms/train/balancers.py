@@ -26,6 +26,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from hepms.train.optim import make_optimizer
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -196,7 +198,7 @@ class GradNorm(Balancer):
         self.task_weights = nn.Parameter(torch.ones(len(self.tasks)))
         self.register_buffer("initial_losses", torch.zeros(len(self.tasks)))
         self.register_buffer("has_initial", torch.zeros((), dtype=torch.bool))
-        self._optimizer = torch.optim.Adam([self.task_weights], lr=self.lr)
+        self._optimizer = make_optimizer([self.task_weights], self.lr)
         # Stored outside nn.Module's registry: the shared tensor belongs to the model, and must
         # not become a parameter (or state_dict entry) of the balancer.
         object.__setattr__(self, "_shared", None)
@@ -263,7 +265,7 @@ class GradNorm(Balancer):
         return {"optimizer": self._optimizer.state_dict()}
 
     def set_extra_state(self, state: Any) -> None:
-        self._optimizer = torch.optim.Adam([self.task_weights], lr=self.lr)
+        self._optimizer = make_optimizer([self.task_weights], self.lr)
         # deepcopy: Adam.load_state_dict keeps the given moment tensors, which an in-memory
         # state_dict shares with the source balancer
         self._optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
@@ -271,7 +273,7 @@ class GradNorm(Balancer):
     def _apply(self, fn, recurse=True):  # keep the inner optimizer bound to the moved parameter
         result = super()._apply(fn, recurse)
         state = self._optimizer.state_dict()
-        self._optimizer = torch.optim.Adam([self.task_weights], lr=self.lr)
+        self._optimizer = make_optimizer([self.task_weights], self.lr)
         self._optimizer.load_state_dict(state)
         return result
 

@@ -21,9 +21,9 @@ strategy            phases
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Mapping, Optional
 
-__all__ = ["Phase", "STRATEGIES", "phases_for"]
+__all__ = ["Phase", "STRATEGIES", "phases_for", "check_balancer"]
 
 STRATEGIES = ("simultaneous", "step_by_step", "w1_zero", "pretrain_truth")
 
@@ -84,6 +84,19 @@ def phases_for(strategy: str, regression: bool = False) -> tuple[Phase, ...]:
             Phase("reoptimise", everything, True, True, True, True),
         )
     raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
+
+
+def check_balancer(strategy: str, balancer: str, balancer_options: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` when ``strategy`` does not allow ``balancer`` with ``balancer_options``.
+
+    ``w1_zero`` fixes the loss weights to (0, 1) itself: a balancer other than ``fixed``, or
+    weights given as options, would be ignored or contradict it.
+    """
+    if strategy == "w1_zero" and (balancer != "fixed" or balancer_options):
+        raise ValueError(
+            "strategy 'w1_zero' fixes the weights to (0, 1): leave balancer 'fixed' without "
+            "balancer_options"
+        )
 
 
 def upstream_tasks(phase: Phase) -> tuple[str, ...]:

@@ -34,13 +34,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import hepms
 from hepms import metrics
 from hepms.data import TauEventData
 from hepms.nn.models import MultiStep
+from hepms.ops import validation
 from hepms.train.balancers import BALANCERS, Balancer, FixedWeights, GradNorm, make_balancer
 from hepms.train.losses import CLASSIFICATION_LOSSES, bce_loss, classification_loss, momentum_loss
-from hepms.train.strategies import STRATEGIES, Phase, monitor_key, phases_for
+from hepms.train.optim import make_optimizer
+from hepms.train.strategies import STRATEGIES, Phase, check_balancer, monitor_key, phases_for
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +131,7 @@ class TrainConfig:
             )
         if not isinstance(self.balancer_options, Mapping):
             raise ValueError(f"balancer_options must be a dict, got {self.balancer_options!r}")
-        if self.strategy == "w1_zero" and (self.balancer != "fixed" or self.balancer_options):
-            raise ValueError(
-                "strategy 'w1_zero' fixes the weights to (0, 1): leave balancer='fixed' without "
-                "balancer_options"
-            )
+        check_balancer(self.strategy, self.balancer, self.balancer_options)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         for name in ("batch_size", "eval_batch_size", "max_epochs", "patience"):
@@ -219,7 +216,8 @@ class EarlyStopping:
         self.best_state = state["best_state"]
 
 
-def _cpu_state(module: torch.nn.Module) -> dict:
+def cpu_state(module: torch.nn.Module) -> dict:
+    """A detached CPU copy of ``module``'s state dict: what :class:`EarlyStopping` keeps as the best."""
     return {k: v.detach().to("cpu", copy=True) if isinstance(v, Tensor) else copy.deepcopy(v)
             for k, v in module.state_dict().items()}
 
@@ -357,7 +355,7 @@ class Trainer:
             self.history = History()
         epochs_run = 0
         # The data were validated above: skip the per-call offsets checks (a GPU sync each).
-        with hepms.validation(False):
+        with validation(False):
             for phase_index in range(start_phase, len(self.phases)):
                 phase = self.phases[phase_index]
                 resumed = phase_index == start_phase and resume_from is not None
@@ -398,7 +396,7 @@ class Trainer:
         self.model.eval()
         parts: dict[str, list[Tensor]] = {k: [] for k in ("tau_logit", "intermediate",
                                                            "momentum", "event_logit")}
-        with hepms.validation(False):
+        with validation(False):
             for batch in _batches(data, batch_size or self.config.eval_batch_size):
                 out = self.model(batch.constituents.values, batch.constituents.offsets,
                                  batch.jet_offsets, batch.jet_features)
@@ -464,7 +462,7 @@ class Trainer:
         extra = self.balancer.trainable_parameters()
         if extra:
             groups.append({"params": extra})
-        self.optimizer = torch.optim.Adam(groups, lr=self.config.lr)
+        self.optimizer = make_optimizer(groups, self.config.lr)
         self.history.weight_tasks[phase.name] = list(self.balancer.tasks)
         self.history.step_weights.setdefault(phase.name, [])
 
@@ -566,7 +564,7 @@ class Trainer:
         val_result = self._validate(phase, val)
         key = monitor_key(phase, cfg.monitor)
         monitored = val_result["val_loss"] if key == "total" else val_result[f"val_{key}"]
-        state = {"model": _cpu_state(self.model), "balancer": _cpu_state(self.balancer)}
+        state = {"model": cpu_state(self.model), "balancer": cpu_state(self.balancer)}
         improved = stopper.update(monitored, epoch, state)
         row: dict[str, Any] = {"phase": phase.name, "epoch": epoch}
         row["train_loss"] = float(total_sum) / n_batches

@@ -1,4 +1,7 @@
-"""Padded + masked reference implementation of the same models (same modules, same weights).
+"""Padded + masked reference implementation of the :mod:`hepms.nn` models (same modules, same weights).
+
+Not part of the public API: a reference for tests and benchmarks, as :mod:`hepms._reference` is
+for the segment ops.
 
 Sets are stored as dense ``[B, L, F]`` tensors with a boolean mask ``[B, L]``, the way
 fixed-length pipelines do it (e.g. 8 jets x 50 constituents). The functions here run the *same*
