@@ -334,21 +334,35 @@ def dask_client(spec: str) -> tuple[Any, Any]:
     Raises:
         ConfigError: a malformed ``local:N``, or dask.distributed is not installed.
     """
-    from hepms.config import ConfigError
+    from distributed import Client, LocalCluster
 
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise ConfigError("--dask: needs dask.distributed (pip install 'hepms[dask]')") from None
-    if spec.startswith("local:") or spec == "local":
-        count = spec.partition(":")[2]
-        if not count.isdigit() or int(count) < 1:
-            raise ConfigError(f"--dask: {spec!r}; expected local:N with N >= 1 worker processes, or a scheduler address")
+    workers = _local_workers(spec)
+    if workers is not None:
         # Processes, one thread each: torch releases the GIL only partly, and a trial per process
         # keeps each trial's thread count what the configuration says.
-        cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         return Client(cluster), cluster
     return Client(spec), None
+
+
+def _local_workers(spec: str) -> Optional[int]:
+    """N of ``local:N`` (None for a scheduler address); checks that dask.distributed exists.
+
+    Raises:
+        ConfigError: a malformed ``local:N``, or dask.distributed is not installed.
+    """
+    import importlib.util
+
+    from hepms.config import ConfigError
+
+    if importlib.util.find_spec("distributed") is None:
+        raise ConfigError("--dask: needs dask.distributed (pip install 'hepms[dask]')")
+    if not (spec.startswith("local:") or spec == "local"):
+        return None
+    count = spec.partition(":")[2]
+    if not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"--dask: {spec!r}; expected local:N with N >= 1 worker processes, or a scheduler address")
+    return int(count)
 
 
 # Per worker process: the prepared data of a run directory's cache, loaded once.
@@ -450,6 +464,8 @@ def run_scan(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name}: {value!r} must be an integer >= 1")
     check_trainer_device(cfg)  # before the data are prepared (possibly generated): fail fast
+    if dask:
+        _local_workers(dask)  # likewise
     run_dir = Path(run_dir or cfg["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     trials = int(trials if trials is not None else cfg["scan"]["trials"])
