@@ -678,3 +678,26 @@ def test_data_fingerprint_ignores_when_where_and_how_fast(sample: Path, tmp_path
     before = content_digest(full)
     full.jet_features[0, 0] += 1.0
     assert content_digest(full) != before
+
+
+def test_lock_of_another_host_is_stale_only_without_heartbeat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import hepms.study.scan as scan
+
+    folder = tmp_path / "trial_000"
+    folder.mkdir()
+    lock = folder / "lock"
+    lock.write_text("another-host 12345 abcdef")
+    assert not scan._acquire(folder)  # fresh: a dask worker elsewhere is training it
+    old = time.time() - scan._REMOTE_STALE_SECONDS - 10
+    os.utime(lock, (old, old))
+    assert scan._acquire(folder) and lock.read_text() == scan._lock_owner()  # no heartbeat: taken over
+    # The heartbeat keeps a live lock fresh.
+    os.utime(lock, (old, old))
+    monkeypatch.setattr(scan, "_HEARTBEAT_SECONDS", 0.05)
+    with scan._heartbeat(folder):
+        time.sleep(0.3)
+    assert time.time() - lock.stat().st_mtime < 5
+    scan._release(folder)
+    assert not lock.exists()
