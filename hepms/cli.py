@@ -207,13 +207,14 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"{out['finished_trials']} finished trials in {out['configurations_with_results']}/"
               f"{out['configurations']} configurations; wrote {len(out['tables'])} table files to {run_dir}/tables")
         return 0
+    from hepms.study.runner import format_metric
     from hepms.study.single import evaluate_run
 
     out = evaluate_run(cfg, run_dir)
     m = out["metrics"]
     wp = cfg["evaluate"]["tau_efficiency"]
-    print(f"test AUC: tau ID {m['auc_tau']:.4f}, H/Z {m['auc_event']:.4f}; light-jet rejection at "
-          f"{wp:.0%} tau efficiency {m['rejection_tau_wp']:.2f} (working point: evaluate.tau_efficiency)")
+    print(f"test AUC: tau ID {format_metric(m['auc_tau'])}, H/Z {m['auc_event']:.4f}; light-jet rejection at "
+          f"{wp:.0%} tau efficiency {format_metric(m['rejection_tau_wp'], 2)} (working point: evaluate.tau_efficiency)")
     print("wrote " + ", ".join(out["files"]))
     return 0
 

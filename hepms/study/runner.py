@@ -46,6 +46,7 @@ __all__ = [
     "save_predictions",
     "load_predictions",
     "evaluate_predictions",
+    "test_metrics",
     "upstream_not_applicable",
     "UPSTREAM_METRICS",
     "PROBE_AUC_TAU",
@@ -240,6 +241,17 @@ def evaluate_predictions(
     }
 
 
+def test_metrics(cfg: Mapping[str, Any], predictions: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """:func:`evaluate_predictions` at ``evaluate.tau_efficiency``, with the tau-ID metrics None
+    (and the AUC moved to :data:`PROBE_AUC_TAU`) where :func:`upstream_not_applicable`."""
+    out: dict[str, Any] = dict(evaluate_predictions(predictions, cfg["evaluate"]["tau_efficiency"]))
+    if upstream_not_applicable(cfg):
+        out[PROBE_AUC_TAU] = out["auc_tau"]
+        for name in UPSTREAM_METRICS:
+            out[name] = None
+    return out
+
+
 def _predict(trainer: Trainer, data: PreparedData) -> dict[str, np.ndarray]:
     out = trainer.predict(data.test)
     pred = {
@@ -355,12 +367,8 @@ def run_trial(
     started = time.perf_counter()
     trainer, history, resumed = fit_trial(cfg, data, folder, seed, progress)
     predictions = _predict(trainer, data)
-    result_metrics: dict[str, Any] = dict(evaluate_predictions(predictions, cfg["evaluate"]["tau_efficiency"]))
+    result_metrics = test_metrics(cfg, predictions)
     not_applicable = upstream_not_applicable(cfg)
-    if not_applicable:
-        result_metrics[PROBE_AUC_TAU] = result_metrics["auc_tau"]
-        for name in UPSTREAM_METRICS:
-            result_metrics[name] = None
     if save_predictions_file:
         save_predictions(folder / PREDICTIONS, predictions)
     result: dict[str, Any] = {
