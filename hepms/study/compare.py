@@ -101,7 +101,7 @@ def verdict(expect: Optional[str], stats: Mapping[str, Any]) -> tuple[Optional[s
     if expect == "not_worse":
         if mean < 0 and significant:
             return "not reproduced", f"A < B at {where}"
-        return "reproduced", f"A not worse than B ({'+' if mean >= 0 else '-'}{where})"
+        return "reproduced", f"A not worse than B: {'+' if mean >= 0 else '-'}{where}"
     raise ValueError(f"unknown claim {expect!r}")
 
 
@@ -146,7 +146,10 @@ def compare(
             means = {}
             for run in candidates:
                 v = _values(results.get(run.key, []), metric)
-                means[run.ref] = (statistics.fmean(v.values()) if v else -math.inf, run, v)
+                if v:  # a run without results cannot be the best one
+                    means[run.ref] = (statistics.fmean(v.values()), run, v)
+            if len(candidates) == 1 and not means:
+                means[candidates[0].ref] = (math.nan, candidates[0], {})
             best_ref = max(means, key=lambda ref: means[ref][0]) if means else None
             b_values = means[best_ref][2] if best_ref else {}
             seeds = sorted(set(a_values) & set(b_values))
@@ -186,9 +189,10 @@ def comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         boot = "—" if d["bootstrap_95"] is None else f"[{d['bootstrap_95'][0]:+.4f}, {d['bootstrap_95'][1]:+.4f}]"
         sig = "—" if d["sigma"] is None else (f"{math.copysign(1, d['mean']) * d['sigma']:+.1f} σ"
                                              if math.isfinite(d["sigma"]) else "every pair")
-        b = r["b"] or "—"
-        if r["b_selected_as_best"] and r["b"]:
-            b += " (best of " + ", ".join(r["b_candidates"]) + ")"
+        if r["b_selected_as_best"]:
+            b = (r["b"] or "—") + " (best of " + ", ".join(r["b_candidates"]) + ")"
+        else:
+            b = r["b"] or "—"
         claim = r["claim"] or {}
         if claim.get("source") and claim["source"] not in sources:
             sources.append(claim["source"])
