@@ -495,12 +495,12 @@ def test_dask_local_cluster_scan_matches_the_serial_scan(sample: Path, tmp_path:
     dead.wait()
     (dead_worker / "lock").write_text(f"{socket.gethostname()} {dead.pid} 0123456789ab")
     seen = []
-    summary = run_scan(cfg, only=["balance/fixed"], dask="local:2", on_trial=lambda run, t, r: seen.append(t))
+    summary = run_scan(cfg, only=["balance/fixed"], dask="local:1", on_trial=lambda run, t, r: seen.append(t))
     assert (summary["trained"], summary["busy"], summary["skipped"]) == (1, 1, 0) and seen == [0]
     assert (dead_worker / "result.json").is_file() and not (dead_worker / "lock").exists()  # the same layout
     assert not (busy / "result.json").exists() and (busy / "lock").exists()
     manifest = json.loads((dask_dir / "manifest.json").read_text())
-    assert manifest["invocations"][-1]["dask"] == "local:2" and manifest["invocations"][-1]["status"] == "finished"
+    assert manifest["invocations"][-1]["dask"] == "local:1" and manifest["invocations"][-1]["status"] == "finished"
     # The dask trial equals the serial one with the same seed (same folder layout, same numbers).
     dask_metrics, serial_metrics = _metrics_by_seed(dask_dir, cfg), _metrics_by_seed(serial_dir, serial)
     assert len(dask_metrics) == 1 and dask_metrics.items() <= serial_metrics.items()
