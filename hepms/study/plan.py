@@ -99,8 +99,9 @@ def run_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The settings that define a configuration's results (not where or how fast it runs).
 
     Their hash is the run key that names a configuration's folder and lets scans reuse finished
-    trials, also trials made on other machines: it holds no path and nothing machine-specific. Keys added to the schema after run-key version 1 count only when set away from their
-    default, so adding an option does not change the key of any existing configuration.
+    trials, also trials made on other machines: it holds no path and nothing machine-specific.
+    Keys added to the schema after run-key version 1 count only when set away from their default,
+    so adding an option does not change the key of any existing configuration.
     """
     spec = schema()
     # Not data.path: where the sample lies differs from machine to machine; which events it holds

@@ -46,7 +46,7 @@ __all__ = [
     "save_predictions",
     "load_predictions",
     "evaluate_predictions",
-    "test_metrics",
+    "evaluation_metrics",
     "upstream_not_applicable",
     "UPSTREAM_METRICS",
     "PROBE_AUC_TAU",
@@ -241,7 +241,7 @@ def evaluate_predictions(
     }
 
 
-def test_metrics(cfg: Mapping[str, Any], predictions: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def evaluation_metrics(cfg: Mapping[str, Any], predictions: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """:func:`evaluate_predictions` at ``evaluate.tau_efficiency``, with the tau-ID metrics None
     (and the AUC moved to :data:`PROBE_AUC_TAU`) where :func:`upstream_not_applicable`."""
     out: dict[str, Any] = dict(evaluate_predictions(predictions, cfg["evaluate"]["tau_efficiency"]))
@@ -367,7 +367,7 @@ def run_trial(
     started = time.perf_counter()
     trainer, history, resumed = fit_trial(cfg, data, folder, seed, progress)
     predictions = _predict(trainer, data)
-    result_metrics = test_metrics(cfg, predictions)
+    result_metrics = evaluation_metrics(cfg, predictions)
     not_applicable = upstream_not_applicable(cfg)
     if save_predictions_file:
         save_predictions(folder / PREDICTIONS, predictions)

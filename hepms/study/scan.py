@@ -369,9 +369,11 @@ def _local_workers(spec: str) -> Optional[int]:
 _WORKER_DATA: dict[str, PreparedData] = {}
 
 
-def _worker_data(cfg: Mapping[str, Any], run_dir: Path) -> PreparedData:
+def _worker_data(cfg: Mapping[str, Any], run_dir: Path, fingerprint: str) -> PreparedData:
+    """The data of ``cfg`` in this worker process, prepared once; prepared again when the client
+    has other data (a long-lived worker, a sample regenerated since)."""
     key = settings_hash({"data": cfg["data"], "run_dir": str(run_dir)})
-    if key not in _WORKER_DATA:
+    if key not in _WORKER_DATA or _WORKER_DATA[key].fingerprint != fingerprint:
         _WORKER_DATA[key] = prepare_data(cfg, Path(run_dir) / "cache", progress=False)
     return _WORKER_DATA[key]
 
@@ -416,7 +418,7 @@ def trial_task(
         import torch
 
         torch.set_num_threads(int(cfg["threads"]))
-    data = _worker_data(cfg, Path(run_dir))
+    data = _worker_data(cfg, Path(run_dir), fingerprint)
     if data.fingerprint != fingerprint:
         raise RuntimeError(f"worker {socket.gethostname()}: the data at {cfg['data']['path']} has fingerprint "
                            f"{data.fingerprint}, the scan's client has {fingerprint}: the workers must see the "
@@ -576,9 +578,9 @@ def _run_on_dask(
         workers = len(client.scheduler_info().get("workers", {}))
         log.info("dask: %d trials submitted to %s (%d workers now)", len(pending), client.scheduler.address, workers)
         for run, trial, folder, seed, save, extra in pending:
+            key = f"hepms-trial-{run.folder}-{trial:03d}-{uuid.uuid4().hex[:6]}"  # readable on the dashboard
             future = client.submit(trial_task, task_cfg, run.config, str(root), str(folder.resolve()), seed, save,
-                                   extra, data.fingerprint, key=f"hepms-trial-{run.folder}-{trial:03d}-{uuid.uuid4().hex[:6]}",
-                                   pure=False)
+                                   extra, data.fingerprint, key=key, pure=False)
             futures[future] = (run, trial)
         for future in as_completed(list(futures)):
             run, trial = futures[future]

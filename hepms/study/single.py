@@ -38,7 +38,7 @@ from hepms.study.runner import (
     load_predictions,
     predict,
     save_predictions,
-    test_metrics,
+    evaluation_metrics,
     trial_identity,
     versions,
     write_json,
@@ -163,7 +163,7 @@ def evaluate_run(
     if not torch.allclose(saved.jet_mean, data.scaler.jet_mean):
         raise ValueError("the feature scaler differs from the one saved with the model")
     pred = predict(model, data, cfg["trainer"]["eval_batch_size"])
-    metrics = test_metrics(cfg, pred)  # tau-ID metrics None where the tau head never learns
+    metrics = evaluation_metrics(cfg, pred)  # tau-ID metrics None where the tau head never learns
     folder = run_dir / "evaluation"
     save_predictions(folder / "predictions.npz", pred)
     payload = {"metrics": metrics, "working_point": {"tau_efficiency": cfg["evaluate"]["tau_efficiency"]},
