@@ -337,12 +337,20 @@ def dask_client(spec: str) -> tuple[Any, Any]:
     from distributed import Client, LocalCluster
 
     workers = _local_workers(spec)
+    # The console policy: other libraries' messages at WARNING (distributed sets its loggers to
+    # INFO when imported, and they reach the root handler). hepms -v shows them.
+    if not logging.getLogger("hepms").isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     if workers is not None:
         # Processes, one thread each: torch releases the GIL only partly, and a trial per process
-        # keeps each trial's thread count what the configuration says.
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        return Client(cluster), cluster
-    return Client(spec), None
+        # keeps each trial's thread count what the configuration says. The dashboard on a free
+        # port: several scans may run at once.
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+        client = Client(cluster)
+    else:
+        cluster, client = None, Client(spec)
+    log.info("dask: scheduler %s, dashboard %s", client.scheduler.address, client.dashboard_link)
+    return client, cluster
 
 
 def _local_workers(spec: str) -> Optional[int]:
@@ -576,7 +584,7 @@ def _run_on_dask(
     futures: dict[Any, tuple[PlannedRun, int]] = {}
     try:
         workers = len(client.scheduler_info().get("workers", {}))
-        log.info("dask: %d trials submitted to %s (%d workers now)", len(pending), client.scheduler.address, workers)
+        log.info("dask: %d trials submitted (%d workers now)", len(pending), workers)
         for run, trial, folder, seed, save, extra in pending:
             key = f"hepms-trial-{run.folder}-{trial:03d}-{uuid.uuid4().hex[:6]}"  # readable on the dashboard
             future = client.submit(trial_task, task_cfg, run.config, str(root), str(folder.resolve()), seed, save,
@@ -596,9 +604,14 @@ def _run_on_dask(
         unfinished = [f for f in futures if not f.done()]
         if unfinished:
             client.cancel(unfinished)
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        try:
+            client.close(timeout=60)
+            if cluster is not None:
+                cluster.close(timeout=60)
+        except (TimeoutError, OSError) as error:
+            # The trials are done and recorded; a slow shutdown must not fail the scan.
+            log.warning("dask: closing the cluster failed (%s: %s); its worker processes end with this one",
+                        type(error).__name__, error)
 
 
 # ----------------------------------------------------------------------------------------------
