@@ -209,13 +209,14 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"{out['finished_trials']} finished trials in {out['configurations_with_results']}/"
               f"{out['configurations']} configurations; wrote {len(out['tables'])} table files to {run_dir}/tables")
         return 0
+    from hepms.study.runner import format_metric
     from hepms.study.single import evaluate_run
 
     out = evaluate_run(cfg, run_dir, model=args.model)
     m = out["metrics"]
     wp = cfg["evaluate"]["tau_efficiency"]
-    print(f"test AUC: tau ID {m['auc_tau']:.4f}, H/Z {m['auc_event']:.4f}; light-jet rejection at "
-          f"{wp:.0%} tau efficiency {m['rejection_tau_wp']:.2f} (working point: evaluate.tau_efficiency)")
+    print(f"test AUC: tau ID {format_metric(m['auc_tau'])}, H/Z {m['auc_event']:.4f}; light-jet rejection at "
+          f"{wp:.0%} tau efficiency {format_metric(m['rejection_tau_wp'], 2)} (working point: evaluate.tau_efficiency)")
     print("wrote " + ", ".join(out["files"]))
     return 0
 
@@ -241,20 +242,17 @@ def plot(args: argparse.Namespace) -> int:
 @_configured
 def scan(args: argparse.Namespace) -> int:
     """Run the configured studies' trials (resumable), then tables and figures."""
-    from hepms.study.scan import exit_on_sigterm, run_scan
+    from hepms.study.scan import describe_trial, exit_on_sigterm, run_scan
 
     cfg, run_dir, _ = _load(args)
     exit_on_sigterm()  # a killed scan releases its trial lock and records itself as interrupted
 
     def report(run, trial, result) -> None:
-        m = result["metrics"]
-        column = f" [{run.column}]" if run.column else ""
-        print(f"  {run.ref}{column} trial {trial}: AUC tau {m['auc_tau']:.4f}, event {m['auc_event']:.4f} "
-              f"({result['epochs_trained']} epochs, {result['seconds']:.0f} s)", flush=True)
+        print("  " + describe_trial(run, trial, result), flush=True)
 
     plots = False if args.no_plots else None
     summary = run_scan(cfg, run_dir, trials=args.trials, only=args.only or (), max_trials=args.max_trials,
-                       plots=plots, command=["hepms"] + sys.argv[1:], on_trial=report)
+                       plots=plots, command=["hepms"] + sys.argv[1:], on_trial=report, dask=args.dask)
     print(f"trials: {summary['trained']} trained, {summary['skipped']} already done, {summary['busy']} busy "
           f"elsewhere, {summary['remaining']} left for a later run (of {summary['total']})")
     print(f"{summary['finished_trials']} finished trials in {summary['configurations_with_results']}/"
@@ -367,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_scan.add_argument("--only", action="append", metavar="STUDY[/LABEL]", help="run only these studies or runs")
     p_scan.add_argument("--max-trials", type=int, help="train at most this many trials in this call")
     p_scan.add_argument("--no-plots", action="store_true", help="tables only")
+    p_scan.add_argument("--dask", metavar="SCHEDULER|local:N",
+                        help="run the trials as dask.distributed tasks: the address of a running scheduler "
+                        "(e.g. a dask-jobqueue cluster's scheduler_address; the run directory must be on a "
+                        "file system the workers share) or local:N for N single-threaded local worker processes")
     p_scan.set_defaults(func=scan)
 
     p_cfg = sub.add_parser("config", help="print the resolved configuration, or every key (--keys)")

@@ -205,6 +205,13 @@ def _build_schema() -> dict[str, Any]:
             },
             "reference": Key({}, "published numbers to compare with: {study: {source, values: "
                              "{label: {grid: {auc_tau, auc_event}}}}}", dict),
+            "comparisons": Key([], "paired comparisons over trials with the same seed: [{name, title, a: "
+                               "study/label, b: study/label or [study/label, ...] (the best of them), columns, "
+                               "metric, claim: {expect: better|not_worse, study, source}}]", list),
+            "trial_records": Key(None, "folder of committed per-trial results (JSON) shared between machines: "
+                                 "trials there with the same settings hash, seed and data fingerprint count as "
+                                 "done, finished trials are added (relative: to the working directory)", str,
+                                 nullable=True),
         },
     }
 

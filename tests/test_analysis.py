@@ -87,19 +87,32 @@ def test_study_configs_cover_the_reference_study() -> None:
         ks = {(r.group, r.config["model"]["k"]) for r in planned if r.study == "k_scan"}
         assert ks == {(g, k) for g in ("direct connection", "additional NN") for k in (1, 2, 4, 8)}
         # Identical settings are trained once: additional k=2 is the (1, 1) BCE row, direct k=2 the
-        # w1 = 0 one, and w1 = 0 with MSE is w1 = 0 with BCE (the upstream loss has weight 0).
-        assert len(unique_runs(planned)) == len(planned) - 3
+        # w1 = 0 one, and w1 = 0 with MSE is w1 = 0 with BCE (the upstream loss has weight 0); the
+        # monitor ablation's step-by-step and "monitor total" rows are loss-balancing BCE rows.
+        assert len(unique_runs(planned)) == len(planned) - 6
         by_key = {}
         for r in planned:
             by_key.setdefault(r.key, set()).add(r.ref + "/" + r.column)
         assert {"loss_balancing/(w1, w2) = (0, 1)/bce", "loss_balancing/(w1, w2) = (0, 1)/mse",
                 "k_scan/direct k=2/"} in by_key.values()
-        assert {"loss_balancing/(w1, w2) = (1, 1)/bce", "k_scan/additional k=2/"} in by_key.values()
+        assert {"loss_balancing/(w1, w2) = (1, 1)/bce", "k_scan/additional k=2/",
+                "monitor_ablation/(w1, w2) = (1, 1), monitor total/"} in by_key.values()
+        assert {"loss_balancing/step-by-step/bce", "monitor_ablation/step-by-step/"} in by_key.values()
+        assert {"loss_balancing/uncertainty weighting/bce",
+                "monitor_ablation/uncertainty weighting, monitor total/"} in by_key.values()
+        ablation = {r.label: r.config["trainer"]["monitor"] for r in planned if r.study == "monitor_ablation"}
+        assert ablation["(w1, w2) = (1, 1), monitor event"] == "event"
+        assert ablation["uncertainty weighting, monitor event"] == "event"
+        # Every comparison of the slides is configured (and checked against the plan).
+        names = {c["name"] for c in cfg["scan"]["comparisons"]}
+        assert {"uw_vs_best_fixed", "simultaneous_vs_step_by_step", "additional_vs_direct_k2",
+                "simultaneous_event_vs_step_by_step"} <= names
         # Every published number has a row to sit next to.
         reference = cfg["scan"]["reference"]["loss_balancing"]["values"]
         assert set(reference) <= labels
         assert all(set(v) <= {"bce", "mse"} for v in reference.values())
     full = load_config(CONFIG / "full.yaml")
+    assert full["scan"]["trials"] >= 10 and full["scan"]["trial_records"] == "analyses/htautau/results/full/trials"
     assert full["data"]["generate"]["events_per_process"] == 50_000 and full["data"]["generate"]["mu"] == 50
     assert full["trainer"]["epochs"] == 100 and full["trainer"]["patience"] == 10 and full["trainer"]["lr"] == 1e-3
     quick = load_config(CONFIG / "quick.yaml", ["scan.trials=5"])
@@ -440,3 +453,271 @@ def test_bootstrap_follows_events() -> None:
     assert out["events"] == n and out["jets"] == offsets[-1]
     # binomial-like error of an AUC from ~800 jets: a few 0.01
     assert 0.005 < out["auc_tau_err"] < 0.05 and 0.01 < out["auc_event_err"] < 0.06
+
+
+# ----------------------------------------------------------------------------------------------
+# Scans on dask.distributed, trial records shared between machines, n/a metrics, comparisons
+# ----------------------------------------------------------------------------------------------
+def one_config_scan(sample: Path, run_dir: Path, **scan) -> dict:
+    """One table study with a fixed-weight run and a w1 = 0 run, 1 epoch, 2 trials."""
+    cfg = {
+        "run_dir": str(run_dir),
+        "progress": False,
+        "threads": 1,
+        "data": {"path": str(sample)},
+        "trainer": {"epochs": 1, "patience": 1, "batch_size": 32},
+        "scan": {
+            "trials": 2,
+            "plots": False,
+            "studies": {"balance": {"kind": "table", "runs": [
+                {"label": "fixed", "set": {"trainer.balancer_options": {"weights": {"tau": 1.0, "event": 1.0}}}},
+                {"label": "zero", "set": {"trainer.strategy": "w1_zero"}},
+            ]}},
+        },
+    }
+    cfg["scan"].update(scan)
+    return validate(cfg)
+
+
+def _metrics_by_seed(run_dir: Path, cfg: dict) -> dict:
+    planned = expand_studies(cfg)
+    results = collect_results(run_dir, planned, None)
+    return {(key, r["seed"]): r["metrics"] for key, found in results.items() for r in found}
+
+
+def test_dask_local_cluster_scan_matches_the_serial_scan(sample: Path, tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    import socket
+
+    serial_dir, dask_dir = tmp_path / "serial", tmp_path / "dask"
+    serial = one_config_scan(sample, serial_dir)
+    assert run_scan(serial, only=["balance/fixed"])["trained"] == 2
+    cfg = one_config_scan(sample, dask_dir)
+    # Trial 1 is held by a live process (another scan): the dask scan must leave it alone.
+    planned = unique_runs(expand_studies(cfg))
+    busy = trial_folder(dask_dir, planned[0], 1)
+    busy.mkdir(parents=True)
+    (busy / "lock").write_text(f"{socket.gethostname()} {os.getppid()}")
+    # Trial 0 was left by a worker that died: its lock names a process that is gone.
+    dead_worker = trial_folder(dask_dir, planned[0], 0)
+    dead_worker.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (dead_worker / "lock").write_text(f"{socket.gethostname()} {dead.pid} 0123456789ab")
+    seen = []
+    summary = run_scan(cfg, only=["balance/fixed"], dask="local:1", on_trial=lambda run, t, r: seen.append(t))
+    assert (summary["trained"], summary["busy"], summary["skipped"]) == (1, 1, 0) and seen == [0]
+    assert (dead_worker / "result.json").is_file() and not (dead_worker / "lock").exists()  # the same layout
+    assert not (busy / "result.json").exists() and (busy / "lock").exists()
+    manifest = json.loads((dask_dir / "manifest.json").read_text())
+    assert manifest["invocations"][-1]["dask"] == "local:1" and manifest["invocations"][-1]["status"] == "finished"
+    # The dask trial equals the serial one with the same seed (same folder layout, same numbers).
+    dask_metrics, serial_metrics = _metrics_by_seed(dask_dir, cfg), _metrics_by_seed(serial_dir, serial)
+    assert len(dask_metrics) == 1 and dask_metrics.items() <= serial_metrics.items()
+    # Lock gone: a scan resumes with the missing trial only (one cluster start per test is enough:
+    # starting workers costs seconds).
+    (busy / "lock").unlink()
+    again = run_scan(cfg, only=["balance/fixed"])
+    assert (again["trained"], again["skipped"]) == (1, 1)
+    assert _metrics_by_seed(dask_dir, cfg) == serial_metrics
+    with pytest.raises(ConfigError, match="local:N"):
+        run_scan(cfg, dask="local:zero")
+
+
+def test_trial_records_make_a_fresh_scan_train_nothing(sample: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    records = tmp_path / "repo" / "results" / "trials"
+    first = one_config_scan(sample, tmp_path / "machine_a", trial_records=str(records))
+    assert run_scan(first)["trained"] == 4
+    files = sorted(records.glob("*/*.json"))
+    assert len(files) == 4
+    record = json.loads(files[0].read_text())
+    assert record["format"] == "hepms.trial/1" and record["hepms_version"] and record["machine"]["cpu"]
+    assert {"seed", "metrics", "epochs_trained", "seconds", "data_fingerprint", "run_key", "settings"} <= set(record)
+    assert str(sample) not in files[0].read_text() and str(tmp_path) not in files[0].read_text()  # no paths
+    assert record["run_key"] == settings_hash(record["settings"])
+    tables_a = json.loads((tmp_path / "machine_a" / "tables" / "balance.json").read_text())
+
+    # A fresh machine: another run directory, the sample elsewhere (a copy), the committed records.
+    copy = tmp_path / "elsewhere" / "sample"
+    shutil.copytree(sample, copy)
+    fresh = one_config_scan(copy, tmp_path / "machine_b", trial_records=str(records))
+    summary = run_scan(fresh)
+    assert (summary["trained"], summary["skipped"], summary["finished_trials"]) == (0, 4, 4)
+    tables_b = json.loads((tmp_path / "machine_b" / "tables" / "balance.json").read_text())
+    for row_a, row_b in zip(tables_a["rows"], tables_b["rows"]):
+        assert row_a["auc_event"] == row_b["auc_event"] and row_a["seeds"] == row_b["seeds"]
+
+    # A record of other data (fingerprint) or edited settings does not count: that trial is retrained.
+    victim = files[0]
+    stale = json.loads(victim.read_text())
+    victim.write_text(json.dumps({**stale, "data_fingerprint": "0123456789abcdef"}))
+    with caplog.at_level(logging.WARNING, logger="hepms.study.records"):
+        assert run_scan(fresh)["trained"] == 1
+    edited = json.loads(files[1].read_text())
+    edited["settings"]["trainer"]["lr"] = 0.5
+    files[1].write_text(json.dumps(edited))
+    with caplog.at_level(logging.WARNING, logger="hepms.study.records"):
+        assert run_scan(one_config_scan(copy, tmp_path / "machine_c", trial_records=str(records)))["trained"] == 2
+    assert any("do not hash to its run_key" in r.message for r in caplog.records)
+    # Other settings (another learning rate): nothing recorded counts.
+    other = one_config_scan(copy, tmp_path / "machine_d", trial_records=str(records))
+    other["trainer"]["lr"] = 0.002
+    for run in ("fixed", "zero"):
+        assert run_scan(other, only=[f"balance/{run}"], trials=1)["trained"] == 1
+
+
+def test_upstream_metrics_of_an_untrained_head_are_not_applicable(sample: Path, tmp_path: Path) -> None:
+    from hepms.study.runner import PROBE_AUC_TAU, upstream_not_applicable
+
+    def cfg_of(**trainer):
+        return validate({"trainer": trainer, "model": {"connection": "additional", "k": 4}})
+
+    assert upstream_not_applicable(cfg_of(strategy="w1_zero"))
+    assert upstream_not_applicable(cfg_of(balancer_options={"weights": {"tau": 0.0, "event": 1.0}}))
+    assert upstream_not_applicable(cfg_of()) is None
+    assert upstream_not_applicable(cfg_of(strategy="step_by_step")) is None
+    direct = validate({"model": {"connection": "direct", "k": 1}, "trainer": {"strategy": "w1_zero"}})
+    assert upstream_not_applicable(direct) is None  # the tau output is the (trained) intermediate
+
+    run_dir = tmp_path / "scan"
+    cfg = one_config_scan(sample, run_dir, trials=1, reference={"balance": {"source": "test", "values": {}}})
+    run_scan(cfg)
+    results = collect_results(run_dir, expand_studies(cfg), None)
+    by_label = {found[0]["label"]: found[0] for found in results.values()}
+    zero, fixed = by_label["zero"], by_label["fixed"]
+    assert zero["metrics"]["auc_tau"] is None and zero["metrics"]["rejection_tau_wp"] is None
+    assert 0.0 <= zero["metrics"][PROBE_AUC_TAU] <= 1.0 and "never receives a gradient" in zero["not_applicable"]["auc_tau"]
+    assert 0.0 <= fixed["metrics"]["auc_tau"] <= 1.0 and PROBE_AUC_TAU not in fixed["metrics"]
+    table = json.loads((run_dir / "tables" / "balance.json").read_text())
+    rows = {r["label"]: r for r in table["rows"]}
+    assert rows["zero"]["auc_tau"] is None and rows["zero"][PROBE_AUC_TAU]["n"] == 1
+    assert rows["fixed"]["auc_tau"]["n"] == 1
+    markdown = (run_dir / "tables" / "balance.md").read_text()
+    assert "| zero | n/a |" in markdown and "never receives a gradient" in markdown
+    assert "n/a" in (run_dir / "tables" / "balance_vs_study.md").read_text()
+
+
+def _comparison_config(**extra) -> dict:
+    runs = [{"label": name, "set": {"trainer.lr": lr}} for name, lr in
+            (("uw", 1e-3), ("f1", 2e-3), ("f2", 3e-3), ("step", 4e-3))]
+    cfg = {"scan": {"trials": 5, "studies": {"t": {"kind": "table", "runs": runs}}, "comparisons": [
+        {"name": "uw_vs_best", "a": "t/uw", "b": ["t/f1", "t/f2"],
+         "claim": {"expect": "not_worse", "study": "+0.0002", "source": "the slides"}},
+        {"name": "f1_vs_step", "a": "t/f1", "b": "t/step", "claim": {"expect": "better", "study": "+0.0044"}},
+        {"name": "step_vs_f1", "a": "t/step", "b": "t/f1", "claim": {"expect": "better"}},
+        {"name": "no_claim", "a": "t/f2", "b": "t/f1"},
+    ]}}
+    cfg["scan"].update(extra)
+    return validate(cfg)
+
+
+def test_paired_comparisons_from_known_numbers(tmp_path: Path) -> None:
+    import math
+
+    from hepms.study.compare import compare, paired_difference, write_comparisons
+
+    # d = (0.5, 1, 0.5, 1): mean 0.75, s = sqrt(0.25 / 3), error s / 2, t = 3 sqrt(3) = 5.196;
+    # Student's t with 3 degrees of freedom: two-sided p = 0.01385 -> 2.46 sigma.
+    stats = paired_difference([1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 2.5, 3.0])
+    assert stats["n"] == 4 and stats["mean"] == pytest.approx(0.75)
+    assert stats["error"] == pytest.approx(math.sqrt(0.25 / 3) / 2)
+    assert stats["t"] == pytest.approx(3 * math.sqrt(3))
+    assert stats["p_value"] == pytest.approx(0.013847, rel=1e-3) and stats["sigma"] == pytest.approx(2.461, abs=2e-3)
+    low, high = stats["bootstrap_95"]
+    assert 0.5 <= low <= 0.75 <= high <= 1.0 and paired_difference([1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 2.5, 3.0]) == stats
+    assert paired_difference([0.8], [0.7])["error"] is None
+    with pytest.raises(ValueError, match="3 values of A but 2"):
+        paired_difference([1, 2, 3], [1, 2])
+
+    cfg = _comparison_config()
+    planned = expand_studies(cfg)
+    key = {r.label: r.key for r in planned}
+    seeds = range(1000, 1005)
+    noise = [0.0, 0.002, -0.001, 0.001, -0.002]
+    auc = {"uw": [0.800 + e for e in noise],
+           "f1": [0.7995 + e + 0.0001 * (i % 2) for i, e in enumerate(noise)],   # the best fixed
+           "f2": [0.7900 + e for e in noise],
+           "step": [0.7950 + e + 0.0002 * i for i, e in enumerate(noise)]}
+    results = {key[label]: [{"seed": s, "metrics": {"auc_event": v}} for s, v in zip(seeds, values)]
+               for label, values in auc.items()}
+    results[key["uw"]].append({"seed": 1005, "metrics": {"auc_event": 0.5}})  # unpaired: left out
+    rows = {r["name"]: r for r in compare(cfg, planned, results)}
+    uw = rows["uw_vs_best"]
+    assert uw["b"] == "f1" and uw["b_selected_as_best"] and uw["seeds"] == list(seeds)
+    diffs = [a - b for a, b in zip(auc["uw"], auc["f1"])]
+    assert uw["difference"]["mean"] == pytest.approx(sum(diffs) / 5)
+    assert uw["verdict"] == "reproduced"
+    assert rows["f1_vs_step"]["verdict"] == "reproduced" and rows["f1_vs_step"]["difference"]["sigma"] > 2
+    assert rows["step_vs_f1"]["verdict"] == "not reproduced" and "opposite" in rows["step_vs_f1"]["reason"]
+    assert rows["no_claim"]["verdict"] is None and rows["no_claim"]["difference"]["mean"] == pytest.approx(-0.0095 - 0.0001 * 2 / 5)
+    # No results for any fixed-weight run yet: no "best" is made up, nothing is tested.
+    partial = {k: v for k, v in results.items() if k not in (key["f1"], key["f2"])}
+    empty = next(r for r in compare(cfg, planned, partial) if r["name"] == "uw_vs_best")
+    assert empty["b"] is None and empty["difference"]["n"] == 0 and empty["verdict"] is None
+    written = write_comparisons(tmp_path, list(rows.values()))
+    markdown = (tmp_path / "comparisons.md").read_text()
+    assert "**reproduced**" in markdown and "**not reproduced**" in markdown and "the slides" in markdown
+    assert "2 sigma" in markdown and len(written) == 2
+    assert json.loads((tmp_path / "comparisons.json").read_text())["comparisons"][0]["name"] == "uw_vs_best"
+
+    with pytest.raises(ConfigError, match=r"scan.comparisons\[0\].a: 't/nope' is not a run"):
+        _comparison_config(comparisons=[{"name": "x", "a": "t/nope", "b": "t/f1"}])
+    with pytest.raises(ConfigError, match=r"scan.comparisons\[0\].claim.expect"):
+        _comparison_config(comparisons=[{"name": "x", "a": "t/uw", "b": "t/f1", "claim": {"expect": "sure"}}])
+
+
+def test_data_fingerprint_ignores_when_where_and_how_fast(sample: Path, tmp_path: Path) -> None:
+    from hepms.study.dataset import prepare_data, sample_fingerprint
+    from hepms.study.plan import run_settings
+
+    # The sample made again elsewhere: other path, creation time, wall times, workers, command.
+    copy = tmp_path / "regenerated"
+    shutil.copytree(sample, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest.update(created_utc="2030-01-01T00:00:00+00:00", command="hepms generate elsewhere --workers 8")
+    manifest["timing"] = {"wall_s": 1.0, "workers": 8}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert sample_fingerprint(copy) == sample_fingerprint(sample)
+    cfg_a = one_config_scan(sample, tmp_path / "a")
+    cfg_b = one_config_scan(copy, tmp_path / "b")
+    data_a = prepare_data(cfg_a, tmp_path / "cache_a", progress=False)
+    data_b = prepare_data(cfg_b, tmp_path / "cache_b", progress=False)
+    assert data_a.fingerprint == data_b.fingerprint
+    assert settings_hash(run_settings(cfg_a)) == settings_hash(run_settings(cfg_b))  # no data.path in it
+    # Other generation settings, or other events: another fingerprint.
+    manifest["settings"]["mu"] = 6.0
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert sample_fingerprint(copy) != sample_fingerprint(sample)
+    from hepms.study.dataset import content_digest
+
+    data = prepare_data(cfg_a, None, progress=False)
+    full = data.train  # any built part: one changed value changes the digest
+    before = content_digest(full)
+    full.jet_features[0, 0] += 1.0
+    assert content_digest(full) != before
+
+
+def test_lock_of_another_host_is_stale_only_without_heartbeat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import hepms.study.scan as scan
+
+    folder = tmp_path / "trial_000"
+    folder.mkdir()
+    lock = folder / "lock"
+    lock.write_text("another-host 12345 abcdef")
+    assert not scan._acquire(folder)  # fresh: a dask worker elsewhere is training it
+    old = time.time() - scan._REMOTE_STALE_SECONDS - 10
+    os.utime(lock, (old, old))
+    assert scan._acquire(folder) and lock.read_text() == scan._lock_owner()  # no heartbeat: taken over
+    # The heartbeat keeps a live lock fresh.
+    os.utime(lock, (old, old))
+    monkeypatch.setattr(scan, "_HEARTBEAT_SECONDS", 0.05)
+    with scan._heartbeat(folder):
+        time.sleep(0.3)
+    assert time.time() - lock.stat().st_mtime < 5
+    scan._release(folder)
+    assert not lock.exists()

@@ -206,7 +206,7 @@ def test_config_command_prints_resolved_config_and_keys(tmp_path: Path, capsys: 
     assert main(["config", str(config), "--set", "trainer.lr=0.01"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["trainer"]["lr"] == 0.01 and resolved["trainer"]["epochs"] == 2
-    assert set(resolved["scan"]["studies"]) == {"loss_balancing", "k_scan"}
+    assert set(resolved["scan"]["studies"]) == {"loss_balancing", "k_scan", "monitor_ablation"}
     assert main(["config", "--keys"]) == 0
     keys = capsys.readouterr().out
     for key in ("trainer.epochs", "trainer.balancer", "model.k", "data.path", "scan.trials", "plot.exp"):

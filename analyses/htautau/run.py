@@ -77,6 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-trials", type=int, help="train at most this many trials now")
     parser.add_argument("--only", action="append", metavar="STUDY[/LABEL]", help="only these studies or runs")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--dask", metavar="SCHEDULER|local:N",
+                        help="run the trials on a dask.distributed cluster (as hepms scan --dask)")
     parser.add_argument("--publish-only", action="store_true", help="rebuild tables/figures and copy them; train nothing")
     parser.add_argument("--results", type=Path, help="where to publish (default: analyses/htautau/results/<preset>)")
     parser.add_argument("--no-publish", action="store_true", help="do not copy results into analyses/htautau/results")
@@ -106,22 +108,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = build_outputs(cfg, run_dir, plots=not args.no_plots)
         print(f"{out['finished_trials']} finished trials in {out['configurations_with_results']}/{out['configurations']} configurations")
     else:
+        from hepms.study.scan import describe_trial
+
         def report(run, trial, result) -> None:
-            m = result["metrics"]
-            column = f" [{run.column}]" if run.column else ""
-            print(f"  {run.ref}{column} trial {trial}: AUC tau {m['auc_tau']:.4f}, event {m['auc_event']:.4f} "
-                  f"({result['epochs_trained']} epochs, {result['seconds']:.0f} s)", flush=True)
+            print("  " + describe_trial(run, trial, result), flush=True)
 
         out = run_scan(cfg, run_dir, trials=args.trials, only=args.only or (), max_trials=args.max_trials,
                        plots=False if args.no_plots else None, command=[sys.executable] + sys.argv,
-                       on_trial=report)
+                       on_trial=report, dask=args.dask)
         print(f"trials: {out['trained']} trained, {out['skipped']} already done, {out['remaining']} left "
               f"(of {out['total']}); {out['finished_trials']} finished in total")
     if not args.no_publish:
         target = args.results or HERE / "results" / args.preset
         copied = publish(run_dir, target)
         print(f"published {len(copied)} files to {target}")
-    for name in ("loss_balancing", "k_scan"):
+    for name in ("loss_balancing", "k_scan", "monitor_ablation", "comparisons"):
         table = run_dir / "tables" / f"{name}.md"
         if table.is_file():
             print()

@@ -151,7 +151,7 @@ def run_study(
             for method in config.methods:
                 settings = base.replace(v1=float(v1))
                 result = select(method, space, train, val, settings, pretrained=shared)
-                test_metrics = evaluate_chain(result.chain, test, kinematics, float(v1), settings.eval_batch_size)
+                evaluation_metrics = evaluate_chain(result.chain, test, kinematics, float(v1), settings.eval_batch_size)
                 row: dict[str, Any] = {
                     "method": method,
                     "v1": float(v1),
@@ -162,12 +162,12 @@ def run_study(
                     "pretrain_seconds": shared.seconds,
                 }
                 row.update({f"val_{k}": v for k, v in result.val_metrics.items()})
-                row.update({f"test_{k}": v for k, v in test_metrics.items()})
+                row.update({f"test_{k}": v for k, v in evaluation_metrics.items()})
                 if reference is not None:
                     u = chain_upstream_outputs(result.chain, test, kinematics, settings.eval_batch_size)
                     row.update({f"test_{k}": v for k, v in validity_fraction(u, gp_mean, gp_sigma, tau_mask, nsigma).items()})
                 rows.append(row)
-                record = {**result.to_dict(), "test_metrics": test_metrics, "row": row}
+                record = {**result.to_dict(), "evaluation_metrics": evaluation_metrics, "row": row}
                 stem = f"{method}_v1-{_fmt(v1)}_seed-{seed}"
                 save_model(
                     out / "runs" / f"{stem}.model.pt", result.chain, prepared.spec, prepared.scaler,
@@ -189,7 +189,7 @@ def run_study(
                         result.alpha_history, out / f"alpha_v1-{_fmt(v1)}.png", rf"($v_1$ = {v1:g})"
                     )))
                 log.info("%s v1=%g seed=%d: %s | %s, test AUC %.4f", method, v1, seed,
-                         result.upstream, result.downstream, test_metrics["auc_event"])
+                         result.upstream, result.downstream, evaluation_metrics["auc_event"])
     if config.plots and rows:
         files += _study_plots(rows, out, space.task.name, reference is not None)
     summary = {

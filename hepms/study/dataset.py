@@ -3,11 +3,20 @@
 :func:`prepare_data` returns a :class:`PreparedData`: the standardised train / validation / test
 parts (the split stored by the generator, whose splits never share pileup events; a random split
 by ``data.split_seed`` for samples without one; the same split for every trial), the scaler fitted on the
-training part, the test jets' pT in GeV (for efficiency versus pT) and a fingerprint of the source
-sample, recorded with every result so that results of a different sample are never mixed.
+training part, the test jets' pT in GeV (for efficiency versus pT) and a fingerprint of the data,
+recorded with every result so that results of a different sample are never mixed.
+
+The fingerprint depends only on what defines the events, never on when, where or how fast the
+sample was made: the generation settings, seeds and generator versions of the manifest (not its
+creation time, wall times, worker count or command line), the dataset settings, and a SHA-256 of
+the arrays the training reads. ``hepms generate`` is deterministic for a fixed seed (the same
+events whatever the number of workers; the ROOT files differ only in their timestamps and UUIDs),
+so a sample regenerated on another machine has the same fingerprint, and trial results made there
+count here.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,7 +35,7 @@ from hepms.jagged import Jagged
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PreparedData", "dataset_of_sample", "ensure_sample", "feature_spec", "prepare_data",
+__all__ = ["PreparedData", "content_digest", "dataset_of_sample", "ensure_sample", "feature_spec", "prepare_data",
            "sample_fingerprint"]
 
 MANIFEST = "manifest.json"
@@ -40,7 +49,8 @@ class PreparedData:
         train, val, test: standardised parts.
         scaler: the :class:`~hepms.data.Standardizer` fitted on ``train``.
         test_jet_pt: ``[B_test]`` jet pT in GeV (None when ``log_pt`` is not a jet feature).
-        fingerprint: hash of the source sample's manifest and the data settings.
+        fingerprint: hash of the sample's event-defining manifest entries, the data settings and
+            the content of the built dataset (see the module docstring).
         info: sample description (events, jets, tau fraction, mu, sqrt(s)).
         spec: the :class:`~hepms.features.FeatureSpec` the parts were built with (what a model
             file records).
@@ -56,10 +66,45 @@ class PreparedData:
     spec: Optional[FeatureSpec] = None
 
 
+# Manifest entries that say when, where and how fast a sample was made, not which events it holds.
+_VOLATILE_MANIFEST_KEYS = ("created_utc", "timing", "command")
+# Of the manifest's versions, the generator's: Pythia and FastJet make the events. The others
+# (Python, numpy, awkward, ...) cannot change them unnoticed: the content digest would differ.
+_GENERATOR_VERSIONS = ("pythia8mc", "fastjet")
+
+
 def sample_fingerprint(path: Path) -> str:
-    """Hash of the sample's ``manifest.json`` (written last by the generator: it names the files,
-    their event counts and the generation settings)."""
-    return settings_hash(json.loads((path / MANIFEST).read_text()), 16)
+    """Hash of what defines the events of the sample at ``path``: its ``manifest.json`` (written
+    last by the generator) without the creation time, the timing, the worker count and the command
+    line, and with the generator's versions only. The same settings and seed give the same
+    fingerprint on any machine."""
+    manifest = json.loads((Path(path) / MANIFEST).read_text())
+    stable = {k: v for k, v in manifest.items() if k not in _VOLATILE_MANIFEST_KEYS and k != "versions"}
+    versions = manifest.get("versions") or {}
+    stable["versions"] = {k: versions.get(k) for k in _GENERATOR_VERSIONS if k in versions}
+    if isinstance(stable.get("settings"), dict):
+        stable["settings"] = {k: v for k, v in stable["settings"].items() if k != "workers"}
+    return settings_hash(stable, 16)
+
+
+def content_digest(data: TauEventData) -> str:
+    """SHA-256 (16 hex digits) of every array of ``data`` the training reads, with its dtype,
+    shape and column names: equal digests mean the same events, features and labels."""
+    h = hashlib.sha256()
+    c = data.constituents
+    arrays = {"values": c.values, "offsets": c.offsets, "outer_offsets": c.outer_offsets,
+              "jet_features": data.jet_features, "jet_labels": data.jet_labels,
+              "event_labels": data.event_labels, "jet_weights": data.jet_weights,
+              "jet_targets": data.jet_targets, "event_split": data.event_split}
+    h.update(json.dumps([list(data.constituent_names), list(data.jet_names)]).encode())
+    for name, tensor in arrays.items():
+        if tensor is None:
+            h.update(f"{name}:none;".encode())
+            continue
+        array = tensor.detach().cpu().contiguous().numpy()
+        h.update(f"{name}:{array.dtype.str}:{list(array.shape)};".encode())
+        h.update(memoryview(array).cast("B"))
+    return h.hexdigest()[:16]
 
 
 def ensure_sample(cfg: Mapping[str, Any], progress: bool = True) -> Path:
@@ -182,11 +227,14 @@ def prepare_data(
     d = cfg["data"]
     source = sample_fingerprint(path)
     build_settings = {k: v for k, v in d.items() if k not in ("cache", "generate", "path", "fractions")}
-    fingerprint = settings_hash({"sample": source, "data": build_settings}, 16)
+    # The cache is local: its name may (and should) change whenever the sample's files are
+    # rewritten, so it hashes the whole manifest, creation time included.
+    manifest_text = (path / MANIFEST).read_text()
+    cache_key = settings_hash({"manifest": json.loads(manifest_text), "data": build_settings}, 16)
     data: Optional[TauEventData] = None
     cache = None
     if cache_dir is not None and d["cache"]:
-        cache = Path(cache_dir) / f"dataset-{fingerprint}.pt"
+        cache = Path(cache_dir) / f"dataset-{cache_key}.pt"
         if cache.is_file():
             try:
                 data = _load_dataset(cache)
@@ -199,6 +247,8 @@ def prepare_data(
             _save_dataset(data, cache)
     if len(data) < 10:
         raise ConfigError(f"data.path: only {len(data)} usable events in {path}; generate more")
+    digest = content_digest(data)
+    fingerprint = settings_hash({"sample": source, "data": build_settings, "content": digest}, 16)
     train, val, test = split(data, d["fractions"], seed=d["split_seed"])
     for name, part in (("train", train), ("validation", val), ("test", test)):
         for labels, what in ((part.event_labels, "events"), (part.jet_labels, "jets")):
@@ -212,11 +262,12 @@ def prepare_data(
     if "log_pt" in test.jet_names:
         column = test.jet_names.index("log_pt")
         test_pt = (torch.exp(test.jet_features[:, column].double()) - 0.1).numpy()
-    manifest = json.loads((path / MANIFEST).read_text())
+    manifest = json.loads(manifest_text)
     settings = manifest.get("settings", {})
     info = {
         "path": str(path),
         "sample_fingerprint": source,
+        "content_sha256_16": digest,
         "events": len(data),
         "jets": data.num_jets,
         "tau_jet_fraction": float(data.jet_labels.mean()),

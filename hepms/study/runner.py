@@ -50,7 +50,12 @@ __all__ = [
     "save_model_file",
     "load_predictions",
     "evaluate_predictions",
+    "evaluation_metrics",
+    "upstream_not_applicable",
+    "UPSTREAM_METRICS",
+    "PROBE_AUC_TAU",
     "write_json",
+    "format_metric",
     "versions",
 ]
 
@@ -82,6 +87,11 @@ def write_json(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     tmp.write_text(json.dumps(_finite(payload), indent=1, allow_nan=False, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def format_metric(value: Optional[float], digits: int = 4) -> str:
+    """``0.9750``; ``n/a`` for a metric that does not apply (None)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def versions() -> dict[str, str]:
@@ -178,6 +188,34 @@ def train_config(cfg: Mapping[str, Any], seed: int, folder: Optional[Path], prog
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
+#: The tau-ID metrics; not applicable (None) where the tau output never learns (see below).
+UPSTREAM_METRICS = ("auc_tau", "rejection_tau_50", "rejection_tau_wp")
+#: The AUC of an untrained auxiliary head, kept under this name only (a probe, not a tau ID).
+PROBE_AUC_TAU = "probe_auc_tau_untrained_head"
+
+
+def upstream_not_applicable(cfg: Mapping[str, Any]) -> Optional[str]:
+    """Why the tau-ID metrics of ``cfg`` mean nothing, or None when they apply.
+
+    With ``connection: additional`` the tau logit comes from the auxiliary network (k -> tau logit),
+    which only the upstream loss trains. With that loss at weight 0 throughout (``strategy:
+    w1_zero``, the ``(w1, w2) = (0, 1)`` row and the direct ``k > 1`` runs, or fixed weights with
+    ``tau: 0``) the head never receives a gradient: its weights stay at their initialisation and
+    its "AUC" is that of a random function of the learned features.
+    """
+    model, trainer = cfg["model"], cfg["trainer"]
+    if model["connection"] != "additional":
+        return None  # direct: the tau output is the intermediate itself, trained end to end
+    weights = (trainer.get("balancer_options") or {}).get("weights") or {}
+    zero_fixed = (trainer["strategy"] == "simultaneous" and trainer["balancer"] == "fixed"
+                  and isinstance(weights, Mapping) and weights.get("tau") == 0)
+    if trainer["strategy"] == "w1_zero" or zero_fixed:
+        return ("not applicable: the upstream loss has weight 0, so the auxiliary tau head never "
+                "receives a gradient (its weights stay at their initialisation); its AUC is kept "
+                f"only as the probe metric {PROBE_AUC_TAU}")
+    return None
+
+
 def evaluate_predictions(
     predictions: Mapping[str, np.ndarray], tau_efficiency: float = 0.6
 ) -> dict[str, float]:
@@ -205,6 +243,17 @@ def evaluate_predictions(
         "rejection_tau_wp": safe(metrics.background_rejection, jl, tl, tau_efficiency),
         "rejection_event_50": safe(metrics.background_rejection, el, ev, 0.5),
     }
+
+
+def evaluation_metrics(cfg: Mapping[str, Any], predictions: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """:func:`evaluate_predictions` at ``evaluate.tau_efficiency``, with the tau-ID metrics None
+    (and the AUC moved to :data:`PROBE_AUC_TAU`) where :func:`upstream_not_applicable`."""
+    out: dict[str, Any] = dict(evaluate_predictions(predictions, cfg["evaluate"]["tau_efficiency"]))
+    if upstream_not_applicable(cfg):
+        out[PROBE_AUC_TAU] = out["auc_tau"]
+        for name in UPSTREAM_METRICS:
+            out[name] = None
+    return out
 
 
 def _predict(trainer: Trainer, data: PreparedData) -> dict[str, np.ndarray]:
@@ -336,7 +385,8 @@ def run_trial(
     started = time.perf_counter()
     trainer, history, resumed = fit_trial(cfg, data, folder, seed, progress)
     predictions = _predict(trainer, data)
-    result_metrics = evaluate_predictions(predictions, cfg["evaluate"]["tau_efficiency"])
+    result_metrics = evaluation_metrics(cfg, predictions)
+    not_applicable = upstream_not_applicable(cfg)
     save_model_file(folder / MODEL_FILE, trainer.model, data, trial_identity(cfg, seed), "hepms scan",
                     {"seed": seed, "epochs": len(history.epochs), **dict(extra or {})})
     if save_predictions_file:
@@ -348,6 +398,7 @@ def run_trial(
         "settings": run_settings(cfg),
         "data_fingerprint": data.fingerprint,
         "metrics": result_metrics,
+        "not_applicable": {name: not_applicable for name in UPSTREAM_METRICS} if not_applicable else {},
         "epochs": history.epochs,
         "best": history.best,
         "weight_tasks": history.weight_tasks,
@@ -361,6 +412,6 @@ def run_trial(
     if extra:
         result.update(extra)
     write_json(folder / RESULT, result)  # last: its presence marks the run as finished
-    log.info("%s: AUC tau %.4f, event %.4f (%d epochs, %.0f s)", folder, result_metrics["auc_tau"],
+    log.info("%s: AUC tau %s, event %.4f (%d epochs, %.0f s)", folder, format_metric(result_metrics["auc_tau"]),
              result_metrics["auc_event"], len(history.epochs), result["seconds"])
     return result

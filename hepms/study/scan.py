@@ -12,7 +12,16 @@ Layout of a scan's run directory::
 Trials run trial-major (trial 0 of every configuration, then trial 1, ...), so a scan stopped at
 any point has the most configurations covered. A trial folder with a valid ``result.json`` (made
 from the same sample) is skipped; one with only a checkpoint continues from it. A lock file keeps
-two scans on the same directory from training the same trial at once.
+two scans on the same directory from training the same trial at once. With ``scan.trial_records``
+a trial whose committed record (:mod:`hepms.study.records`: same settings hash, seed and data
+fingerprint) exists is done as well, and every finished trial adds its record there.
+
+With ``dask="tcp://scheduler:8786"`` (``hepms scan --dask ...``) or ``dask="local:N"`` the trials
+run as ``dask.distributed`` tasks (:func:`trial_task`): each worker loads the dataset from the
+run directory's cache (so the run directory must be on a file system the workers share), takes
+the trial's lock, trains into the same folder and releases the lock; the client records the
+results, the manifest and the tables. A worker that dies leaves a checkpoint and a lock whose
+process is gone: the next attempt (dask's retry, or the next scan) takes it over and resumes.
 """
 from __future__ import annotations
 
@@ -32,12 +41,23 @@ from hepms.config_engine import dump_yaml, settings_hash
 from hepms.generate.io import UnreadableFileError
 from hepms.study.dataset import PreparedData, prepare_data
 from hepms.study.plan import PlannedRun, ensure_inside, expand_studies, unique_runs
-from hepms.study.runner import check_trainer_device, load_predictions, read_result, run_trial, versions, write_json
+from hepms.study.records import load_records, records_dir, write_record
+from hepms.study.runner import (check_trainer_device, format_metric, load_predictions, read_result, run_trial,
+                                versions, write_json)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["run_scan", "collect_results", "build_outputs", "trial_folder", "config_folder", "update_manifest",
-           "exit_on_sigterm"]
+           "exit_on_sigterm", "trial_task", "describe_trial", "dask_client"]
+
+
+def describe_trial(run: PlannedRun, trial: int, result: Mapping[str, Any]) -> str:
+    """One line for a finished trial: ``study/label [column] trial t: AUC tau ..., event ...``."""
+    m = result["metrics"]
+    column = f" [{run.column}]" if run.column else ""
+    return (f"{run.ref}{column} trial {trial}: AUC tau {format_metric(m.get('auc_tau'))}, event "
+            f"{format_metric(m.get('auc_event'))} ({result.get('epochs_trained')} epochs, "
+            f"{result.get('seconds', 0.0):.0f} s)")
 
 
 def exit_on_sigterm() -> None:
@@ -168,6 +188,11 @@ _LOCK = "lock"
 # cannot be parsed comes from elsewhere (an older hepms wrote it in two steps) and is treated as
 # stale only once it is this old.
 _UNPARSEABLE_STALE_SECONDS = 300.0
+# While a trial trains, its lock's modification time is refreshed this often (a heartbeat) ...
+_HEARTBEAT_SECONDS = 60.0
+# ... so that a lock of another host (a batch node, a dask worker elsewhere: its process cannot be
+# checked from here) that has not been refreshed for this long belongs to a process that is gone.
+_REMOTE_STALE_SECONDS = 900.0
 
 
 _OWNERS: dict[int, str] = {}
@@ -181,8 +206,9 @@ def _lock_owner() -> str:
 
 
 def _lock_is_stale(lock: Path) -> bool:
-    """True when ``lock`` belongs to a process of this host that no longer runs (a killed scan).
-    Locks of other hosts are never stale (their processes cannot be checked from here)."""
+    """True when ``lock`` belongs to a process of this host that no longer runs (a killed scan), or
+    to another host and has had no heartbeat for ``_REMOTE_STALE_SECONDS`` (its process cannot be
+    checked from here)."""
     try:
         text = lock.read_text()
         age = time.time() - lock.stat().st_mtime
@@ -193,7 +219,33 @@ def _lock_is_stale(lock: Path) -> bool:
     parts = text.split()
     if len(parts) < 2 or not parts[1].isdigit():
         return age > _UNPARSEABLE_STALE_SECONDS
-    return parts[0] == socket.gethostname() and not _pid_alive(int(parts[1]))
+    if parts[0] != socket.gethostname():
+        return age > _REMOTE_STALE_SECONDS  # no heartbeat for that long: its process is gone
+    return not _pid_alive(int(parts[1]))
+
+
+@contextlib.contextmanager
+def _heartbeat(folder: Path) -> Iterator[None]:
+    """Refresh ``folder/lock``'s modification time every ``_HEARTBEAT_SECONDS`` during the block
+    (a daemon thread), so that scans on other hosts can tell a live lock from a dead one."""
+    import threading
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(_HEARTBEAT_SECONDS):
+            try:
+                os.utime(folder / _LOCK)
+            except OSError:
+                return
+
+    thread = threading.Thread(target=beat, name=f"hepms-lock-heartbeat-{folder.name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _acquire(folder: Path) -> bool:
@@ -245,23 +297,143 @@ def _release(folder: Path) -> None:
 # The scan
 # ----------------------------------------------------------------------------------------------
 def collect_results(
-    run_dir: Path, planned: Sequence[PlannedRun], fingerprint: Optional[str], seed: Optional[int] = None
+    run_dir: Path,
+    planned: Sequence[PlannedRun],
+    fingerprint: Optional[str],
+    seed: Optional[int] = None,
+    records: Optional[Mapping[Any, Mapping[str, Any]]] = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Finished results per run key: every ``trial_*`` folder with a valid result of the sample
     ``fingerprint`` (None: any sample) and, when ``seed`` (``scan.seed``) is given, of the seed
-    ``seed + trial``, in trial order."""
+    ``seed + trial``, in trial order. ``records`` (:func:`hepms.study.records.load_records`) add
+    the trials finished elsewhere (same run key, data fingerprint, and a seed ``>= seed``) that
+    have no local result; local results carry ``_folder``, records ``_record``."""
     out: dict[str, list[dict[str, Any]]] = {}
     for run in unique_runs(planned):
         folder = config_folder(run_dir, run)
-        found = []
+        found: dict[int, dict[str, Any]] = {}
         for trial_dir in sorted(folder.glob("trial_*")) if folder.is_dir() else []:
             number = trial_dir.name[len("trial_"):]
             trial_seed = seed + int(number) if seed is not None and number.isdigit() else None
             result = read_result(trial_dir, fingerprint, trial_seed)
             if result is not None:
                 result["_folder"] = str(trial_dir)
-                found.append(result)
-        out[run.key] = found
+                found[int(result["seed"])] = result
+        if records and fingerprint is not None:
+            for (key, record_seed, record_fp), record in records.items():
+                if key == run.key and record_fp == fingerprint and (seed is None or record_seed >= seed):
+                    found.setdefault(record_seed, dict(record))
+        out[run.key] = [found[k] for k in sorted(found)]
+    return out
+
+
+def dask_client(spec: str) -> tuple[Any, Any]:
+    """``(client, cluster)`` for ``--dask``: ``local:N`` starts a ``LocalCluster`` of N worker
+    processes with one thread each (``cluster`` is then closed by the caller); anything else is
+    the address of a running scheduler (``cluster`` is None).
+
+    Raises:
+        ConfigError: a malformed ``local:N``, or dask.distributed is not installed.
+    """
+    from distributed import Client, LocalCluster
+
+    workers = _local_workers(spec)
+    # The console policy: other libraries' messages at WARNING (distributed sets its loggers to
+    # INFO when imported, and they reach the root handler). hepms -v shows them.
+    if not logging.getLogger("hepms").isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    if workers is not None:
+        # Processes, one thread each: torch releases the GIL only partly, and a trial per process
+        # keeps each trial's thread count what the configuration says. The dashboard on a free
+        # port: several scans may run at once.
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+        client = Client(cluster)
+    else:
+        cluster, client = None, Client(spec)
+    log.info("dask: scheduler %s, dashboard %s", client.scheduler.address, client.dashboard_link)
+    return client, cluster
+
+
+def _local_workers(spec: str) -> Optional[int]:
+    """N of ``local:N`` (None for a scheduler address); checks that dask.distributed exists.
+
+    Raises:
+        ConfigError: a malformed ``local:N``, or dask.distributed is not installed.
+    """
+    import importlib.util
+
+    from hepms.config import ConfigError
+
+    if importlib.util.find_spec("distributed") is None:
+        raise ConfigError("--dask: needs dask.distributed (pip install 'hepms[dask]')")
+    if not (spec.startswith("local:") or spec == "local"):
+        return None
+    count = spec.partition(":")[2]
+    if not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"--dask: {spec!r}; expected local:N with N >= 1 worker processes, or a scheduler address")
+    return int(count)
+
+
+# Per worker process: the prepared data of a run directory's cache, loaded once.
+_WORKER_DATA: dict[str, PreparedData] = {}
+
+
+def _worker_data(cfg: Mapping[str, Any], run_dir: Path, fingerprint: str) -> PreparedData:
+    """The data of ``cfg`` in this worker process, prepared once; prepared again when the client
+    has other data (a long-lived worker, a sample regenerated since)."""
+    key = settings_hash({"data": cfg["data"], "run_dir": str(run_dir)})
+    if key not in _WORKER_DATA or _WORKER_DATA[key].fingerprint != fingerprint:
+        _WORKER_DATA[key] = prepare_data(cfg, Path(run_dir) / "cache", progress=False)
+    return _WORKER_DATA[key]
+
+
+def _train_locked(
+    run_cfg: Mapping[str, Any], data: PreparedData, folder: Path, seed: int, save: bool, progress: bool,
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Train one trial under its lock: ``{"status": "trained", "result": ...}``, or ``busy``
+    (another process holds the lock) or ``skipped`` (finished meanwhile)."""
+    if not _acquire(folder):
+        log.info("%s is being trained by another scan: skipped", folder)
+        return {"status": "busy"}
+    try:
+        if read_result(folder, data.fingerprint, seed) is not None:
+            return {"status": "skipped"}  # another scan finished it between our first look and the lock
+        with _heartbeat(folder):
+            result = run_trial(run_cfg, data, folder, seed, save_predictions_file=save, progress=progress,
+                               extra=extra)
+        return {"status": "trained", "result": result}
+    finally:
+        _release(folder)
+
+
+def trial_task(
+    cfg: Mapping[str, Any], run_cfg: Mapping[str, Any], run_dir: str, folder: str, seed: int, save: bool,
+    extra: Mapping[str, Any], fingerprint: str,
+) -> dict[str, Any]:
+    """One trial as a ``dask.distributed`` task (module-level, so it pickles by reference).
+
+    Args:
+        cfg: the scan's configuration (its ``data`` section and ``threads``), with absolute paths.
+        run_cfg: the configuration of the run.
+        run_dir, folder: the run directory and the trial's folder (absolute, on a shared file system).
+        seed, save, extra: as :func:`~hepms.study.runner.run_trial`.
+        fingerprint: the client's data fingerprint; a worker that sees other data refuses to train.
+
+    Returns:
+        As ``_train_locked``, plus the worker's host name.
+    """
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg["threads"]))
+    data = _worker_data(cfg, Path(run_dir), fingerprint)
+    if data.fingerprint != fingerprint:
+        raise RuntimeError(f"worker {socket.gethostname()}: the data at {cfg['data']['path']} has fingerprint "
+                           f"{data.fingerprint}, the scan's client has {fingerprint}: the workers must see the "
+                           "same sample and run directory as the client")
+    out = _train_locked(run_cfg, data, Path(folder), seed, save, False, extra)
+    out["host"] = socket.gethostname()
     return out
 
 
@@ -276,6 +448,7 @@ def run_scan(
     progress: Optional[bool] = None,
     command: Optional[Sequence[str]] = None,
     on_trial: Optional[Callable[[PlannedRun, int, dict], None]] = None,
+    dask: Optional[str] = None,
 ) -> dict[str, Any]:
     """Run the missing trials of every study in ``cfg``, then write tables (and figures).
 
@@ -286,9 +459,11 @@ def run_scan(
         only: restrict to these studies (names) or runs (``study/label``).
         max_trials: train at most this many trials in this call (then build the outputs).
         plots: draw figures (default ``scan.plots``).
-        progress: progress bars (default ``cfg["progress"]``).
+        progress: progress bars (default ``cfg["progress"]``; never on dask workers).
         command: the command line, for the manifest.
         on_trial: called after each trained trial with ``(run, trial, result)``.
+        dask: run the trials as dask.distributed tasks: a scheduler address, or ``local:N`` (see
+            :func:`dask_client`). None: one after the other in this process.
 
     Returns:
         A summary: ``trained``, ``skipped``, ``busy`` (locked by another scan), ``remaining``,
@@ -300,6 +475,8 @@ def run_scan(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name}: {value!r} must be an integer >= 1")
     check_trainer_device(cfg)  # before the data are prepared (possibly generated): fail fast
+    if dask:
+        _local_workers(dask)  # likewise
     run_dir = Path(run_dir or cfg["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     trials = int(trials if trials is not None else cfg["scan"]["trials"])
@@ -324,51 +501,57 @@ def run_scan(
     invocation = {"id": f"{os.getpid()}-{time.time():.0f}", "host": socket.gethostname(), "started_utc": utc_now(),
                   "command": list(command or sys.argv), "trials": trials, "only": list(only),
                   "trained": 0, "skipped": 0, "status": "running"}
+    if dask:
+        invocation["dask"] = dask
     data = prepare_data(cfg, run_dir / "cache", progress)
     update_manifest(run_dir, "scan", cfg, data=data.info, data_fingerprint=data.fingerprint,
                     configurations=len(unique_runs(planned)), invocation=invocation)
+    shared = records_dir(cfg)
+    records = load_records(shared)
+    if records:
+        log.info("%d trial records in %s", len(records), shared)
     summary: dict[str, Any] = {"trained": 0, "skipped": 0, "busy": 0, "remaining": 0}
     save_mode = cfg["scan"]["save_predictions"]
     total = trials * len(todo)
-    done_before = 0
     status = "finished"
+
+    def finished(run: PlannedRun, trial: int, result: dict[str, Any]) -> None:
+        summary["trained"] += 1
+        if shared is not None:
+            write_record(shared, run, result)
+        invocation.update(trained=summary["trained"], skipped=summary["skipped"])
+        update_manifest(run_dir, "scan", cfg, invocation=invocation)
+        if on_trial is not None:
+            on_trial(run, trial, result)
+
+    # The trials to train, trial-major; finished ones (here or in a record) are skipped.
+    pending: list[tuple[PlannedRun, int, Path, int, bool, dict[str, Any]]] = []
+    for trial in range(trials):
+        for run in todo:
+            folder = trial_folder(run_dir, run, trial)
+            seed = cfg["scan"]["seed"] + trial
+            if (run.key, seed, data.fingerprint) in records or read_result(folder, data.fingerprint, seed) is not None:
+                summary["skipped"] += 1
+                continue
+            if max_trials is not None and len(pending) >= max_trials:
+                summary["remaining"] += 1
+                continue
+            save = save_mode == "all" or (save_mode == "first" and trial == 0)
+            extra = {"study": run.study, "label": run.label, "column": run.column, "trial": trial, "run_key": run.key}
+            pending.append((run, trial, folder, seed, save, extra))
     try:
-        for trial in range(trials):
-            for run in todo:
-                folder = trial_folder(run_dir, run, trial)
-                seed = cfg["scan"]["seed"] + trial
-                if read_result(folder, data.fingerprint, seed) is not None:
-                    summary["skipped"] += 1
-                    continue
-                if max_trials is not None and summary["trained"] >= max_trials:
-                    summary["remaining"] += 1
-                    continue
-                if not _acquire(folder):
-                    log.info("%s is being trained by another scan: skipped", folder)
-                    summary["busy"] += 1
-                    continue
-                if read_result(folder, data.fingerprint, seed) is not None:
-                    # Another scan finished it between our first look and the lock.
-                    _release(folder)
-                    summary["skipped"] += 1
-                    continue
-                try:
-                    done_before = summary["trained"] + summary["skipped"]
-                    log.info("[%d/%d] %s trial %d", done_before + 1, total, run.ref + (f" [{run.column}]" if run.column else ""), trial)
-                    save = save_mode == "all" or (save_mode == "first" and trial == 0)
-                    result = run_trial(
-                        run.config, data, folder, seed,
-                        save_predictions_file=save, progress=progress,
-                        extra={"study": run.study, "label": run.label, "column": run.column, "trial": trial,
-                               "run_key": run.key},
-                    )
-                finally:
-                    _release(folder)
-                summary["trained"] += 1
-                invocation.update(trained=summary["trained"], skipped=summary["skipped"])
-                update_manifest(run_dir, "scan", cfg, invocation=invocation)
-                if on_trial is not None:
-                    on_trial(run, trial, result)
+        if dask:
+            _run_on_dask(dask, cfg, run_dir, data, pending, summary, total, finished)
+        else:
+            for run, trial, folder, seed, save, extra in pending:
+                done_before = summary["trained"] + summary["skipped"]
+                log.info("[%d/%d] %s trial %d", done_before + 1, total,
+                         run.ref + (f" [{run.column}]" if run.column else ""), trial)
+                out = _train_locked(run.config, data, folder, seed, save, progress, extra)
+                if out["status"] == "trained":
+                    finished(run, trial, out["result"])
+                else:
+                    summary[out["status"]] += 1
     except BaseException:
         status = "interrupted"
         raise
@@ -379,6 +562,62 @@ def run_scan(
     summary.update(outputs)
     summary["total"] = total
     return summary
+
+
+def _run_on_dask(
+    spec: str,
+    cfg: Mapping[str, Any],
+    run_dir: Path,
+    data: PreparedData,
+    pending: Sequence[tuple[PlannedRun, int, Path, int, bool, dict[str, Any]]],
+    summary: dict[str, Any],
+    total: int,
+    finished: Callable[[PlannedRun, int, dict[str, Any]], None],
+) -> None:
+    """Submit ``pending`` as :func:`trial_task` tasks (in trial-major order) and record each as it
+    completes. A failed task stops the scan (as in a serial scan): the others are cancelled."""
+    import copy
+
+    if not pending:
+        return
+    from distributed import as_completed
+
+    # Workers resolve relative paths against their own working directory: send absolute ones.
+    task_cfg = copy.deepcopy(dict(cfg))
+    task_cfg["data"]["path"] = str(Path(cfg["data"]["path"]).resolve())
+    root = run_dir.resolve()
+    client, cluster = dask_client(spec)
+    futures: dict[Any, tuple[PlannedRun, int]] = {}
+    try:
+        workers = len(client.scheduler_info().get("workers", {}))
+        log.info("dask: %d trials submitted (%d workers now)", len(pending), workers)
+        for run, trial, folder, seed, save, extra in pending:
+            key = f"hepms-trial-{run.folder}-{trial:03d}-{uuid.uuid4().hex[:6]}"  # readable on the dashboard
+            future = client.submit(trial_task, task_cfg, run.config, str(root), str(folder.resolve()), seed, save,
+                                   extra, data.fingerprint, key=key, pure=False)
+            futures[future] = (run, trial)
+        for future in as_completed(list(futures)):
+            run, trial = futures[future]
+            out = future.result()  # raises the task's exception (or KilledWorker after dask's retries)
+            done = summary["trained"] + summary["skipped"] + summary["busy"] + 1
+            log.info("[%d/%d] %s trial %d: %s on %s", done, total, run.ref + (f" [{run.column}]" if run.column else ""),
+                     trial, out["status"], out.get("host", "?"))
+            if out["status"] == "trained":
+                finished(run, trial, out["result"])
+            else:
+                summary[out["status"]] += 1
+    finally:
+        unfinished = [f for f in futures if not f.done()]
+        if unfinished:
+            client.cancel(unfinished)
+        try:
+            client.close(timeout=60)
+            if cluster is not None:
+                cluster.close(timeout=60)
+        except (TimeoutError, OSError) as error:
+            # The trials are done and recorded; a slow shutdown must not fail the scan.
+            log.warning("dask: closing the cluster failed (%s: %s); its worker processes end with this one",
+                        type(error).__name__, error)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,11 +650,23 @@ def build_outputs(
             fingerprint, info = manifest.get("data_fingerprint"), manifest.get("data", {})
         except (OSError, ValueError):
             pass
-    results = collect_results(run_dir, planned, fingerprint, cfg["scan"]["seed"])
+    shared = records_dir(cfg)
+    records = load_records(shared)
+    results = collect_results(run_dir, planned, fingerprint, cfg["scan"]["seed"], records)
+    if shared is not None:
+        # Local trials finished before records existed (or by an older hepms) join the records.
+        by_key = {r.key: r for r in unique_runs(planned)}
+        added = [write_record(shared, by_key[key], res) for key, found in results.items() for res in found
+                 if "_folder" in res and isinstance(res.get("data_fingerprint"), str)]
+        if any(added):
+            log.info("%d trial records added to %s", sum(1 for a in added if a), shared)
     out: dict[str, Any] = {"tables": [], "figures": []}
     table_data = study_tables(cfg, planned, results)
     if tables:
+        from hepms.study.compare import compare, write_comparisons
+
         out["tables"] = [str(p) for p in write_tables(run_dir / "tables", table_data, cfg["scan"]["reference"])]
+        out["tables"] += [str(p) for p in write_comparisons(run_dir / "tables", compare(cfg, planned, results))]
     if plots:
         out["figures"] = [str(p) for p in scan_figures(cfg, run_dir, planned, results, table_data, info)]
     done = {k: len(v) for k, v in results.items()}
@@ -451,6 +702,8 @@ def scan_figures(
 
     def predictions_of(run: PlannedRun) -> Optional[dict]:
         for res in results.get(run.key, []):
+            if "_folder" not in res:
+                continue  # a record of a trial made elsewhere: no predictions here
             path = Path(res["_folder"]) / "predictions.npz"
             if path.is_file():
                 try:
@@ -493,7 +746,7 @@ def scan_figures(
                 written += plots.roc_figure(style, "event", curves_event, f"roc_event_compare{suffix}")
     for ref in figs["weights"]:
         for run in _first(planned, ref):
-            found = results.get(run.key, [])
+            found = [r for r in results.get(run.key, []) if r.get("epochs")]  # records keep no per-epoch history
             if not found:
                 continue
             tasks = list(found[0].get("weight_tasks", {}).get("joint", ["tau", "event"]))

@@ -33,12 +33,13 @@ from hepms.model_file import MODEL_FILE, TrainedModel, load_model
 from hepms.study.dataset import PreparedData, prepare_data
 from hepms.study.runner import (
     check_trainer_device,
-    evaluate_predictions,
     fit_trial,
+    format_metric,
     load_predictions,
     predict,
     save_model_file,
     save_predictions,
+    evaluation_metrics,
     trial_identity,
     versions,
     write_json,
@@ -145,7 +146,7 @@ def evaluate_run(
     if not torch.allclose(trained.scaler.jet_mean, data.scaler.jet_mean):
         raise ValueError("the feature scaler differs from the one saved with the model")
     pred = predict(trained.network, data, cfg["trainer"]["eval_batch_size"])
-    metrics = evaluate_predictions(pred, cfg["evaluate"]["tau_efficiency"])
+    metrics = evaluation_metrics(cfg, pred)  # tau-ID metrics None where the tau head never learns
     folder = run_dir / "evaluation"
     save_predictions(folder / "predictions.npz", pred)
     payload = {"metrics": metrics, "working_point": {"tau_efficiency": cfg["evaluate"]["tau_efficiency"]},
@@ -157,10 +158,10 @@ def evaluate_run(
     lines = [
         "| metric | value |",
         "| --- | --- |",
-        f"| upstream (tau ID) AUC | {metrics['auc_tau']:.4f} |",
+        f"| upstream (tau ID) AUC | {format_metric(metrics['auc_tau'])} |",
         f"| downstream (H/Z) AUC | {metrics['auc_event']:.4f} |",
         # one tau-ID working point, the one the figures use (evaluate.tau_efficiency)
-        f"| light-jet rejection at {cfg['evaluate']['tau_efficiency']:.0%} tau efficiency | {metrics['rejection_tau_wp']:.2f} |",
+        f"| light-jet rejection at {cfg['evaluate']['tau_efficiency']:.0%} tau efficiency | {format_metric(metrics['rejection_tau_wp'], 2)} |",
         f"| Z rejection at 50 % H efficiency | {metrics['rejection_event_50']:.2f} |",
         f"| test events / jets | {len(data.test)} / {data.test.num_jets} |",
     ]

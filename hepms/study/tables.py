@@ -17,9 +17,17 @@ from typing import Any, Mapping, Optional, Sequence
 from hepms.config_engine import ConfigError
 from hepms.study.plan import PlannedRun, output_path, slug
 
-__all__ = ["summarise", "study_tables", "write_tables", "fmt_mean_std"]
+__all__ = ["summarise", "study_tables", "write_tables", "fmt_mean_std", "write_text", "NOT_APPLICABLE_NOTE"]
 
 METRICS = ("auc_tau", "auc_event")
+#: The footnote of an upstream cell marked n/a (see hepms.study.runner.upstream_not_applicable).
+NOT_APPLICABLE_NOTE = (
+    "n/a: not applicable. The upstream (tau-ID) loss has weight 0 in these runs (the (w1, w2) = (0, 1) row "
+    "and the direct connection with k > 1, which cannot use the tau label), so the auxiliary head that "
+    "outputs the tau score never receives a gradient: its weights stay at their initialisation and its "
+    "AUC is that of a random function of the learned features, not a tau ID. The JSON keeps it as the "
+    "probe metric probe_auc_tau_untrained_head."
+)
 
 
 def summarise(values: Sequence[Optional[float]]) -> dict[str, Any]:
@@ -38,8 +46,11 @@ def summarise(values: Sequence[Optional[float]]) -> dict[str, Any]:
     }
 
 
-def fmt_mean_std(s: Mapping[str, Any], digits: int = 4) -> str:
-    """``0.9750 ± 0.0003`` (``0.9750`` for one trial, ``—`` for none)."""
+def fmt_mean_std(s: Optional[Mapping[str, Any]], digits: int = 4) -> str:
+    """``0.9750 ± 0.0003`` (``0.9750`` for one trial, ``—`` for none, ``n/a`` for a metric that
+    does not apply: None)."""
+    if s is None:
+        return "n/a"
     if not s or s.get("n", 0) == 0:
         return "—"
     if s["std"] is None:
@@ -60,6 +71,7 @@ def study_tables(
         results: finished results per run key (:attr:`PlannedRun.key`), one per trial.
     """
     from hepms.study.plan import unique_runs
+    from hepms.study.runner import PROBE_AUC_TAU, upstream_not_applicable
 
     # Shared configurations live in one folder (see hepms.study.scan.config_folder).
     folders = {}
@@ -92,6 +104,13 @@ def study_tables(
                 row["x"] = get(r.config, study["x"])
             for metric in METRICS:
                 row[metric] = summarise([res["metrics"].get(metric) for res in found])
+            reason = upstream_not_applicable(r.config)
+            if reason:
+                # Results made before the metric was marked n/a hold the probe under auc_tau.
+                row[PROBE_AUC_TAU] = summarise([res["metrics"].get(PROBE_AUC_TAU, res["metrics"].get("auc_tau"))
+                                                for res in found])
+                row["auc_tau"] = None
+                row["not_applicable"] = {"auc_tau": reason}
             rows.append(row)
         out[name] = {
             "kind": study.get("kind", "table"),
@@ -150,6 +169,8 @@ def _table_markdown(name: str, table: Mapping[str, Any]) -> str:
     if table["grid_keys"]:
         text += ["", f"Columns: {', '.join(table['grid_keys'])}."]
     text += ["", "Test-set AUC, mean ± sample standard deviation over the finished trials."]
+    if any(r["auc_tau"] is None for r in rows):
+        text += ["", NOT_APPLICABLE_NOTE]
     return "\n".join(text) + "\n"
 
 
@@ -167,6 +188,8 @@ def _comparison_markdown(table: Mapping[str, Any], reference: Mapping[str, Any])
     text.append(_markdown_table(header, body))
     if reference.get("source"):
         text += ["", f"Study numbers: {reference['source']}"]
+    if any(r["auc_tau"] is None for r in table["rows"]):
+        text += ["", NOT_APPLICABLE_NOTE + " The study's number in such a row is of the same untrained head."]
     return "\n".join(text) + "\n"
 
 
@@ -187,19 +210,20 @@ def write_tables(
             raise ConfigError(f"scan.studies: {stems[stem]!r} and {name!r} give the same file name "
                               f"{stem!r}; rename one of them")
         md = output_path(outdir, stem, ".md")
-        _atomic_text(md, _table_markdown(name, table))
+        write_text(md, _table_markdown(name, table))
         write_json(output_path(outdir, stem, ".json"), table)
         written += [md, output_path(outdir, stem, ".json")]
         if reference and name in reference:
             cmp = output_path(outdir, f"{stem}_vs_study", ".md")
-            _atomic_text(cmp, _comparison_markdown(table, reference[name]))
+            write_text(cmp, _comparison_markdown(table, reference[name]))
             written.append(cmp)
     write_json(outdir / "tables.json", tables)
     written.append(outdir / "tables.json")
     return written
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (temporary file + rename)."""
     import os
 
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
