@@ -111,6 +111,8 @@ def background_efficiency(
     labels: Any, scores: Any, signal_efficiency: float = 0.5, weights: Any = None
 ) -> float:
     """Background efficiency at the given signal efficiency, linearly interpolated on the ROC."""
+    if not 0.0 < signal_efficiency <= 1.0:
+        raise ValueError(f"signal_efficiency must be in (0, 1], got {signal_efficiency}")
     return float(background_efficiencies(labels, scores, [signal_efficiency], weights)[0])
 
 
