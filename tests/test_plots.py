@@ -231,3 +231,22 @@ def test_scan_figures_from_partial_results(tmp_path: Path) -> None:
     assert "not shown (tau head gets no gradient at w1 = 0): direct k=2" in captions["roc_tau_compare.png"]
     assert "leaves out direct k=2" in captions["ks_boxplot.png"]
     assert "2 trials per configuration (seeds 1000-1001)" in captions["ks_boxplot.png"]
+
+
+def test_selection_figures_state_seeds_and_error_bars(tmp_path: Path) -> None:
+    from hepms.select import plots as select_plots
+
+    rows = [{"method": m, "v1": v1, "seed": seed, "upstream": "u1", "downstream": "d1" if seed % 2 else "d2",
+             "test_auc_event": 0.8 + 0.01 * v1 + 0.001 * seed, "seconds": 10.0 + seed}
+            for m in ("grid", "spos") for v1 in (0.1, 1.0) for seed in (1, 2, 3)]
+    path = select_plots.plot_metric_vs_v1(rows, "test_auc_event", tmp_path / "auc.png", "Task 2 AUC")
+    assert "error bars: sample s.d. over seeds; 3 seeds (1, 2, 3)" in _description(path)
+    path = select_plots.plot_selected_pairs(rows, tmp_path / "pairs.png")
+    assert "3 runs per bar" in _description(path)
+    history = [{"epoch": e, "upstream": {"a": 0.5 + 0.1 * e, "b": 0.5 - 0.1 * e},
+                "downstream": {"c": 0.5, "d": 0.5}} for e in range(4)]
+    path = select_plots.plot_alpha_history(history, tmp_path / "alpha.png", caption="DARTS, v1 = 1, seed 1")
+    assert _description(path) == "DARTS, v1 = 1, seed 1"
+    scaling = [{"method": "grid", "n_models": n, "seconds": n * (1 + 0.1 * r)} for n in (2, 3, 4) for r in range(2)]
+    path = select_plots.plot_scaling(scaling, {"grid": {"C": 1.0, "a": 1.0, "a_err": 0.1}}, tmp_path / "scaling.png")
+    assert "over 2 repeat(s)" in _description(path)

@@ -37,6 +37,8 @@ __all__ = [
     "FigureStyle",
     "RocBand",
     "place_legend",
+    "add_caption",
+    "figure_metadata",
     "trials_text",
     "legend_collisions",
     "roc_figure",
@@ -125,19 +127,13 @@ class FigureStyle:
 
     def save(self, fig: Any, stem: str, caption: Optional[str] = None) -> list[Path]:
         """Write ``fig`` in every format; ``caption`` goes under the axes and into the metadata."""
-        import textwrap
-
         plt = _pyplot()
         self.outdir.mkdir(parents=True, exist_ok=True)
-        if caption:
-            # Below the figure's lower edge: bbox_inches="tight" grows the file to include it.
-            width_chars = max(40, int(fig.get_figwidth() * 8))
-            fig.text(0.0, 0.0, textwrap.fill(caption, width_chars), ha="left", va="top", fontsize=15,
-                     color="0.2")
+        add_caption(fig, caption)
         paths = []
         for ext in self.formats:
             path = output_path(self.outdir, stem, f".{ext}")  # stems may hold configuration text
-            fig.savefig(path, dpi=self.dpi, bbox_inches="tight", metadata=_metadata(ext, stem, caption))
+            fig.savefig(path, dpi=self.dpi, bbox_inches="tight", metadata=figure_metadata(ext, stem, caption))
             paths.append(path)
             self.captions[path.name] = caption or ""
         plt.close(fig)
@@ -145,7 +141,18 @@ class FigureStyle:
         return paths
 
 
-def _metadata(ext: str, stem: str, caption: Optional[str]) -> dict[str, str]:
+def add_caption(fig: Any, caption: Optional[str], fontsize: float = 15) -> None:
+    """``caption`` as wrapped text under the figure's lower edge (a file saved with
+    ``bbox_inches="tight"`` grows to include it; nothing is drawn over the axes)."""
+    import textwrap
+
+    if caption:
+        width_chars = max(40, int(fig.get_figwidth() * 120 / fontsize))
+        fig.text(0.0, 0.0, textwrap.fill(caption, width_chars), ha="left", va="top", fontsize=fontsize, color="0.2")
+
+
+def figure_metadata(ext: str, stem: str, caption: Optional[str]) -> dict[str, str]:
+    """``savefig(metadata=...)`` for the format ``ext``: the title, the caption, the producer."""
     import hepms
 
     software = f"hepms {hepms.__version__}"
