@@ -39,6 +39,7 @@ __all__ = [
     "place_legend",
     "add_caption",
     "figure_metadata",
+    "plain_text",
     "trials_text",
     "legend_collisions",
     "roc_figure",
@@ -120,10 +121,12 @@ class FigureStyle:
         kwargs.setdefault("layout", "constrained")
         return plt.subplots(nrows, ncols, **kwargs)
 
-    def label(self, ax: Any, loc: int = 0) -> None:
+    def label(self, ax: Any, loc: int = 0, rlabel: bool = True) -> None:
+        """The experiment label above ``ax`` (``rlabel=False``: without the right-hand text, for
+        narrow panels that put it elsewhere)."""
         import mplhep
 
-        mplhep.label.exp_label(exp=self.exp, llabel=self.llabel, rlabel=self.rlabel, loc=loc, ax=ax)
+        mplhep.label.exp_label(exp=self.exp, llabel=self.llabel, rlabel=self.rlabel if rlabel else "", loc=loc, ax=ax)
 
     def save(self, fig: Any, stem: str, caption: Optional[str] = None) -> list[Path]:
         """Write ``fig`` in every format; ``caption`` goes under the axes and into the metadata."""
@@ -135,7 +138,7 @@ class FigureStyle:
             path = output_path(self.outdir, stem, f".{ext}")  # stems may hold configuration text
             fig.savefig(path, dpi=self.dpi, bbox_inches="tight", metadata=figure_metadata(ext, stem, caption))
             paths.append(path)
-            self.captions[path.name] = caption or ""
+            self.captions[path.name] = plain_text(caption or "")
         plt.close(fig)
         self.written.extend(paths)
         return paths
@@ -151,11 +154,24 @@ def add_caption(fig: Any, caption: Optional[str], fontsize: float = 15) -> None:
         fig.text(0.0, 0.0, textwrap.fill(caption, width_chars), ha="left", va="top", fontsize=fontsize, color="0.2")
 
 
+_TEX = {r"\tau": "τ", r"\pm": "±", r"\to": "→", r"\langle": "⟨", r"\rangle": "⟩", r"\mu": "μ",
+        r"\epsilon": "ε", r"\sigma": "σ", r"\alpha": "α", r"\sqrt": "√", "_{T}": "T", "_T": "T"}
+
+
+def plain_text(text: str) -> str:
+    """``$\\tau$ ID, mean $\\pm$ 1 s.d.`` -> ``τ ID, mean ± 1 s.d.``: captions for file metadata
+    and JSON, where nothing renders TeX."""
+    for tex, char in _TEX.items():
+        text = text.replace(tex, char)
+    return text.replace("$", "").replace("{", "").replace("}", "")
+
+
 def figure_metadata(ext: str, stem: str, caption: Optional[str]) -> dict[str, str]:
     """``savefig(metadata=...)`` for the format ``ext``: the title, the caption, the producer."""
     import hepms
 
     software = f"hepms {hepms.__version__}"
+    caption = plain_text(caption or "")
     if ext == "pdf":
         return {"Title": stem, "Subject": caption or "", "Creator": software}
     if ext == "svg":
@@ -212,7 +228,14 @@ def _occupied(ax: Any, renderer: Any, step: float = 3.0) -> tuple[np.ndarray, li
         connected = line.get_linestyle() not in ("None", "none", "", " ")
         points.append(_resample(xy, step) if connected else xy[np.isfinite(xy).all(axis=1)])
     for coll in ax.collections:
-        if not coll.get_visible() or isinstance(coll, QuadMesh):  # a 2-D histogram fills the axes
+        if not coll.get_visible():
+            continue
+        if isinstance(coll, QuadMesh):  # a 2-D histogram: the centres of its filled cells
+            values = np.ma.masked_invalid(coll.get_array())
+            c = coll.get_coordinates()
+            centres = 0.25 * (c[:-1, :-1] + c[1:, :-1] + c[:-1, 1:] + c[1:, 1:])
+            filled = ~np.ma.getmaskarray(values).reshape(centres.shape[:2]) & (values.filled(0).reshape(centres.shape[:2]) != 0)
+            points.append(coll.get_transform().transform(centres[filled]))
             continue
         if isinstance(coll, PathCollection):  # scatter: the marker positions
             offsets = np.asarray(coll.get_offsets(), dtype=np.float64)
@@ -630,9 +653,8 @@ def weights_figure(
     style.label(top)
     place_legend(top, handles, labels, title=f"{title} ({n} trial{'' if n == 1 else 's'})", fontsize="x-small",
                  title_fontsize="small")
-    text = caption or f"{title}: lines: mean over {n} trial{'' if n == 1 else 's'}"
-    if n > 1:
-        text += f"; bands: {BANDS[band]} (later epochs average the trials that reached them)"
+    text = caption or f"{title}: lines: mean over {n} trial{'' if n == 1 else 's'}" + (
+        f"; bands: {BANDS[band]} (later epochs average the trials that reached them)" if n > 1 else "")
     return style.save(fig, stem, text)
 
 
@@ -782,11 +804,11 @@ def latent_figure(
     fig, axes = style.figure(1, 3, figsize=(22, 7.5))
     xe, ye = axes_[0].edges, axes_[1].edges
     mesh = None
-    legend_handles = []
+    legend_handles: list[Any] = []
+    legend_of_panel: list[tuple[Any, Any]] = []
     for ax, density, (mask, name, cmap) in zip(axes[:2], densities, classes):
         mesh = ax.pcolormesh(xe, ye, np.where(density > 0, density, np.nan).T, cmap=cmap, norm=norm, rasterized=True)
-        ax.legend(handles=[Patch(color=colormaps[cmap](0.7), label=f"{name} ({int(mask.sum())})")],
-                  loc="upper right", fontsize="small")
+        legend_of_panel.append((ax, Patch(color=colormaps[cmap](0.7), label=f"{name} ({int(mask.sum())})")))
     fig.colorbar(mesh, ax=list(axes[:2]), label="jets per unit area (normalised)", pad=0.01)
     # Contours from a coarser binning: containment lines of a sparse class must not fray.
     coarse = (hist.axis.Regular(max(bins // 3, 8), lo[0], hi[0], name="z1"),
@@ -805,7 +827,11 @@ def latent_figure(
         ax.set_ylim(ye[0], ye[-1])
         ax.set_xlabel("shared feature 1")
     axes[0].set_ylabel("shared feature 2")
-    style.label(axes[0])
+    style.label(axes[0], rlabel=False)  # a narrow panel: the sample goes above the last one
+    if style.rlabel:
+        axes[2].set_title(style.rlabel, loc="right", fontsize="medium")
+    for ax, handle in legend_of_panel:
+        place_legend(ax, handles=[handle], fontsize="small")
     place_legend(axes[2], handles=legend_handles, fontsize="x-small")
     subset = f"{len(z)} test jets" + (f" (random subset of {len(intermediate)})" if len(intermediate) > max_points else "")
     text = (f"{caption}; " if caption else "") + f"{subset}; 2-D histograms normalised per class, range: 0.1-99.9% quantiles"

@@ -463,7 +463,8 @@ def scan_figures(
         return f"{run.label} [{run.column}]" if run.column else run.label
 
     def one_trial(run: PlannedRun, res: Mapping[str, Any]) -> str:
-        trial = Path(res["_folder"]).name.replace("trial_", "trial ")
+        number = Path(res["_folder"]).name[len("trial_"):]
+        trial = f"trial {int(number)}" if number.isdigit() else Path(res["_folder"]).name
         return f"{describe(run)}, {trial} (seed {res['seed']})"
 
     if figs["showcase"]:
