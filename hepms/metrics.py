@@ -3,6 +3,8 @@
 The ROC computations are scikit-learn's (``sklearn.metrics.roc_auc_score`` / ``roc_curve``);
 this module only converts inputs (torch tensors, numpy arrays, lists), checks them, and phrases the
 curve the way physics analyses read it (signal efficiency vs background efficiency / rejection).
+The counting statistics of the figures' error bars are here too: Clopper-Pearson efficiency
+intervals (``hist.intervals``) and rejections with asymmetric intervals or lower limits.
 
 Example:
     >>> from hepms import metrics

@@ -480,11 +480,10 @@ def score_figure(
     ax.set_yscale("log")
     ax.set_xlabel(f"{names['title']} score")
     ax.set_ylabel("normalised entries")
-    ymin, ymax = ax.get_ylim()
-    ax.set_ylim(ymin, ymax * 30)  # room above the peaks for the legend
     style.label(ax)
-    place_legend(ax, fontsize="small")
-    return style.save(fig, stem, caption)
+    place_legend(ax, fontsize="small")  # (extends the y axis when the peaks leave no room)
+    text = (f"{caption}; " if caption else "") + "each class normalised to unit area, error bars: statistical"
+    return style.save(fig, stem, text)
 
 
 # ----------------------------------------------------------------------------------------------
