@@ -200,7 +200,8 @@ def test_scan_figures_from_partial_results(tmp_path: Path) -> None:
                 {"label": "direct k=1", "group": "direct", "set": {"model.connection": "direct", "model.k": 1, **fixed}},
                 {"label": "direct k=2", "group": "direct", "set": {"model.k": 2, "trainer.strategy": "w1_zero"}},
                 {"label": "additional k=2", "group": "additional NN", "set": {"model.k": 2, **fixed}}]}},
-            "figures": {"roc": ["ks/direct k=1", "ks/direct k=2", "ks/additional k=2"]}},
+            "figures": {"roc": ["ks/direct k=1", "ks/direct k=2", "ks/additional k=2"],
+                        "weights": ["ks/additional k=2"]}},
     })
     planned = expand_studies(cfg)
     from hepms.study.runner import roc_on_grid
@@ -219,10 +220,17 @@ def test_scan_figures_from_partial_results(tmp_path: Path) -> None:
                    "roc": roc_on_grid(pred, points=20)}
             if i == 0 and t == 1:
                 del res["roc"]  # an older result without curves and without predictions.npz
+            if run.label == "additional k=2":
+                if t == 0:
+                    res["epochs"] = [{"phase": "joint", "weight_tau": 1.0, "weight_event": 1.0, "train_tau": 0.4,
+                                      "train_event": 0.6}]
+                else:
+                    del res["_folder"]  # a trial record made on another machine: curves, no history
             found.append(res)
         results[run.key] = found
     paths = scan_figures(cfg, tmp_path / "scan", planned, results, {}, {})
-    assert {p.name for p in paths} == {"roc_tau_compare.png", "roc_event_compare.png", "ks_boxplot.png"}
+    assert {p.name for p in paths} == {"roc_tau_compare.png", "roc_event_compare.png", "ks_boxplot.png",
+                                       "weights_additionalk=2.png"}
     captions = json.loads((tmp_path / "scan" / "figures" / "captions.json").read_text())["captions"]
     assert "direct k=1 (1 of 2 trials)" in captions["roc_event_compare.png"]
     assert "additional k=2 (2 of 2 trials)" in captions["roc_event_compare.png"]
@@ -231,6 +239,7 @@ def test_scan_figures_from_partial_results(tmp_path: Path) -> None:
     assert "not shown (tau head gets no gradient at w1 = 0): direct k=2" in captions["roc_tau_compare.png"]
     assert "leaves out direct k=2" in captions["ks_boxplot.png"]
     assert "2 trials per configuration (seeds 1000-1001)" in captions["ks_boxplot.png"]
+    assert captions["weights_additionalk=2.png"].startswith("additional k=2, 1 trial (seed 1000)")
 
 
 def test_selection_figures_state_seeds_and_error_bars(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ __all__ = [
     "run_figures",
 ]
 
-TASKS = {
+TASK_LABELS = {
     "tau": {"signal": r"$\tau$ jets", "background": "light jets", "title": r"$\tau$ identification",
             "x": r"$\tau$-jet efficiency", "y": "light-jet rejection"},
     "event": {"signal": r"H$\to\tau\tau$", "background": r"Z$\to\tau\tau$", "title": "event classification",
@@ -324,7 +324,7 @@ def roc_figure(
     """
     from hepms import metrics
 
-    names = TASKS[task]
+    names = TASK_LABELS[task]
     fig, ax = style.figure(figsize=(8, 7))
     for label, (y, s) in curves.items():
         try:
@@ -402,7 +402,7 @@ def roc_band_figure(
     bands = [b for b in bands if np.asarray(b.background_efficiency).size]
     if not bands:
         raise ValueError("roc_band_figure needs at least one configuration with ROC curves")
-    names = TASKS[task]
+    names = TASK_LABELS[task]
     ref = next((b for b in bands if b.label == reference), bands[0])
     grid = np.asarray(ref.signal_efficiency, dtype=np.float64)
     for b in bands:
@@ -468,7 +468,7 @@ def score_figure(
     import hist
     import mplhep
 
-    names = TASKS[task]
+    names = TASK_LABELS[task]
     score = _sigmoid(logits)
     labels = np.asarray(labels).astype(bool)
     fig, ax = style.figure(figsize=(8, 7))

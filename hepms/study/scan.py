@@ -451,6 +451,8 @@ def scan_figures(
 
     def predictions_of(run: PlannedRun) -> tuple[Optional[dict], Optional[Mapping[str, Any]]]:
         for res in results.get(run.key, []):
+            if not res.get("_folder"):
+                continue  # a result without a local folder (made elsewhere): no predictions here
             path = Path(res["_folder"]) / "predictions.npz"
             if path.is_file():
                 try:
@@ -463,9 +465,9 @@ def scan_figures(
         return f"{run.label} [{run.column}]" if run.column else run.label
 
     def one_trial(run: PlannedRun, res: Mapping[str, Any]) -> str:
-        number = Path(res["_folder"]).name[len("trial_"):]
-        trial = f"trial {int(number)}" if number.isdigit() else Path(res["_folder"]).name
-        return f"{describe(run)}, {trial} (seed {res['seed']})"
+        number = str(res.get("trial", Path(res.get("_folder", "")).name[len("trial_"):]))
+        trial = f"trial {int(number)}, " if number.isdigit() else ""
+        return f"{describe(run)}, {trial}seed {res['seed']}"
 
     if figs["showcase"]:
         for run in _first(planned, figs["showcase"])[:1]:
@@ -484,8 +486,8 @@ def scan_figures(
         rows, grid = [], None
         for res in found:
             roc = res.get("roc")
-            if not roc or task not in roc:
-                folder = res["_folder"]
+            folder = res.get("_folder")
+            if (not roc or task not in roc) and folder:
                 if folder not in curves_from_predictions:
                     path = Path(folder) / "predictions.npz"
                     try:
@@ -499,7 +501,7 @@ def scan_figures(
             if grid is None:
                 grid = roc["signal_efficiency"]
             if roc["signal_efficiency"] != grid:
-                log.warning("%s: ROC on another grid, left out", res["_folder"])
+                log.warning("%s: ROC on another grid, left out", folder or f"{run.ref} seed {res.get('seed')}")
                 continue
             rows.append(roc[task]["background_efficiency"])
         if not rows:
@@ -528,7 +530,7 @@ def scan_figures(
                 if not bands:
                     continue
                 shown = ", ".join(f"{b.label} ({len(b.background_efficiency)} of {b.trials} trials)" for b in bands)
-                caption = (f"{plots.TASKS[task]['title']}{f' [{column}]' if column else ''}: {shown}; lines: mean "
+                caption = (f"{plots.TASK_LABELS[task]['title']}{f' [{column}]' if column else ''}: {shown}; lines: mean "
                            f"rejection over trials at fixed signal efficiency, bands: {plots.BANDS['std']}; ratio: "
                            f"each trial over the mean of {bands[0].label}")
                 if left_out:
@@ -537,7 +539,7 @@ def scan_figures(
                                                  reference=bands[0].label, caption=caption)
     for ref in figs["weights"]:
         for run in _first(planned, ref):
-            found = results.get(run.key, [])
+            found = [r for r in results.get(run.key, []) if r.get("epochs")]  # results with a per-epoch history
             if not found:
                 continue
             tasks = list(found[0].get("weight_tasks", {}).get("joint", ["tau", "event"]))
