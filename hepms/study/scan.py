@@ -436,7 +436,9 @@ def scan_figures(
     info: Mapping[str, Any],
 ) -> list[Path]:
     """The scan's figures: single-run figures of the showcase run, ROC curves over trials with a
-    ratio panel, loss weights per epoch, box plots (upstream and downstream AUC), latent space.
+    ratio panel (reference: the first run of ``scan.figures.roc`` with curves; runs trained with
+    ``w1 = 0`` are left out of the tau-ID ROC), loss weights per epoch, box plots (upstream and
+    downstream AUC), latent space.
     Every figure names its configuration(s) and trial(s); ``figures/captions.json`` collects the
     captions. Figures whose inputs do not exist yet are skipped (logged)."""
     import numpy as np
