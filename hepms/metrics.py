@@ -3,6 +3,8 @@
 The ROC computations are scikit-learn's (``sklearn.metrics.roc_auc_score`` / ``roc_curve``);
 this module only converts inputs (torch tensors, numpy arrays, lists), checks them, and phrases the
 curve the way physics analyses read it (signal efficiency vs background efficiency / rejection).
+The counting statistics of the figures' error bars are here too: Clopper-Pearson efficiency
+intervals (``hist.intervals``) and rejections with asymmetric intervals or lower limits.
 
 Example:
     >>> from hepms import metrics
@@ -23,7 +25,15 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["roc_auc", "roc_curve", "background_rejection", "background_efficiency"]
+__all__ = [
+    "roc_auc",
+    "roc_curve",
+    "background_rejection",
+    "background_efficiency",
+    "background_efficiencies",
+    "clopper_pearson",
+    "rejection_interval",
+]
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
@@ -105,11 +115,22 @@ def background_efficiency(
     """Background efficiency at the given signal efficiency, linearly interpolated on the ROC."""
     if not 0.0 < signal_efficiency <= 1.0:
         raise ValueError(f"signal_efficiency must be in (0, 1], got {signal_efficiency}")
+    return float(background_efficiencies(labels, scores, [signal_efficiency], weights)[0])
+
+
+def background_efficiencies(
+    labels: Any, scores: Any, signal_efficiencies: Any, weights: Any = None
+) -> np.ndarray:
+    """Background efficiencies at several signal efficiencies (each in ``(0, 1]``), linearly
+    interpolated on the ROC: the ROC on a fixed grid, comparable between trials."""
+    grid = np.asarray(signal_efficiencies, dtype=np.float64).reshape(-1)
+    if grid.size == 0 or not ((grid > 0.0) & (grid <= 1.0)).all():
+        raise ValueError(f"signal efficiencies must be in (0, 1], got {grid[:10]}")
     tpr, fpr, _ = roc_curve(labels, scores, weights)
     # tpr is non-decreasing; np.interp needs increasing x, so take the lowest fpr reaching each
     # tpr value (ties in tpr come from background-only threshold steps).
     unique_tpr, first = np.unique(tpr, return_index=True)
-    return float(np.interp(signal_efficiency, unique_tpr, fpr[first]))
+    return np.interp(grid, unique_tpr, fpr[first])
 
 
 def background_rejection(
@@ -121,3 +142,70 @@ def background_rejection(
     """
     eff = background_efficiency(labels, scores, signal_efficiency, weights)
     return math.inf if eff <= 0.0 else 1.0 / eff
+
+
+# ----------------------------------------------------------------------------------------------
+# Counting statistics of efficiencies and rejections (the figures' error bars)
+# ----------------------------------------------------------------------------------------------
+ONE_SIGMA = 0.6826894921370859  # the central coverage of +-1 standard deviation
+
+
+def _counts(passed: Any, total: Any) -> tuple[np.ndarray, np.ndarray]:
+    k = np.asarray(passed, dtype=np.float64)
+    n = np.asarray(total, dtype=np.float64)
+    if k.shape != n.shape:
+        raise ValueError(f"passed {k.shape} and total {n.shape} must have the same shape")
+    if (k < 0).any() or (k > n).any() or not (np.isfinite(k).all() and np.isfinite(n).all()):
+        raise ValueError("counts must be finite with 0 <= passed <= total")
+    return k, n
+
+
+def clopper_pearson(
+    passed: Any, total: Any, coverage: float = ONE_SIGMA
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Efficiency ``passed / total`` with its Clopper-Pearson interval (``hist.intervals``).
+
+    Returns:
+        ``(efficiency, lower, upper)``, NaN where ``total == 0``. For ``passed == 0`` the lower
+        bound is 0, for ``passed == total`` the upper bound is 1.
+    """
+    from hist.intervals import clopper_pearson_interval
+
+    k, n = _counts(passed, total)
+    empty = n == 0
+    safe_n = np.where(empty, 1.0, n)  # the interval of 0/0 is undefined: computed on 0/1, then NaN
+    lo, hi = clopper_pearson_interval(np.where(empty, 0.0, k), safe_n, coverage)
+    eff = np.where(empty, np.nan, k / safe_n)
+    return eff, np.where(empty, np.nan, lo), np.where(empty, np.nan, hi)
+
+
+def rejection_interval(
+    passed: Any, total: Any, coverage: float = ONE_SIGMA, limit_cl: float = 0.95
+) -> dict[str, np.ndarray]:
+    """Rejection ``total / passed`` with asymmetric errors, and lower limits where nothing passed.
+
+    The interval of the rejection is that of the efficiency inverted: ``[1 / upper, 1 / lower]``
+    of the Clopper-Pearson efficiency interval. Where ``passed == 0`` the rejection is unbounded
+    above: ``lower_limit`` holds ``1 / u``, ``u`` the one-sided Clopper-Pearson upper limit on the
+    efficiency at confidence ``limit_cl`` (``1 - (1 - cl)**(1 / n)``), and ``is_limit`` is True.
+
+    Returns:
+        ``rejection``, ``lower``, ``upper`` (NaN where nothing passed or ``total == 0``),
+        ``lower_limit`` (NaN where something passed), ``is_limit`` (bool).
+    """
+    if not 0.0 < limit_cl < 1.0:
+        raise ValueError(f"limit_cl must be in (0, 1), got {limit_cl}")
+    k, n = _counts(passed, total)
+    eff, lo, hi = clopper_pearson(k, n, coverage)
+    is_limit = (k == 0) & (n > 0)
+    # A one-sided upper limit at cl is the upper end of the central interval of coverage 2 cl - 1.
+    _, _, limit_hi = clopper_pearson(k, n, 2.0 * limit_cl - 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        measured = k > 0
+        return {
+            "rejection": np.where(measured, 1.0 / eff, np.nan),
+            "lower": np.where(measured, 1.0 / hi, np.nan),
+            "upper": np.where(measured, 1.0 / lo, np.nan),
+            "lower_limit": np.where(is_limit, 1.0 / limit_hi, np.nan),
+            "is_limit": is_limit,
+        }

@@ -332,7 +332,10 @@ def test_run_script_publishes_tables_and_key_figures(sample: Path, tmp_path: Pat
     run_scan(cfg)
     copied = analysis.publish(run_dir, tmp_path / "results")
     names = {p.name for p in copied}
-    assert {"balance.md", "balance.json", "tables.json", "manifest.json", "config.yaml", "latent_space.png"} <= names
+    assert {"balance.md", "balance.json", "tables.json", "manifest.json", "config.yaml", "latent_space.png",
+            "captions.json"} <= names
+    captions = json.loads((tmp_path / "results" / "figures" / "captions.json").read_text())["captions"]
+    assert "uw [bce], trial 0, seed 1000, k = 2" in captions["latent_space.png"]
     assert all(p.stat().st_size > 0 for p in copied)
     assert not any(p.suffix == ".pdf" for p in copied)
 

@@ -14,6 +14,7 @@ Afterwards the tables, a few key PNG figures, the configuration and the manifest
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -61,6 +62,15 @@ def publish(run_dir: Path, target: Path) -> list[Path]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
             copied.append(dest)
+    captions = run_dir / "figures" / "captions.json"
+    if captions.is_file() and (target / "figures").is_dir():
+        # What each published figure shows (configuration, trials, bands), next to the PNGs.
+        payload = json.loads(captions.read_text())
+        payload["captions"] = {k: v for k, v in payload.get("captions", {}).items()
+                               if (target / "figures" / k).is_file()}
+        dest = target / "figures" / "captions.json"
+        dest.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+        copied.append(dest)
     for name in ("config.yaml", "manifest.json"):
         if (run_dir / name).is_file():
             target.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,10 @@
   deviation over seeds, one line per method (paper Figs. 3, 6);
 * :func:`plot_scaling`: wall time versus candidates per task, log-log, with the fitted power
   laws (paper Fig. 7).
+
+Every figure says what it shows (method, seeds, what a point and an error bar are) in a caption
+under the axes and in the PNG metadata (``Description``); legends are placed where they cover no
+data (:func:`hepms.study.plots.place_legend`).
 """
 from __future__ import annotations
 
@@ -50,18 +54,40 @@ def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.5) -> Iterator
             plt.close(fig)
 
 
-def _save(fig, path: PathLike, layout: bool = True) -> Path:
+def _span(counts: Sequence[int]) -> str:
+    """``3`` or ``2-3``: how many entries per point, when they differ."""
+    c = sorted(set(counts)) or [0]
+    return str(c[0]) if len(c) == 1 else f"{c[0]}-{c[-1]}"
+
+
+def _seeds(rows: Sequence[Mapping]) -> str:
+    seeds = sorted({int(r["seed"]) for r in rows if r.get("seed") is not None})
+    if not seeds:
+        return "seeds unknown"
+    return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})"
+
+
+def _save(fig, path: PathLike, layout: bool = True, caption: Optional[str] = None) -> Path:
+    from hepms.study.plots import add_caption, figure_metadata
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if layout:
         fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    add_caption(fig, caption, fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight",
+                metadata=figure_metadata(path.suffix.lstrip(".") or "png", path.stem, caption))
     log.info("wrote %s", path)
     return path
 
 
-def plot_alpha_history(alpha_history: Sequence[Mapping], path: PathLike, title: str = "") -> Path:
-    """Softmax architecture weights per epoch (``SelectionResult.alpha_history``)."""
+def plot_alpha_history(
+    alpha_history: Sequence[Mapping], path: PathLike, title: str = "", caption: Optional[str] = None
+) -> Path:
+    """Softmax architecture weights per epoch (``SelectionResult.alpha_history``) of one DARTS
+    selection; ``caption`` says which (method, ``v1``, seed)."""
+    from hepms.study.plots import place_legend
+
     if not alpha_history:
         raise ValueError("alpha_history is empty (not a DARTS result?)")
     epochs = [row["epoch"] for row in alpha_history]
@@ -74,8 +100,11 @@ def plot_alpha_history(alpha_history: Sequence[Mapping], path: PathLike, title: 
             ax.set_xlabel("epoch")
             ax.set_ylabel(r"softmax($\alpha$)")
             ax.set_title(f"{label} {title}".strip(), fontsize=12)
-            ax.legend(fontsize=9)
-        return _save(fig, path)
+        fig.tight_layout()
+        for ax in axes:
+            place_legend(ax, fontsize=9)
+        return _save(fig, path, layout=False, caption=caption or f"DARTS softmax(alpha) per epoch {title}; "
+                     "dotted: uniform weight 1/N".strip())
 
 
 def plot_selected_pairs(rows: Sequence[Mapping], path: PathLike) -> Path:
@@ -107,13 +136,18 @@ def plot_selected_pairs(rows: Sequence[Mapping], path: PathLike) -> Path:
         labels = [p.replace("|", " + ") for p in handles]
         fig.legend(list(handles.values()), labels, loc="center right", fontsize=9, frameon=False)
         fig.tight_layout(rect=(0, 0, 0.78, 1))
-        return _save(fig, path, layout=False)
+        counts = [sum(1 for r in rows if r["method"] == m and r["v1"] == v) for m in methods for v in v1s]
+        caption = (f"selected (Task 1 + Task 2) pair per v1 and method, {_span([c for c in counts if c])} runs per bar, "
+                   f"{_seeds(rows)}; same colour = same pair in every panel")
+        return _save(fig, path, layout=False, caption=caption)
 
 
 def plot_metric_vs_v1(
     rows: Sequence[Mapping], metric: str, path: PathLike, ylabel: Optional[str] = None
 ) -> Path:
-    """Mean +- standard deviation over seeds of ``row[metric]`` versus ``v1``, per method."""
+    """Mean +- sample standard deviation over seeds of ``row[metric]`` versus ``v1``, per method."""
+    from hepms.study.plots import place_legend
+
     grouped: dict[str, dict[float, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         value = r.get(metric)
@@ -124,12 +158,17 @@ def plot_metric_vs_v1(
         for method, by_v1 in sorted(grouped.items()):
             v1s = sorted(by_v1)
             mean = [np.mean(by_v1[v]) for v in v1s]
-            std = [np.std(by_v1[v]) for v in v1s]
+            std = [np.std(by_v1[v], ddof=1) if len(by_v1[v]) > 1 else 0.0 for v in v1s]
             ax.errorbar(v1s, mean, yerr=std, marker="o", capsize=3, label=method)
         ax.set_xlabel(r"$v_1$ (Task-1 weight)")
         ax.set_ylabel(ylabel or metric)
-        ax.legend()
-        return _save(fig, path)
+        fig.tight_layout()
+        if grouped:
+            place_legend(ax)
+        used = [r for r in rows if r.get(metric) is not None and np.isfinite(r.get(metric))]
+        caption = (f"{ylabel or metric}: points: mean over seeds, error bars: sample s.d. over seeds; "
+                   f"{_seeds(used)}")
+        return _save(fig, path, layout=False, caption=caption)
 
 
 def plot_scaling(
@@ -141,6 +180,8 @@ def plot_scaling(
         rows: ``{"method", "n_models", "seconds"}`` per run.
         fits: per method ``{"C", "a", "a_err"}`` (:func:`hepms.select.scaling.fit_power_law`).
     """
+    from hepms.study.plots import place_legend
+
     grouped: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         grouped[r["method"]][int(r["n_models"])].append(float(r["seconds"]))
@@ -149,7 +190,7 @@ def plot_scaling(
         for method, by_n in sorted(grouped.items()):
             n = np.array(sorted(by_n))
             mean = np.array([np.mean(by_n[k]) for k in n])
-            std = np.array([np.std(by_n[k]) for k in n])
+            std = np.array([np.std(by_n[k], ddof=1) if len(by_n[k]) > 1 else 0.0 for k in n])
             line = ax.errorbar(n, mean, yerr=std, marker="o", ls="none", capsize=3, label=method)
             fit = fits.get(method)
             if fit:
@@ -169,5 +210,9 @@ def plot_scaling(
         ax.set_ylabel("wall time [s]")
         if title:
             ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=9)
-        return _save(fig, path)
+        fig.tight_layout()
+        place_legend(ax, fontsize=9)
+        repeats = [len(v) for by_n in grouped.values() for v in by_n.values()]
+        caption = (f"points: mean wall time over {_span(repeats)} repeat(s), error bars: sample s.d.; "
+                   "dashed: fitted C N^a")
+        return _save(fig, path, layout=False, caption=caption)

@@ -186,8 +186,9 @@ def run_study(
                     from hepms.select.plots import plot_alpha_history
 
                     files.append(str(plot_alpha_history(
-                        result.alpha_history, out / f"alpha_v1-{_fmt(v1)}.png", rf"($v_1$ = {v1:g})"
-                    )))
+                        result.alpha_history, out / f"alpha_v1-{_fmt(v1)}.png", rf"($v_1$ = {v1:g})",
+                        caption=f"DARTS softmax(alpha) per epoch, v1 = {v1:g}, seed {seed} (one selection); "
+                                "dotted: uniform weight 1/N")))
                 log.info("%s v1=%g seed=%d: %s | %s, test AUC %.4f", method, v1, seed,
                          result.upstream, result.downstream, evaluation_metrics["auc_event"])
     if config.plots and rows:

@@ -33,7 +33,7 @@ RECORD_FORMAT = "hepms.trial/1"
 RecordKey = tuple[str, int, str]
 
 # The fields of a result that a record keeps (no per-epoch history, no paths).
-_KEPT = ("seed", "trial", "study", "label", "column", "data_fingerprint", "metrics", "not_applicable", "best",
+_KEPT = ("seed", "trial", "study", "label", "column", "data_fingerprint", "metrics", "not_applicable", "roc", "best",
          "epochs_trained", "seconds", "threads", "finished_utc", "versions", "settings")
 
 

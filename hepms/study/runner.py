@@ -54,6 +54,7 @@ __all__ = [
     "upstream_not_applicable",
     "UPSTREAM_METRICS",
     "PROBE_AUC_TAU",
+    "roc_on_grid",
     "write_json",
     "format_metric",
     "versions",
@@ -256,6 +257,24 @@ def evaluation_metrics(cfg: Mapping[str, Any], predictions: Mapping[str, np.ndar
     return out
 
 
+def roc_on_grid(predictions: Mapping[str, np.ndarray], points: int = 100) -> dict[str, Any]:
+    """Both ROC curves as background efficiencies at the signal efficiencies ``1/points .. 1``:
+    a few hundred numbers that let the figures draw ROC bands over every trial (``result.json``
+    key ``roc``) without keeping each trial's predictions."""
+    grid = np.arange(1, points + 1) / points
+    out: dict[str, Any] = {"signal_efficiency": [round(float(x), 6) for x in grid]}
+    for task, labels, logits in (("tau", "jet_labels", "tau_logit"), ("event", "event_labels", "event_logit")):
+        y = np.asarray(predictions[labels])
+        try:
+            eff = metrics.background_efficiencies(y, predictions[logits], grid)
+        except ValueError as error:  # one class only: no curve
+            log.warning("no %s ROC: %s", task, error)
+            continue
+        out[task] = {"background_efficiency": [float(f"{e:.6g}") for e in eff],
+                     "signal": int((y == 1).sum()), "background": int((y == 0).sum())}
+    return out
+
+
 def _predict(trainer: Trainer, data: PreparedData) -> dict[str, np.ndarray]:
     out = trainer.predict(data.test)
     pred = {
@@ -399,6 +418,7 @@ def run_trial(
         "data_fingerprint": data.fingerprint,
         "metrics": result_metrics,
         "not_applicable": {name: not_applicable for name in UPSTREAM_METRICS} if not_applicable else {},
+        "roc": roc_on_grid(predictions),
         "epochs": history.epochs,
         "best": history.best,
         "weight_tasks": history.weight_tasks,

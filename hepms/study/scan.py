@@ -43,7 +43,7 @@ from hepms.study.dataset import PreparedData, prepare_data
 from hepms.study.plan import PlannedRun, ensure_inside, expand_studies, unique_runs
 from hepms.study.records import load_records, records_dir, write_record
 from hepms.study.runner import (check_trainer_device, format_metric, load_predictions, read_result, run_trial,
-                                versions, write_json)
+                                upstream_not_applicable, versions, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -692,37 +692,82 @@ def scan_figures(
     tables: Mapping[str, Mapping[str, Any]],
     info: Mapping[str, Any],
 ) -> list[Path]:
-    """The scan's figures: single-run figures of the showcase run, ROC overlays, loss weights per
-    epoch, box plots, latent space. Figures whose inputs do not exist yet are skipped (logged)."""
+    """The scan's figures: single-run figures of the showcase run, ROC curves over trials with a
+    ratio panel (reference: the first run of ``scan.figures.roc`` with curves; runs trained with
+    ``w1 = 0`` are left out of the tau-ID ROC), loss weights per epoch, box plots (upstream and
+    downstream AUC), latent space.
+    Every figure names its configuration(s) and trial(s); ``figures/captions.json`` collects the
+    captions. Figures whose inputs do not exist yet are skipped (logged)."""
+    import numpy as np
+
+    from hepms.config import get
     from hepms.study import plots
+    from hepms.study.runner import roc_on_grid
 
     style = plots.FigureStyle.from_config(cfg["plot"], run_dir / "figures", info)
     figs = cfg["scan"]["figures"]
     written: list[Path] = []
 
-    def predictions_of(run: PlannedRun) -> Optional[dict]:
+    def predictions_of(run: PlannedRun) -> tuple[Optional[dict], Optional[Mapping[str, Any]]]:
         for res in results.get(run.key, []):
-            if "_folder" not in res:
-                continue  # a record of a trial made elsewhere: no predictions here
+            if not res.get("_folder"):
+                continue  # a result without a local folder (made elsewhere): no predictions here
             path = Path(res["_folder"]) / "predictions.npz"
             if path.is_file():
                 try:
-                    return load_predictions(path)
+                    return load_predictions(path), res
                 except UnreadableFileError as error:  # one bad file costs a figure, not the scan
                     log.warning("skipped: %s", error)
-        return None
+        return None, None
 
     def describe(run: PlannedRun) -> str:
         return f"{run.label} [{run.column}]" if run.column else run.label
 
+    def one_trial(run: PlannedRun, res: Mapping[str, Any]) -> str:
+        number = str(res.get("trial", Path(res.get("_folder", "")).name[len("trial_"):]))
+        trial = f"trial {int(number)}, " if number.isdigit() else ""
+        return f"{describe(run)}, {trial}seed {res['seed']}"
+
     if figs["showcase"]:
         for run in _first(planned, figs["showcase"])[:1]:
-            pred = predictions_of(run)
+            pred, res = predictions_of(run)
             if pred is None:
                 log.info("no predictions of %s yet: single-run figures skipped", run.ref)
                 continue
             written += plots.run_figures(style, pred, cfg["evaluate"], describe(run),
-                                         max_latent_points=cfg["plot"]["latent_points"])
+                                         max_latent_points=cfg["plot"]["latent_points"], caption=one_trial(run, res))
+    curves_from_predictions: dict[str, Optional[dict]] = {}
+
+    def roc_band(run: PlannedRun, task: str) -> Optional[plots.RocBand]:
+        """The ROC curves of every finished trial of ``run``: the result's ``roc`` grid, else
+        computed from the trial's predictions.npz where it kept one."""
+        found = results.get(run.key, [])
+        rows, grid = [], None
+        for res in found:
+            roc = res.get("roc")
+            folder = res.get("_folder")
+            if (not roc or task not in roc) and folder:
+                if folder not in curves_from_predictions:
+                    path = Path(folder) / "predictions.npz"
+                    try:
+                        curves_from_predictions[folder] = roc_on_grid(load_predictions(path)) if path.is_file() else None
+                    except UnreadableFileError as error:
+                        log.warning("skipped: %s", error)
+                        curves_from_predictions[folder] = None
+                roc = curves_from_predictions[folder]
+            if not roc or task not in roc:
+                continue
+            if grid is None:
+                grid = roc["signal_efficiency"]
+            if roc["signal_efficiency"] != grid:
+                log.warning("%s: ROC on another grid, left out", folder or f"{run.ref} seed {res.get('seed')}")
+                continue
+            rows.append(roc[task]["background_efficiency"])
+        if not rows:
+            return None
+        return plots.RocBand(run.label, np.asarray(grid), np.asarray(rows),
+                             [r["metrics"].get(f"auc_{task}") for r in found], len(found))
+
     if figs["roc"]:
         columns: list[str] = []
         for ref in figs["roc"]:
@@ -730,44 +775,75 @@ def scan_figures(
                 if r.column not in columns:
                     columns.append(r.column)
         for column in columns:
-            curves_tau, curves_event = {}, {}
-            for ref in figs["roc"]:
-                for run in _first(planned, ref):
-                    if run.column != column:
-                        continue
-                    pred = predictions_of(run)
-                    if pred is None:
-                        continue
-                    curves_tau[run.label] = (pred["jet_labels"], pred["tau_logit"])
-                    curves_event[run.label] = (pred["event_labels"], pred["event_logit"])
+            runs = [run for ref in figs["roc"] for run in _first(planned, ref) if run.column == column]
             suffix = f"_{column}" if column else ""
-            if curves_tau:
-                written += plots.roc_figure(style, "tau", curves_tau, f"roc_tau_compare{suffix}")
-                written += plots.roc_figure(style, "event", curves_event, f"roc_event_compare{suffix}")
+            for task in ("tau", "event"):
+                bands, left_out = [], []
+                for run in runs:
+                    if task == "tau" and upstream_not_applicable(run.config) is not None:
+                        left_out.append(run.label)  # an untrained tau head: no tau-ID ROC to show
+                        continue
+                    band = roc_band(run, task)
+                    if band is not None:
+                        bands.append(band)
+                if not bands:
+                    continue
+                shown = ", ".join(f"{b.label} ({len(b.background_efficiency)} of {b.trials} trials)" for b in bands)
+                caption = (f"{plots.TASK_LABELS[task]['title']}{f' [{column}]' if column else ''}: {shown}; lines: mean "
+                           f"rejection over trials at fixed signal efficiency, bands: {plots.BANDS['std']}; ratio: "
+                           f"each trial over the mean of {bands[0].label}")
+                if left_out:
+                    caption += "; not shown (tau head gets no gradient at w1 = 0): " + ", ".join(left_out)
+                written += plots.roc_band_figure(style, task, bands, f"roc_{task}_compare{suffix}",
+                                                 reference=bands[0].label, caption=caption)
     for ref in figs["weights"]:
         for run in _first(planned, ref):
-            found = [r for r in results.get(run.key, []) if r.get("epochs")]  # records keep no per-epoch history
+            found = [r for r in results.get(run.key, []) if r.get("epochs")]  # results with a per-epoch history
             if not found:
                 continue
             tasks = list(found[0].get("weight_tasks", {}).get("joint", ["tau", "event"]))
             title = describe(run)
             stem = "weights_" + run.folder.rsplit("-", 1)[0]
-            written += plots.weights_figure(style, [r["epochs"] for r in found], tasks, title, stem, phase="joint")
-    for name, table in tables.items():
-        if table["kind"] != "boxplot":
+            caption = (f"{title}, {plots.trials_text([r['seed'] for r in found])}: lines: mean over trials, "
+                       f"bands: {plots.BANDS['minmax']} (trials stop at different epochs: later epochs hold fewer)")
+            written += plots.weights_figure(style, [r["epochs"] for r in found], tasks, title, stem, phase="joint",
+                                            caption=caption)
+    for name, study in cfg["scan"]["studies"].items():
+        if study.get("kind") != "boxplot":
             continue
-        values: dict[str, dict[Any, list]] = {}
-        for row in table["rows"]:
-            group = str(row["group"] or row["label"]) + (f" [{row['column']}]" if row["column"] else "")
-            values.setdefault(group, {})[row["x"]] = row["auc_event"]["values"]
-        if any(v for g in values.values() for v in g.values()):
-            x = table["x"] or "x"
-            xlabel = "intermediate size k" if x == "model.k" else x
-            written += plots.boxplot_figure(style, values, xlabel, "downstream (H/Z) test AUC", f"{name}_boxplot")
+        downstream: dict[str, dict[Any, list]] = {}
+        upstream: dict[str, dict[Any, list]] = {}
+        left_out: list[str] = []
+        seeds: set[int] = set()
+        counts = []
+        for run in (r for r in planned if r.study == name):
+            group = str(run.group or run.label) + (f" [{run.column}]" if run.column else "")
+            x = get(run.config, study["x"])
+            found = results.get(run.key, [])
+            seeds.update(int(r["seed"]) for r in found)
+            counts.append(len(found))
+            downstream.setdefault(group, {})[x] = [r["metrics"].get("auc_event") for r in found]
+            if upstream_not_applicable(run.config) is None:
+                upstream.setdefault(group, {})[x] = [r["metrics"].get("auc_tau") for r in found]
+            else:
+                left_out.append(run.label)
+        if not any(v for g in downstream.values() for v in g.values()):
+            continue
+        x = study.get("x") or "x"
+        xlabel = "intermediate size k" if x == "model.k" else x
+        n = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+        caption = (f"{study.get('title', name)}: {n} trials per configuration (seeds {min(seeds)}-{max(seeds)}); "
+                   f"{plots.BOXES}")
+        written += plots.boxplot_figure(style, downstream, xlabel, "downstream (H/Z) test AUC", f"{name}_boxplot",
+                                        upstream=upstream, not_applicable=left_out, caption=caption)
     if figs["latent"]:
         for run in _first(planned, figs["latent"])[:1]:
-            pred = predictions_of(run)
+            pred, res = predictions_of(run)
             if pred is not None:
                 written += plots.latent_figure(style, pred["intermediate"], pred["jet_labels"],
-                                               cfg["plot"]["latent_points"], "latent_space")
+                                               cfg["plot"]["latent_points"], "latent_space",
+                                               caption=f"{one_trial(run, res)}, k = {run.config['model']['k']}")
+    if written:
+        write_json(style.outdir / "captions.json", {"format": "hepms.captions/1", "captions": style.captions})
     return written
+

@@ -197,6 +197,7 @@ def plot_run(cfg: Mapping[str, Any], run_dir: Optional[Path] = None) -> list[Pat
     style = plots.FigureStyle.from_config(cfg["plot"], run_dir / "figures", info)
     m = cfg["model"]
     label = f"{m['connection']} k={m['k']}, {cfg['trainer']['strategy']}, {cfg['trainer']['balancer']}"
-    paths = plots.run_figures(style, pred, cfg["evaluate"], label, epochs, tasks, cfg["plot"]["latent_points"])
+    paths = plots.run_figures(style, pred, cfg["evaluate"], label, epochs, tasks, cfg["plot"]["latent_points"],
+                              caption=f"{label}; one run (seed {cfg['seed']})")
     update_manifest(run_dir, "train", cfg, figures={"files": [p.name for p in paths], "utc": utc_now()})
     return paths
