@@ -43,18 +43,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hepms.cli",),
 )
 
-# Known violations on this branch, owned by other parts of issue 16 (which remove them): part A
-# (one events -> tensors path) drops benchmarks' use of coffea._prepare/_run_model, part B (export
-# and validation) drops coffea's use of export._quiet_jit/_file_kind and export's and coffea's use
-# of the package face. Checked against issue-16b (which includes 16a) at 18:10 UTC: none of these
-# remain there, so both sets can be emptied when the branches are merged.
-PRIVATE_ALLOWED = {
-    ("hepms.coffea", "hepms.export", "_quiet_jit"),  # part B
-    ("hepms.coffea", "hepms.export", "_file_kind"),  # part B
-    ("benchmarks.inference", "hepms.coffea", "_prepare"),  # part A
-    ("benchmarks.inference", "hepms.coffea", "_run_model"),  # part A
-}
-FACE_ALLOWED = {"hepms.coffea", "hepms.export"}  # part A / part B
+# No known exceptions: a private name imported across modules, or the lazy package face used
+# inside the package, fails the tests below.
+PRIVATE_ALLOWED: set[tuple[str, str, str]] = set()
+FACE_ALLOWED: set[str] = set()
 
 
 def _modules(root: Path) -> dict[str, Path]:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hepms import metrics
+from hepms import __version__, metrics
 from hepms.data import TauEventData
 from hepms.nn.models import MultiStep
 from hepms.ops import validation
@@ -665,7 +665,7 @@ class Trainer:
             "history": self.history.to_dict(),
             "rng": _rng_state(),
             "preprocessing": self._preprocessing,
-            "hepms_version": hepms.__version__,
+            "hepms_version": __version__,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
