@@ -68,12 +68,19 @@ RUNS = {
 
 
 class PhaseClock:
-    """CPU seconds per phase; a timed call inside a timed call counts to the outer one."""
+    """CPU seconds per training phase (``upstream``, ``joint``, ...) and part of the work; a
+    timed call inside a timed call counts to the outer one."""
 
     def __init__(self) -> None:
-        self.seconds = {p: 0.0 for p in PHASES}
-        self.calls = {p: 0 for p in PHASES}
+        self.reset()
         self._active: Optional[str] = None
+
+    def phase(self, name: str) -> dict[str, Any]:
+        """The counters of training phase ``name`` (made on first use)."""
+        if name not in self.phases:
+            self.phases[name] = {"seconds": {p: 0.0 for p in PHASES}, "calls": {p: 0 for p in PHASES},
+                                 "epochs": 0, "epoch_seconds": []}
+        return self.phases[name]
 
     def wrap(self, owner: Any, name: str, phase: str) -> None:
         original = getattr(owner, name)
@@ -88,15 +95,34 @@ class PhaseClock:
             try:
                 return original(*args, **kwargs)
             finally:
-                clock.seconds[phase] += time.process_time() - start
-                clock.calls[phase] += 1
+                counters = clock.phase(clock.current)
+                counters["seconds"][phase] += time.process_time() - start
+                counters["calls"][phase] += 1
                 clock._active = None
 
         setattr(owner, name, timed)
 
+    def wrap_epoch(self, owner: Any) -> None:
+        """``Trainer._run_epoch(phase_index, phase, ...)``: sets the current training phase."""
+        original = owner._run_epoch
+        clock = self
+
+        @functools.wraps(original)
+        def epoch(trainer: Any, phase_index: int, phase: Any, *args: Any, **kwargs: Any) -> Any:
+            clock.current = phase.name
+            counters = clock.phase(phase.name)
+            start = time.process_time()
+            try:
+                return original(trainer, phase_index, phase, *args, **kwargs)
+            finally:
+                counters["epochs"] += 1
+                counters["epoch_seconds"].append(time.process_time() - start)
+
+        owner._run_epoch = epoch
+
     def reset(self) -> None:
-        self.seconds = {p: 0.0 for p in PHASES}
-        self.calls = {p: 0 for p in PHASES}
+        self.phases: dict[str, dict[str, Any]] = {}
+        self.current = "setup"
 
 
 def instrument(clock: PhaseClock) -> None:
@@ -107,6 +133,7 @@ def instrument(clock: PhaseClock) -> None:
     from hepms.train.balancers import BALANCERS
 
     Trainer = trainer_module.Trainer
+    clock.wrap_epoch(Trainer)
     clock.wrap(TauEventData, "take", "shuffle")
     clock.wrap(TauEventData, "slice", "batching")
     if hasattr(Trainer, "_upstream_cache"):
@@ -141,21 +168,36 @@ def run_one(name: str, cfg: dict, data: Any, seed: int, clock: PhaseClock,
     history = trainer.fit(data.train, data.val)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     n_epochs = len(history.epochs)
-    phases = dict(clock.seconds)
-    phases["other"] = max(0.0, cpu - sum(v for k, v in phases.items() if k != "other"))
-    per_phase_epochs: dict[str, int] = {}
-    for row in history.epochs:
-        per_phase_epochs[row["phase"]] = per_phase_epochs.get(row["phase"], 0) + 1
+    # Per training phase: what the epochs cost (the work between two epochs, e.g. the checkpoint,
+    # counts to the phase of the epoch before it; "other" is the rest of the epoch). One-off costs
+    # per phase (the upstream cache) are kept apart from the per-epoch figures.
+    phases = {}
+    for phase_name, counters in clock.phases.items():
+        if phase_name == "setup":
+            continue
+        seconds = dict(counters["seconds"])
+        timed = sum(counters["epoch_seconds"])
+        inside = sum(v for k, v in seconds.items() if k not in ("checkpoint", "logs", "upstream cache"))
+        seconds["other"] = max(0.0, timed - inside - seconds["upstream cache"])
+        epochs = counters["epochs"]
+        once = seconds["upstream cache"]
+        recurring = {k: v / epochs for k, v in seconds.items() if k != "upstream cache"}
+        phases[phase_name] = {
+            "epochs": epochs,
+            "cpu_seconds_per_epoch": sum(recurring.values()),
+            "cpu_seconds_once": once,
+            "per_epoch": recurring,
+            "calls": counters["calls"],
+            "epoch_cpu_seconds": counters["epoch_seconds"],
+        }
     keys = ("phase", "epoch", "train_loss", "val_loss", "val_auc_tau", "val_auc_event")
     return {
         "run": name,
         "epochs": n_epochs,
-        "epochs_per_phase": per_phase_epochs,
         "cpu_seconds": cpu,
         "wall_seconds": wall,
         "cpu_seconds_per_epoch": cpu / n_epochs,
-        "phase_cpu_seconds": phases,
-        "phase_calls": dict(clock.calls),
+        "phases": phases,
         "history": [{k: row.get(k) for k in keys} for row in history.epochs],
         "final_state_sum": float(sum(p.detach().double().sum() for p in model.parameters())),
     }
@@ -171,6 +213,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from hepms.study.plan import expand_studies
 
     torch.set_num_threads(args.threads)
+    import sklearn.metrics  # noqa: F401  (imported by the first AUC otherwise: a one-off second)
     overrides = [f"data.path={args.data}", "progress=false", f"threads={args.threads}",
                  f"trainer.epochs={args.epochs}"]
     if args.max_events:
@@ -222,24 +265,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def report(paths: list[str]) -> None:
-    """Per label and run: median CPU seconds per epoch and the phase split (per epoch)."""
-    rows: dict[tuple[str, str], list[dict]] = {}
+def report(payloads: list[dict[str, Any]]) -> None:
+    """Per version (label), run and training phase: median CPU seconds per epoch and its split
+    over the repeats; "once": the one-off cost per phase (the upstream cache)."""
+    rows: dict[tuple[str, str, str], list[dict]] = {}
     machine = None
-    for path in paths:
-        payload = json.loads(Path(path).read_text())
+    for payload in payloads:
         machine = machine or payload["machine"]
         for r in payload["results"]:
-            rows.setdefault((payload.get("label") or path, r["run"]), []).append(r)
+            for phase_name, p in r["phases"].items():
+                rows.setdefault((payload.get("label") or "?", r["run"], phase_name), []).append(p)
     print(f"machine: {machine}")
-    header = ["label", "run", "n", "CPU s/epoch"] + list(PHASES)
+    header = ["version", "run", "phase", "n", "CPU s/epoch", "once"] + [p for p in PHASES if p != "upstream cache"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for (label, run), rs in rows.items():
-        per_epoch = statistics.median(r["cpu_seconds_per_epoch"] for r in rs)
-        cells = [label, run, str(len(rs)), f"{per_epoch:.2f}"]
-        for p in PHASES:
-            cells.append(f"{statistics.median(r['phase_cpu_seconds'][p] / r['epochs'] for r in rs):.2f}")
+    for (label, run, phase_name), ps in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+        cells = [label, run, phase_name, str(len(ps)),
+                 f"{statistics.median(p['cpu_seconds_per_epoch'] for p in ps):.2f}",
+                 f"{statistics.median(p['cpu_seconds_once'] for p in ps):.2f}"]
+        for part in PHASES:
+            if part != "upstream cache":
+                cells.append(f"{statistics.median(p['per_epoch'][part] for p in ps):.2f}")
         print("| " + " | ".join(cells) + " |")
 
 
@@ -261,7 +307,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--report", nargs="+", default=None, help="summarise JSON files instead")
     args = parser.parse_args(argv)
     if args.report:
-        report(args.report)
+        report([json.loads(Path(path).read_text()) for path in args.report])
         return
     payload = measure(args)
     print(json.dumps(payload["machine"]), "load", payload["load_average_end"])
@@ -270,11 +316,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         tmp = Path(args.json).with_name(f".{Path(args.json).name}.partial-{os.getpid()}")
         tmp.write_text(json.dumps(payload, indent=1) + "\n")
         os.replace(tmp, args.json)
-    report_rows = {"results": payload["results"], "machine": payload["machine"], "label": args.label}
-    tmp_report = Path(tempfile.mkstemp(suffix=".json")[1])
-    tmp_report.write_text(json.dumps(report_rows))
-    report([str(tmp_report)])
-    tmp_report.unlink()
+    report([payload])
 
 
 if __name__ == "__main__":

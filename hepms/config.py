@@ -194,7 +194,9 @@ def _build_schema() -> dict[str, Any]:
             "upstream_loss": Key("bce", "loss of the tau-ID task", "str", choices=names["losses"]),
             "lr": Key(1e-3, "Adam learning rate", "float", check=_positive),
             "batch_size": Key(128, "events per training batch", "int", check=_positive),
-            "eval_batch_size": Key(2048, "events per evaluation batch", "int", check=_positive),
+            # 512, not more: on a CPU, larger batches spill the activations out of the caches
+            # (and page-fault fresh buffers): 2048 made each validation pass twice as costly.
+            "eval_batch_size": Key(512, "events per evaluation batch", "int", check=_positive),
             "epochs": Key(100, "maximum epochs per training phase", "int", check=_positive),
             "patience": Key(10, "early-stopping patience (epochs)", "int", check=_positive),
             "monitor": Key("total", "validation quantity for early stopping", "str",

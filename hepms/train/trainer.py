@@ -108,7 +108,7 @@ class TrainConfig:
     upstream_loss: str = "bce"
     lr: float = 1e-3
     batch_size: int = 128
-    eval_batch_size: int = 2048
+    eval_batch_size: int = 512  # larger costs more per event on a CPU (see hepms.config)
     max_epochs: int = 100
     patience: int = 10
     monitor: str = "total"
