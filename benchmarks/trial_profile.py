@@ -238,7 +238,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                   flush=True)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
-    git = None
+    git = None  # of the tree hepms was imported from; unknown for a --source export
     try:
         import subprocess
 
@@ -246,6 +246,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                              capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
+    if args.source:
+        git = None
     return {
         "script": "benchmarks/trial_profile.py",
         "machine": describe("cpu"),

@@ -12,6 +12,11 @@ of phase ``p`` depends on ``(seed, p, e)`` only, so a resumed run draws the same
 
 Determinism: on CPU, the same model seed, data and config give bit-identical weights, and resuming
 from a checkpoint gives the same weights as the uninterrupted run.
+
+Cost (benchmarks/train.md, "Per-trial cost"): a phase that runs the upstream model without
+training it (step-by-step's downstream phase) evaluates it once per phase on the training and
+validation events and trains on those per-jet outputs, instead of running it on every batch;
+Adam is the fused kernel; validation runs under ``torch.inference_mode``.
 """
 from __future__ import annotations
 
