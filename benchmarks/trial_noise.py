@@ -29,6 +29,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import hepms
+    from hepms._machine import describe
     from hepms.config import load_config
     from hepms.study.dataset import prepare_data
     from hepms.study.plan import expand_studies
@@ -46,7 +47,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     trainer = Trainer(build_model(cfg, data, args.seed), train_config(cfg, args.seed, None, False))
     history = trainer.fit(data.train, data.val)
     keys = ("phase", "epoch", "train_loss", "val_loss", "val_auc_tau", "val_auc_event")
-    return {"hepms": str(Path(hepms.__file__).parent), "run": f"{args.study}/{args.run}/{args.column}",
+    return {"hepms": str(Path(hepms.__file__).parent), "machine": describe("cpu"),
+            "run": f"{args.study}/{args.run}/{args.column}",
             "seed": args.seed, "max_events": args.max_events, "max_epochs": args.epochs,
             "history": [{k: r[k] for k in keys} for r in history.epochs], "best": history.best,
             "test": trainer.evaluate(data.test)}
