@@ -487,12 +487,12 @@ class Trainer:
         self._write_logs()
 
     # -- one epoch ------------------------------------------------------------------------------
-    def _forward(self, phase: Phase, batch: TauEventData, frozen: bool = False) -> _Outputs:
-        """The phase's outputs on ``batch``; ``frozen``: ``batch`` is a :meth:`_upstream_cache`
+    def _forward(self, phase: Phase, batch: TauEventData, cached: bool = False) -> _Outputs:
+        """The phase's outputs on ``batch``; ``cached``: ``batch`` is an :meth:`_upstream_cache`
         whose rows are the frozen upstream model's outputs per jet."""
         model = self.model
         tau_logit = intermediate = momentum = event_logit = None
-        if frozen:
+        if cached:
             columns = batch.constituents.values
             k = model.k
             tau_logit, intermediate, momentum = columns[:, 0], columns[:, 1:1 + k], columns[:, 1 + k:]
@@ -588,9 +588,9 @@ class Trainer:
         cfg = self.config
         assert self.optimizer is not None and self.balancer is not None
         started = time.perf_counter()
-        frozen = self._frozen_data(phase_index, phase, train, val)
-        if frozen is not None:
-            train, val = frozen
+        cached = self._frozen_data(phase_index, phase, train, val)
+        if cached is not None:
+            train, val = cached
         self._set_modes(phase, True)
         generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, phase_index, epoch))
         order = torch.randperm(len(train), generator=generator).to(self.device)
@@ -602,7 +602,7 @@ class Trainer:
         bar = _progress(n_batches, f"{phase.name} {epoch}", cfg.progress)
         try:
             for batch in _batches(shuffled, cfg.batch_size):
-                out = self._forward(phase, batch, frozen is not None)
+                out = self._forward(phase, batch, cached is not None)
                 losses = self._losses(phase, out, batch)
                 total = self.balancer.combine(losses)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -621,7 +621,7 @@ class Trainer:
             bar.close()
         self.balancer.epoch_end()
         self._set_modes(phase, False)
-        val_result = self._validate(phase, val, frozen is not None)
+        val_result = self._validate(phase, val, cached is not None)
         key = monitor_key(phase, cfg.monitor)
         monitored = val_result["val_loss"] if key == "total" else val_result[f"val_{key}"]
         state = {"model": _cpu_state(self.model), "balancer": _cpu_state(self.balancer)}
@@ -650,9 +650,9 @@ class Trainer:
         self._write_logs()
 
     @torch.inference_mode()
-    def _validate(self, phase: Phase, val: TauEventData, frozen: bool = False) -> dict[str, float]:
+    def _validate(self, phase: Phase, val: TauEventData, cached: bool = False) -> dict[str, float]:
         assert self.balancer is not None
-        outs: list[_Outputs] = [self._forward(phase, b, frozen)
+        outs: list[_Outputs] = [self._forward(phase, b, cached)
                                 for b in _batches(val, self.config.eval_batch_size)]
 
         def cat(name: str) -> Optional[Tensor]:
