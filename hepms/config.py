@@ -41,6 +41,7 @@ __all__ = [
     "Key",
     "schema",
     "load_config",
+    "comparison_specs",
     "apply_overrides",
     "validate",
     "get",
@@ -164,6 +165,8 @@ def _build_schema() -> dict[str, Any]:
                                  choices=tuple(sorted(CLASSIFICATION_LOSSES))),
             "lr": Key(train["lr"], "Adam learning rate", float, check=_positive),
             "batch_size": Key(train["batch_size"], "events per training batch", int, check=_positive),
+            # 512 (TrainConfig), not more: on a CPU, larger batches spill the activations out of the
+            # caches (and page-fault fresh buffers): 2048 made each validation pass twice as costly.
             "eval_batch_size": Key(train["eval_batch_size"], "events per evaluation batch", int,
                                    check=_positive),
             "epochs": Key(train["max_epochs"], "maximum epochs per training phase", int, check=_positive),
@@ -367,6 +370,16 @@ class StudyRunConfig(NamedTuple):
     grid: dict[str, Any]
     config: dict[str, Any]
 
+    @property
+    def ref(self) -> str:
+        """``study/label``: how ``scan.figures`` and ``scan.comparisons`` name the run."""
+        return f"{self.study}/{self.label}"
+
+    @property
+    def column(self) -> str:
+        """The grid point as a table column: ``{"trainer.upstream_loss": "mse"}`` -> ``"mse"``."""
+        return ",".join(str(v) for v in self.grid.values())
+
 
 def study_run_configs(cfg: Mapping[str, Any]) -> list[StudyRunConfig]:
     """Every (study, run, grid point) of ``cfg["scan"]["studies"]`` with its validated config.
@@ -442,6 +455,66 @@ def study_run_configs(cfg: Mapping[str, Any]) -> list[StudyRunConfig]:
                     get(run_cfg, study["x"])  # raises for an unknown x key
                 out.append(StudyRunConfig(name, label, group, dict(point), run_cfg))
     _check_figure_refs(cfg, out)
+    comparison_specs(cfg, out)
+    return out
+
+
+_COMPARISON_KEYS = ("name", "title", "a", "b", "columns", "metric", "claim")
+_CLAIM_KEYS = ("expect", "study", "source")
+#: What a claim of the reference study says about A - B: ``better`` (A > B), ``not_worse`` (A >= B).
+CLAIMS = ("better", "not_worse")
+_COMPARABLE_METRICS = ("auc_event", "auc_tau", "rejection_event_50", "rejection_tau_50", "rejection_tau_wp")
+
+
+def comparison_specs(cfg: Mapping[str, Any], runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """``scan.comparisons`` checked and completed: per entry ``name``, ``title``, ``a`` (a run
+    reference ``study/label``), ``b`` (a list of references: the best of them by mean is compared),
+    ``columns`` (grid columns of ``a``; None: all), ``metric`` (default ``auc_event``) and
+    ``claim`` (``{expect, study, source}`` or None).
+
+    Raises:
+        ConfigError: a malformed entry or an unknown run, naming ``scan.comparisons[i]...``.
+    """
+    entries = cfg["scan"].get("comparisons") or []
+    refs = {run.ref: run for run in runs}
+    names: set[str] = set()
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"scan.comparisons[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}: expected a mapping with keys {list(_COMPARISON_KEYS)}")
+        unknown = [k for k in entry if k not in _COMPARISON_KEYS]
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {list(_COMPARISON_KEYS)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name or name in names:
+            raise ConfigError(f"{where}.name: expected a unique non-empty string, got {name!r}")
+        names.add(name)
+        a = entry.get("a")
+        b = entry.get("b")
+        b_list = [b] if isinstance(b, str) else b
+        if not isinstance(b_list, Sequence) or isinstance(b_list, str) or not b_list:
+            raise ConfigError(f"{where}.b: expected a run (study/label) or a non-empty list of runs")
+        for key, ref in [("a", a)] + [("b", r) for r in b_list]:
+            if ref not in refs:
+                raise ConfigError(f"{where}.{key}: {ref!r} is not a run; choose from {sorted(refs)}")
+        columns = entry.get("columns")
+        if columns is not None:
+            have = {run.column for run in runs if run.ref == a}
+            if not isinstance(columns, Sequence) or isinstance(columns, str) or not set(columns) <= have:
+                raise ConfigError(f"{where}.columns: {columns!r}; {a!r} has the columns {sorted(have)}")
+        metric = entry.get("metric", "auc_event")
+        if metric not in _COMPARABLE_METRICS:
+            raise ConfigError(f"{where}.metric: {metric!r} is not allowed; choose from {list(_COMPARABLE_METRICS)}")
+        claim = entry.get("claim")
+        if claim is not None:
+            if not isinstance(claim, Mapping) or any(k not in _CLAIM_KEYS for k in claim):
+                raise ConfigError(f"{where}.claim: expected a mapping with keys {list(_CLAIM_KEYS)}")
+            if claim.get("expect") not in CLAIMS:
+                raise ConfigError(f"{where}.claim.expect: {claim.get('expect')!r} is not allowed; choose from {list(CLAIMS)}")
+        out.append({"name": name, "title": entry.get("title") or name, "a": a, "b": list(b_list),
+                    "columns": None if columns is None else list(columns), "metric": metric,
+                    "claim": None if claim is None else dict(claim)})
     return out
 
 

@@ -284,6 +284,48 @@ def test_step_by_step_freezes_the_upstream_in_the_second_phase(tmp_path):
     assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
 
 
+@pytest.mark.parametrize("connection,k", [("direct", 1), ("additional", 3)])
+def test_frozen_upstream_is_evaluated_once_per_phase_with_the_same_result(monkeypatch, connection, k):
+    # Step-by-step's downstream phase caches the frozen tau model's outputs per jet: the
+    # history must equal the one computed batch by batch, with the tau model run only for the
+    # cache (batches of eval_batch_size 64), not for every batch of every epoch. Equal up to float
+    # rounding: a matrix product's rounding may depend on the number of rows in the batch.
+    train, val = toy_dataset(150, seed=1), toy_dataset(50, seed=2)
+
+    def fit(cached: bool):
+        model = MultiStep(8, 4, connection=connection, k=k, seed=0)
+        trainer = Trainer(model, strategy="step_by_step", max_epochs=3, batch_size=32,
+                          eval_batch_size=64, progress=False)
+        calls = {"downstream": 0}
+        upstream = model.upstream
+
+        def counted(*args):
+            if trainer.balancer is not None and trainer.balancer.tasks == ("event",):
+                calls["downstream"] += 1
+            return upstream(*args)
+
+        monkeypatch.setattr(model, "upstream", counted)
+        if not cached:
+            monkeypatch.setattr(trainer, "_frozen_data", lambda *args: None)
+        history = trainer.fit(train, val)
+        return history, calls["downstream"], _state(model)
+
+    cached, calls_cached, state_cached = fit(True)
+    batchwise, calls_batchwise, state_batchwise = fit(False)
+    assert calls_cached == 3 + 1  # train: 150 events / 64, val: 50 / 64, once for the phase
+    assert calls_batchwise == 3 * (5 + 1)  # every epoch: 5 training batches + validation
+    assert len(cached.epochs) == len(batchwise.epochs) == 6
+    for row, reference in zip(cached.epochs, batchwise.epochs):
+        assert row.keys() == reference.keys()
+        for key, value in row.items():
+            if isinstance(value, str):
+                assert value == reference[key]
+            elif key != "seconds":
+                assert value == pytest.approx(reference[key], rel=1e-5, nan_ok=True), (row, key)
+    for name, tensor in state_cached.items():
+        torch.testing.assert_close(tensor, state_batchwise[name], rtol=1e-4, atol=1e-6)
+
+
 def test_frozen_upstream_gets_no_gradient():
     data = toy_dataset(30, seed=1)
     model = MultiStep(8, 4, seed=0)

@@ -2,7 +2,7 @@
 
 Every trial of a scan has the seed ``scan.seed + t`` whatever its configuration, so two
 configurations' trials pair up by seed: same initialisation seed, same batch order, same data.
-For each comparison of ``scan.comparisons`` (:func:`hepms.study.plan.comparison_specs`) and each
+For each comparison of ``scan.comparisons`` (:func:`hepms.config.comparison_specs`) and each
 grid column, the differences ``d_i = A_i - B_i`` of the metric over the seeds both have give
 
 * the mean difference and its paired-t error ``s_d / sqrt(n)``;
@@ -26,7 +26,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from hepms.study.plan import PlannedRun, comparison_specs
+from hepms.config import comparison_specs
+from hepms.study.plan import PlannedRun
 
 __all__ = ["SIGNIFICANCE", "RULE", "paired_difference", "verdict", "compare", "comparisons_markdown",
            "write_comparisons"]

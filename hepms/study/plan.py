@@ -27,14 +27,7 @@ from hepms.config import schema, study_run_configs
 from hepms.config_engine import ConfigError, Key, settings_hash
 
 __all__ = ["PlannedRun", "expand_studies", "run_settings", "unique_runs", "grid_label", "slug",
-           "ensure_inside", "output_path", "comparison_specs", "CLAIMS"]
-
-_COMPARISON_KEYS = ("name", "title", "a", "b", "columns", "metric", "claim")
-_CLAIM_KEYS = ("expect", "study", "source")
-#: What a claim of the reference study says about A - B: ``better`` (A > B), ``not_worse`` (A >= B).
-CLAIMS = ("better", "not_worse")
-_COMPARABLE_METRICS = ("auc_event", "auc_tau", "rejection_event_50", "rejection_tau_50", "rejection_tau_wp")
-
+           "ensure_inside", "output_path"]
 
 @dataclass
 class PlannedRun:
@@ -165,60 +158,7 @@ def expand_studies(cfg: Mapping[str, Any]) -> list[PlannedRun]:
                 slug=slug(f"{run.label}-{column}" if column else run.label),
             )
         )
-    comparison_specs(cfg, planned)
     return planned
-
-
-def comparison_specs(cfg: Mapping[str, Any], planned: Sequence[PlannedRun]) -> list[dict[str, Any]]:
-    """``scan.comparisons`` checked and completed: per entry ``name``, ``title``, ``a`` (a run
-    reference ``study/label``), ``b`` (a list of references: the best of them by mean is compared),
-    ``columns`` (grid columns of ``a``; None: all), ``metric`` (default ``auc_event``) and
-    ``claim`` (``{expect, study, source}`` or None).
-
-    Raises:
-        ConfigError: a malformed entry or an unknown run, naming ``scan.comparisons[i]...``.
-    """
-    entries = cfg["scan"].get("comparisons") or []
-    refs = {run.ref: run for run in planned}
-    names: set[str] = set()
-    out = []
-    for i, entry in enumerate(entries):
-        where = f"scan.comparisons[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where}: expected a mapping with keys {list(_COMPARISON_KEYS)}")
-        unknown = [k for k in entry if k not in _COMPARISON_KEYS]
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {list(_COMPARISON_KEYS)}")
-        name = entry.get("name")
-        if not isinstance(name, str) or not name or name in names:
-            raise ConfigError(f"{where}.name: expected a unique non-empty string, got {name!r}")
-        names.add(name)
-        a = entry.get("a")
-        b = entry.get("b")
-        b_list = [b] if isinstance(b, str) else b
-        if not isinstance(b_list, Sequence) or isinstance(b_list, str) or not b_list:
-            raise ConfigError(f"{where}.b: expected a run (study/label) or a non-empty list of runs")
-        for key, ref in [("a", a)] + [("b", r) for r in b_list]:
-            if ref not in refs:
-                raise ConfigError(f"{where}.{key}: {ref!r} is not a run; choose from {sorted(refs)}")
-        columns = entry.get("columns")
-        if columns is not None:
-            have = {run.column for run in planned if run.ref == a}
-            if not isinstance(columns, Sequence) or isinstance(columns, str) or not set(columns) <= have:
-                raise ConfigError(f"{where}.columns: {columns!r}; {a!r} has the columns {sorted(have)}")
-        metric = entry.get("metric", "auc_event")
-        if metric not in _COMPARABLE_METRICS:
-            raise ConfigError(f"{where}.metric: {metric!r} is not allowed; choose from {list(_COMPARABLE_METRICS)}")
-        claim = entry.get("claim")
-        if claim is not None:
-            if not isinstance(claim, Mapping) or any(k not in _CLAIM_KEYS for k in claim):
-                raise ConfigError(f"{where}.claim: expected a mapping with keys {list(_CLAIM_KEYS)}")
-            if claim.get("expect") not in CLAIMS:
-                raise ConfigError(f"{where}.claim.expect: {claim.get('expect')!r} is not allowed; choose from {list(CLAIMS)}")
-        out.append({"name": name, "title": entry.get("title") or name, "a": a, "b": list(b_list),
-                    "columns": None if columns is None else list(columns), "metric": metric,
-                    "claim": None if claim is None else dict(claim)})
-    return out
 
 
 def unique_runs(planned: Sequence[PlannedRun]) -> list[PlannedRun]:

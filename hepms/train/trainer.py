@@ -12,6 +12,11 @@ of phase ``p`` depends on ``(seed, p, e)`` only, so a resumed run draws the same
 
 Determinism: on CPU, the same model seed, data and config give bit-identical weights, and resuming
 from a checkpoint gives the same weights as the uninterrupted run.
+
+Cost (benchmarks/train.md, "Per-trial cost"): a phase that runs the upstream model without
+training it (step-by-step's downstream phase) evaluates it once per phase on the training and
+validation events and trains on those per-jet outputs, instead of running it on every batch;
+Adam is the fused kernel; validation runs under ``torch.inference_mode``.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from torch import Tensor
 
 from hepms import __version__, metrics
 from hepms.data import TauEventData
+from hepms.jagged import Jagged
 from hepms.nn.models import MultiStep
 from hepms.ops import validation
 from hepms.train.balancers import BALANCERS, Balancer, FixedWeights, GradNorm, make_balancer
@@ -109,7 +115,7 @@ class TrainConfig:
     upstream_loss: str = "bce"
     lr: float = 1e-3
     batch_size: int = 128
-    eval_batch_size: int = 2048
+    eval_batch_size: int = 512  # larger costs more per event on a CPU (see hepms.config)
     max_epochs: int = 100
     patience: int = 10
     monitor: str = "total"
@@ -300,6 +306,8 @@ class Trainer:
         self.history = History()
         self._identity: Optional[dict] = None  # what produced the checkpoints (set by fit)
         self._preprocessing: Optional[Mapping[str, Any]] = None  # stored in checkpoints (fit)
+        # (phase, train, val) -> upstream caches of train and val (see _frozen_data)
+        self._frozen: Optional[tuple[tuple, TauEventData, TauEventData]] = None
 
     # -- public API -----------------------------------------------------------------------------
     def fit(
@@ -349,6 +357,7 @@ class Trainer:
         train = train.to(self.device)
         val = val.to(self.device)
         start_phase, start_epoch, stopper = 0, 0, None
+        self._frozen = None
         if resume_from is not None:
             start_phase, start_epoch, stopper = self._load_checkpoint(resume_from)
         else:
@@ -462,12 +471,16 @@ class Trainer:
         extra = self.balancer.trainable_parameters()
         if extra:
             groups.append({"params": extra})
-        self.optimizer = make_optimizer(groups, self.config.lr)
+        # fused: one kernel per parameter for the whole Adam update (the default for-loop issues
+        # ~12 small ops per parameter and step: ~10 % of a training step of the study's model on
+        # one CPU thread). Same algorithm; the updates differ from the loop's by float rounding.
+        self.optimizer = make_optimizer(groups, self.config.lr, fused=True)
         self.history.weight_tasks[phase.name] = list(self.balancer.tasks)
         self.history.step_weights.setdefault(phase.name, [])
 
     def _end_phase(self, phase_index: int, phase: Phase, stopper: EarlyStopping) -> None:
         assert self.balancer is not None
+        self._frozen = None
         if stopper.best_state is not None:
             self.model.load_state_dict(stopper.best_state["model"])
             self.balancer.load_state_dict(stopper.best_state["balancer"])
@@ -480,10 +493,16 @@ class Trainer:
         self._write_logs()
 
     # -- one epoch ------------------------------------------------------------------------------
-    def _forward(self, phase: Phase, batch: TauEventData) -> _Outputs:
+    def _forward(self, phase: Phase, batch: TauEventData, cached: bool = False) -> _Outputs:
+        """The phase's outputs on ``batch``; ``cached``: ``batch`` is an :meth:`_upstream_cache`
+        whose rows are the frozen upstream model's outputs per jet."""
         model = self.model
         tau_logit = intermediate = momentum = event_logit = None
-        if phase.run_upstream:
+        if cached:
+            columns = batch.constituents.values
+            k = model.k
+            tau_logit, intermediate, momentum = columns[:, 0], columns[:, 1:1 + k], columns[:, 1 + k:]
+        elif phase.run_upstream:
             frozen = contextlib.nullcontext() if phase.train_upstream else torch.no_grad()
             with frozen:
                 tau_logit, intermediate, momentum = model.upstream(
@@ -510,6 +529,50 @@ class Trainer:
             losses["event"] = bce_loss(out.event_logit, batch.event_labels.to(out.event_logit.dtype))
         return losses
 
+    def _upstream_cache(self, data: TauEventData) -> TauEventData:
+        """``data`` with one row per jet in place of its constituents: the frozen upstream
+        model's ``[tau_logit, intermediate (k), momentum (R)]``, computed once per phase.
+
+        A phase that runs the upstream model without training it (step-by-step's downstream
+        phase) would otherwise evaluate it on every batch of every epoch, training and
+        validation, for the same outputs: the per-jet outputs depend on the jet's constituents
+        and the frozen weights only (eval mode, as in the batches). The jets, labels and offsets
+        of ``data`` are kept, so shuffles and batches are drawn exactly as from ``data``.
+        """
+        model = self.model
+        model.tau.eval()
+        model.aux.eval()
+        parts = []
+        with torch.no_grad():
+            for batch in _batches(data, self.config.eval_batch_size):
+                tau_logit, intermediate, momentum = model.upstream(
+                    batch.constituents.values, batch.constituents.offsets, batch.jet_features
+                )
+                parts.append(torch.cat([tau_logit[:, None], intermediate, momentum], dim=1))
+        rows = torch.cat(parts)
+        per_jet = torch.arange(rows.shape[0] + 1, dtype=torch.int64, device=rows.device)
+        return TauEventData(
+            Jagged(rows, per_jet, data.jet_offsets, validate=False),
+            data.jet_features, data.jet_labels, data.event_labels, data.jet_weights,
+            data.jet_targets, validate=False,
+        )
+
+    def _frozen_data(self, phase_index: int, phase: Phase, train: TauEventData,
+                     val: TauEventData) -> Optional[tuple[TauEventData, TauEventData]]:
+        """The upstream caches of ``train`` and ``val`` for a phase with a frozen upstream model
+        (None for other phases); made on the phase's first epoch in this call."""
+        if not phase.run_upstream or phase.train_upstream:
+            return None
+        # Dropped at the start of every fit and at the end of every phase, so the weights
+        # cannot change under a cache: within the phase the upstream model is not trained.
+        key = (phase_index, id(train), id(val))
+        if self._frozen is None or self._frozen[0] != key:
+            started = time.process_time()
+            self._frozen = (key, self._upstream_cache(train), self._upstream_cache(val))
+            log.debug("phase %s: frozen upstream outputs cached (%.1f CPU s)", phase.name,
+                      time.process_time() - started)
+        return self._frozen[1], self._frozen[2]
+
     def _set_modes(self, phase: Phase, training: bool) -> None:
         self.model.train(training)
         if training and not phase.train_upstream:
@@ -531,6 +594,9 @@ class Trainer:
         cfg = self.config
         assert self.optimizer is not None and self.balancer is not None
         started = time.perf_counter()
+        cached = self._frozen_data(phase_index, phase, train, val)
+        if cached is not None:
+            train, val = cached
         self._set_modes(phase, True)
         generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, phase_index, epoch))
         order = torch.randperm(len(train), generator=generator).to(self.device)
@@ -542,7 +608,7 @@ class Trainer:
         bar = _progress(n_batches, f"{phase.name} {epoch}", cfg.progress)
         try:
             for batch in _batches(shuffled, cfg.batch_size):
-                out = self._forward(phase, batch)
+                out = self._forward(phase, batch, cached is not None)
                 losses = self._losses(phase, out, batch)
                 total = self.balancer.combine(losses)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -561,7 +627,7 @@ class Trainer:
             bar.close()
         self.balancer.epoch_end()
         self._set_modes(phase, False)
-        val_result = self._validate(phase, val)
+        val_result = self._validate(phase, val, cached is not None)
         key = monitor_key(phase, cfg.monitor)
         monitored = val_result["val_loss"] if key == "total" else val_result[f"val_{key}"]
         state = {"model": cpu_state(self.model), "balancer": cpu_state(self.balancer)}
@@ -589,10 +655,11 @@ class Trainer:
         )
         self._write_logs()
 
-    @torch.no_grad()
-    def _validate(self, phase: Phase, val: TauEventData) -> dict[str, float]:
+    @torch.inference_mode()
+    def _validate(self, phase: Phase, val: TauEventData, cached: bool = False) -> dict[str, float]:
         assert self.balancer is not None
-        outs: list[_Outputs] = [self._forward(phase, b) for b in _batches(val, self.config.eval_batch_size)]
+        outs: list[_Outputs] = [self._forward(phase, b, cached)
+                                for b in _batches(val, self.config.eval_batch_size)]
 
         def cat(name: str) -> Optional[Tensor]:
             parts = [getattr(o, name) for o in outs]
