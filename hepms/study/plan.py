@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from hepms.config import schema, study_run_configs
-from hepms.config_engine import ConfigError, Key, settings_hash
+from hepms.config_engine import Key, settings_hash
 
 __all__ = ["PlannedRun", "expand_studies", "run_settings", "unique_runs", "grid_label", "slug",
            "ensure_inside", "output_path"]
