@@ -381,6 +381,15 @@ class StudyRunConfig(NamedTuple):
         return ",".join(str(v) for v in self.grid.values())
 
 
+def _check_entry(where: str, entry: Any, allowed: Sequence[str]) -> None:
+    """``entry`` (one item of a list-of-mappings setting) is a mapping with only ``allowed`` keys."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with keys {list(allowed)}")
+    unknown = [k for k in entry if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys in {where}: {list(allowed)}")
+
+
 def study_run_configs(cfg: Mapping[str, Any]) -> list[StudyRunConfig]:
     """Every (study, run, grid point) of ``cfg["scan"]["studies"]`` with its validated config.
 
@@ -399,11 +408,7 @@ def study_run_configs(cfg: Mapping[str, Any]) -> list[StudyRunConfig]:
     out: list[StudyRunConfig] = []
     for name, study in studies.items():
         where = f"scan.studies.{name}"
-        if not isinstance(study, Mapping):
-            raise ConfigError(f"{where}: expected a mapping with keys {list(_STUDY_KEYS)}")
-        unknown = [k for k in study if k not in _STUDY_KEYS]
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys in {where}: {list(_STUDY_KEYS)}")
+        _check_entry(where, study, _STUDY_KEYS)
         kind = study.get("kind", "table")
         if kind not in STUDY_KINDS:
             raise ConfigError(f"{where}.kind: {kind!r} is not allowed; choose from {list(STUDY_KINDS)}")
@@ -423,11 +428,7 @@ def study_run_configs(cfg: Mapping[str, Any]) -> list[StudyRunConfig]:
         checked: list[tuple[str, Optional[str], Mapping[str, Any]]] = []
         for i, run in enumerate(runs):
             rwhere = f"{where}.runs[{i}]"
-            if not isinstance(run, Mapping):
-                raise ConfigError(f"{rwhere}: expected a mapping with keys {list(_RUN_KEYS)}")
-            unknown = [k for k in run if k not in _RUN_KEYS]
-            if unknown:
-                raise ConfigError(f"{rwhere}.{unknown[0]}: unknown key; allowed keys: {list(_RUN_KEYS)}")
+            _check_entry(rwhere, run, _RUN_KEYS)
             label = run.get("label")
             if not isinstance(label, str) or not label:
                 raise ConfigError(f"{rwhere}.label: expected a non-empty string")
@@ -481,11 +482,7 @@ def comparison_specs(cfg: Mapping[str, Any], runs: Sequence[Any]) -> list[dict[s
     out = []
     for i, entry in enumerate(entries):
         where = f"scan.comparisons[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where}: expected a mapping with keys {list(_COMPARISON_KEYS)}")
-        unknown = [k for k in entry if k not in _COMPARISON_KEYS]
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {list(_COMPARISON_KEYS)}")
+        _check_entry(where, entry, _COMPARISON_KEYS)
         name = entry.get("name")
         if not isinstance(name, str) or not name or name in names:
             raise ConfigError(f"{where}.name: expected a unique non-empty string, got {name!r}")
