@@ -23,7 +23,7 @@ PACKAGE = REPO / "hepms"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: no hepms dependencies beyond the ops: the package face (version, lazy names), the
     #    compiled extension and its reference, the configuration engine, small leaf helpers
-    ("hepms", "hepms._C", "hepms._reference", "hepms.ops", "hepms.config_engine", "hepms.console",
+    ("hepms", "hepms._C", "hepms._reference", "hepms.ops", "hepms.config_engine", "hepms.console", "hepms.atomic",
      "hepms.physics", "hepms.metrics"),
     # 1: jagged arrays, the machine description, the ONNX translation of the ops
     ("hepms.jagged", "hepms._machine", "hepms.onnx_ops"),

@@ -212,10 +212,10 @@ def write_comparisons(outdir: Path, rows: Sequence[Mapping[str, Any]]) -> list[P
     if not rows:
         return []
     from hepms.study.runner import write_json
-    from hepms.study.tables import write_text
+    from hepms.atomic import write_text_atomic
 
     outdir.mkdir(parents=True, exist_ok=True)
     md, js = outdir / "comparisons.md", outdir / "comparisons.json"
-    write_text(md, comparisons_markdown(rows))
+    write_text_atomic(md, comparisons_markdown(rows))
     write_json(js, {"rule": RULE, "significance_sigma": SIGNIFICANCE, "comparisons": list(rows)})
     return [md, js]

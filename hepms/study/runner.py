@@ -26,6 +26,7 @@ import torch
 
 import hepms
 from hepms import metrics
+from hepms.atomic import json_safe, write_text_atomic
 from hepms.config_engine import ConfigError, settings_hash
 from hepms.generate.io import UnreadableFileError
 from hepms.model_file import MODEL_FILE, preprocessing, save_model
@@ -68,26 +69,10 @@ PREDICTIONS = "predictions.npz"
 # ----------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------
-def _finite(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, (np.floating,)):
-        return _finite(float(x))
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, Mapping):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
 def write_json(path: Path, payload: Any) -> None:
     """Write strict JSON atomically (temporary file + rename): readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(_finite(payload), indent=1, allow_nan=False, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(json_safe(payload), indent=1, allow_nan=False, default=str) + "\n")
 
 
 def format_metric(value: Optional[float], digits: int = 4) -> str:

@@ -14,10 +14,11 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from hepms.atomic import write_text_atomic
 from hepms.config_engine import ConfigError
 from hepms.study.plan import PlannedRun, output_path, slug
 
-__all__ = ["summarise", "study_tables", "write_tables", "fmt_mean_std", "write_text", "NOT_APPLICABLE_NOTE"]
+__all__ = ["summarise", "study_tables", "write_tables", "fmt_mean_std", "NOT_APPLICABLE_NOTE"]
 
 METRICS = ("auc_tau", "auc_event")
 #: The footnote of an upstream cell marked n/a (see hepms.study.runner.upstream_not_applicable).
@@ -210,22 +211,13 @@ def write_tables(
             raise ConfigError(f"scan.studies: {stems[stem]!r} and {name!r} give the same file name "
                               f"{stem!r}; rename one of them")
         md = output_path(outdir, stem, ".md")
-        write_text(md, _table_markdown(name, table))
+        write_text_atomic(md, _table_markdown(name, table))
         write_json(output_path(outdir, stem, ".json"), table)
         written += [md, output_path(outdir, stem, ".json")]
         if reference and name in reference:
             cmp = output_path(outdir, f"{stem}_vs_study", ".md")
-            write_text(cmp, _comparison_markdown(table, reference[name]))
+            write_text_atomic(cmp, _comparison_markdown(table, reference[name]))
             written.append(cmp)
     write_json(outdir / "tables.json", tables)
     written.append(outdir / "tables.json")
     return written
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (temporary file + rename)."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

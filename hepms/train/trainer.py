@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from hepms import __version__, metrics
+from hepms.atomic import json_safe, write_text_atomic
 from hepms.data import TauEventData
 from hepms.jagged import Jagged
 from hepms.nn.models import MultiStep
@@ -815,11 +816,11 @@ class Trainer:
             for key in row:
                 if key not in columns:
                     columns.append(key)
-        _atomic_write(folder / "metrics.csv", _csv_text(columns, rows))
+        write_text_atomic(folder / "metrics.csv", _csv_text(columns, rows))
         payload = {"config": self.config.to_dict(), "model": self.model.config,
                    **self.history.to_dict()}
-        text = json.dumps(_finite(payload), indent=1, default=str, allow_nan=False)
-        _atomic_write(folder / "metrics.json", text)
+        text = json.dumps(json_safe(payload), indent=1, default=str, allow_nan=False)
+        write_text_atomic(folder / "metrics.json", text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -933,20 +934,3 @@ def _csv_text(columns: list[str], rows: list[dict]) -> str:
     for row in rows:
         writer.writerow(row)
     return buffer.getvalue()
-
-
-def _finite(x: Any) -> Any:
-    """NaN / inf -> None, so the JSON log is strict JSON."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Mapping):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
