@@ -111,7 +111,7 @@ def _build_schema() -> dict[str, Any]:
     from hepms.train.balancers import BALANCERS
     from hepms.train.losses import CLASSIFICATION_LOSSES
     from hepms.train.strategies import STRATEGIES
-    from hepms.train.trainer import TrainConfig
+    from hepms.train.trainer import PRECISIONS, TrainConfig
 
     train = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     return {
@@ -174,6 +174,12 @@ def _build_schema() -> dict[str, Any]:
             "monitor": Key(train["monitor"], "validation quantity for early stopping", str,
                            choices=("total", "tau", "event", "momentum")),
             "device": Key(train["device"], "torch device", str, check=_device_name),
+            # Changes the results: enters the settings hash (only when not float32, so the keys of
+            # float32 trials stay as they were). Slower on a CPU for the study's model
+            # (benchmarks/train.md).
+            "precision": Key(train["precision"], "training forward passes in float32, or in bfloat16 "
+                             "mixed precision (autocast; weights, optimizer, losses, validation and "
+                             "evaluation stay float32)", str, choices=PRECISIONS),
         },
         "evaluate": {
             "tau_efficiency": Key(0.6, "the tau-ID working point (overall tau-jet efficiency): light-jet "

@@ -93,6 +93,25 @@ def test_defaults_are_written_once() -> None:
     assert load_selection_config({}).data["split_seed"] == validate({})["data"]["split_seed"] == 0
 
 
+def test_precision_is_checked_and_enters_the_settings_hash_only_when_bfloat16() -> None:
+    from hepms.config import settings_hash
+    from hepms.study.plan import run_settings
+    from hepms.study.runner import train_config
+
+    with pytest.raises(ConfigError, match=r"trainer\.precision: 'float16' is not allowed; choose from "
+                                          r"\['float32', 'bfloat16'\]"):
+        validate({"trainer": {"precision": "float16"}})
+    default, fp32 = validate({}), validate({"trainer": {"precision": "float32"}})
+    bf16 = validate({"trainer": {"precision": "bfloat16"}})
+    assert default["trainer"]["precision"] == "float32"
+    # float32 trials keep their run keys (and records); bfloat16 is another configuration
+    assert "precision" not in run_settings(fp32)["trainer"]
+    assert settings_hash(run_settings(fp32)) == settings_hash(run_settings(default))
+    assert run_settings(bf16)["trainer"]["precision"] == "bfloat16"
+    assert settings_hash(run_settings(bf16)) != settings_hash(run_settings(fp32))
+    assert train_config(bf16, 1, None, False).precision == "bfloat16"
+
+
 def test_w1_zero_rule_is_one_rule() -> None:
     from hepms.train.trainer import TrainConfig
 

@@ -231,6 +231,50 @@ def test_backward_in_low_precision_matches_float64(dtype):
 
 
 # ----------------------------------------------------------------------------------------------
+# Under torch.autocast (the trainer's precision: bfloat16)
+# ----------------------------------------------------------------------------------------------
+def _pool_op(name: str, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    if name == "gather":  # one row per set -> one row per element
+        return torch.ops.hepms.segment_gather(values, offsets, int(offsets[-1]), False)
+    out = getattr(hepms, f"segment_{name}")(values, offsets)
+    return out[0] if name == "max" else out
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "amax", "softmax", "logsumexp", "gather"])
+def test_ops_under_bfloat16_autocast_match_float32_and_pass_gradients(device, name):
+    # Autocast has no rule for our ops, by choice: they take the dtype of their input (the
+    # bfloat16 output of an autocast Linear), accumulate in float32 and round once to bfloat16;
+    # casting their inputs to float32 instead would cost a copy per call and make everything
+    # after them float32 (benchmarks/train.md, "bfloat16 mixed precision").
+    torch.manual_seed(0)
+    offsets = make_offsets([7, 0, 30, 2, 1]).to(device)
+    x = torch.randn(5 if name == "gather" else 40, 6, device=device, requires_grad=True)
+    linear = torch.nn.Linear(6, 16).to(device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        h = linear(x)
+        h.retain_grad()
+        out = _pool_op(name, h, offsets)
+    assert h.dtype == out.dtype == torch.bfloat16
+    # The op on the same (rounded) bfloat16 inputs in float64: one bfloat16 rounding apart.
+    h64 = h.detach().double().requires_grad_()
+    reference = _pool_op(name, h64, offsets)
+    rtol, atol = TOLERANCES[torch.bfloat16]
+    torch.testing.assert_close(out.double(), reference, rtol=rtol, atol=atol)
+    # The float32 model without autocast: within the bfloat16 rounding of the Linear's output.
+    torch.testing.assert_close(out.float(), _pool_op(name, linear(x), offsets), rtol=5e-2, atol=5e-2)
+    # Gradients flow through the op, the bfloat16 Linear and back to the float32 weights.
+    upstream = torch.randn(reference.shape, dtype=torch.float64, device=device)
+    (out.float() * upstream.float()).sum().backward()
+    reference.backward(upstream)
+    assert h.grad is not None and h.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(h.grad.double(), h64.grad, rtol=rtol, atol=atol * 10)
+    for grad in (x.grad, linear.weight.grad, linear.bias.grad):
+        assert grad is not None and grad.dtype == torch.float32
+        assert bool(torch.isfinite(grad).all()) and bool(grad.abs().sum() > 0)
+
+
+# ----------------------------------------------------------------------------------------------
 # torch.compile and TorchScript
 # ----------------------------------------------------------------------------------------------
 class Pool(torch.nn.Module):

@@ -165,6 +165,7 @@ def train_config(cfg: Mapping[str, Any], seed: int, folder: Optional[Path], prog
         monitor=t["monitor"],
         seed=seed,
         device=t["device"],
+        precision=t["precision"],
         progress=progress,
         log_dir=None if folder is None else str(folder),
         checkpoint_dir=None if folder is None else str(folder),

@@ -79,6 +79,9 @@ class CheckpointError(ValueError):
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+#: ``TrainConfig.precision`` values: the dtype of the training forward passes' autocast region.
+PRECISIONS = ("float32", "bfloat16")
+
 
 # ----------------------------------------------------------------------------------------------
 # Configuration
@@ -108,6 +111,13 @@ class TrainConfig:
         progress: show a tqdm progress bar per epoch.
         log_dir: folder for ``metrics.csv`` and ``metrics.json`` (None: no files).
         checkpoint_dir: folder for ``checkpoint.pt`` written after every epoch (None: none).
+        precision: ``"float32"`` or ``"bfloat16"``: the training forward passes run under
+            ``torch.autocast(device, torch.bfloat16)`` (mixed precision); the weights, their
+            gradients and the optimizer stay float32, the losses are computed in float32 and
+            validation, the frozen-upstream cache, :meth:`Trainer.predict` and
+            :meth:`Trainer.evaluate` run in float32. It changes the results (bfloat16 rounding),
+            so it is part of a run's settings. On a CPU it is slower for the study's model
+            (benchmarks/train.md, "bfloat16 mixed precision").
     """
 
     strategy: str = "simultaneous"
@@ -125,6 +135,7 @@ class TrainConfig:
     progress: bool = True
     log_dir: Optional[str] = None
     checkpoint_dir: Optional[str] = None
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -148,6 +159,8 @@ class TrainConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         check_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -494,9 +507,16 @@ class Trainer:
         self._write_logs()
 
     # -- one epoch ------------------------------------------------------------------------------
-    def _forward(self, phase: Phase, batch: TauEventData, cached: bool = False) -> _Outputs:
+    def _forward(self, phase: Phase, batch: TauEventData, cached: bool = False,
+                 mixed: bool = False) -> _Outputs:
         """The phase's outputs on ``batch``; ``cached``: ``batch`` is an :meth:`_upstream_cache`
-        whose rows are the frozen upstream model's outputs per jet."""
+        whose rows are the frozen upstream model's outputs per jet; ``mixed``: a training step,
+        run in the configured precision (outputs returned as float32, for float32 losses)."""
+        if mixed and self.config.precision != "float32":
+            with torch.autocast(self.device.type, dtype=getattr(torch, self.config.precision)):
+                out = self._forward(phase, batch, cached)
+            return _Outputs(*(None if t is None else t.float() for t in
+                              (out.tau_logit, out.intermediate, out.momentum, out.event_logit)))
         model = self.model
         tau_logit = intermediate = momentum = event_logit = None
         if cached:
@@ -609,7 +629,7 @@ class Trainer:
         bar = _progress(n_batches, f"{phase.name} {epoch}", cfg.progress)
         try:
             for batch in _batches(shuffled, cfg.batch_size):
-                out = self._forward(phase, batch, cached is not None)
+                out = self._forward(phase, batch, cached is not None, mixed=True)
                 losses = self._losses(phase, out, batch)
                 total = self.balancer.combine(losses)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -758,11 +778,13 @@ class Trainer:
             raise CheckpointError(path, f"format {found!r}, this hepms writes {CHECKPOINT_FORMAT}")
         mine = self.config.to_dict()
         theirs = state.get("config") if isinstance(state.get("config"), dict) else {}
+        older = {"precision": "float32"}  # keys added later: what checkpoints without them used
         for key in ("strategy", "balancer", "balancer_options", "upstream_loss", "lr",
-                    "batch_size", "seed", "max_epochs", "patience", "monitor"):
-            if theirs.get(key) != mine.get(key):
+                    "batch_size", "seed", "max_epochs", "patience", "monitor", "precision"):
+            if theirs.get(key, older.get(key)) != mine.get(key):
                 raise CheckpointError(
-                    path, f"made with {key}={theirs.get(key)!r}, this trainer has {mine.get(key)!r}"
+                    path, f"made with {key}={theirs.get(key, older.get(key))!r}, this trainer has "
+                    f"{mine.get(key)!r}"
                 )
         saved = state.get("identity")
         if not isinstance(saved, dict):
