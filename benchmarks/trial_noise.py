@@ -9,6 +9,7 @@ differences between versions with the spread between seeds (``--before ... --aft
     python benchmarks/trial_noise.py --data data/full --seed 1000 > after_1000.json
     python benchmarks/trial_noise.py --source /tmp/old --data data/full --seed 1000 > before_1000.json
     python benchmarks/trial_noise.py --before before_*.json --after after_*.json
+    python benchmarks/trial_noise.py --data data/full --seed 1000 --precision bfloat16 > bf16_1000.json
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ if "--source" in sys.argv:  # before anything imports hepms
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,6 +40,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     overrides = [f"data.path={args.data}", "progress=false", f"trainer.epochs={args.epochs}"]
+    if args.precision:  # an older tree (--source) has no such key: only set it when asked
+        overrides.append(f"trainer.precision={args.precision}")
     if args.max_events:
         overrides.append(f"data.max_events={args.max_events}")
     base = load_config(args.config, overrides)
@@ -45,13 +49,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     runs = {(r.study, r.label): r.config for r in expand_studies(base) if r.column in ("", args.column)}
     cfg = runs[(args.study, args.run)]
     trainer = Trainer(build_model(cfg, data, args.seed), train_config(cfg, args.seed, None, False))
+    started = time.process_time()
     history = trainer.fit(data.train, data.val)
+    fit_cpu = time.process_time() - started
     keys = ("phase", "epoch", "train_loss", "val_loss", "val_auc_tau", "val_auc_event")
     return {"hepms": str(Path(hepms.__file__).parent), "machine": describe("cpu"),
             "run": f"{args.study}/{args.run}/{args.column}",
             "seed": args.seed, "max_events": args.max_events, "max_epochs": args.epochs,
+            "precision": cfg["trainer"].get("precision", "float32"),
             "history": [{k: r[k] for k in keys} for r in history.epochs], "best": history.best,
-            "test": trainer.evaluate(data.test)}
+            "fit_cpu_seconds": fit_cpu, "test": trainer.evaluate(data.test)}
 
 
 def compare(before: list[str], after: list[str]) -> None:
@@ -97,6 +104,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--max-events", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--source", default=None, help="import hepms from this folder")
+    parser.add_argument("--precision", default=None, choices=("float32", "bfloat16"),
+                        help="trainer.precision (default: the config's, float32)")
     parser.add_argument("--before", nargs="+", default=None, help="compare these results ...")
     parser.add_argument("--after", nargs="+", default=None, help="... with these (no training)")
     args = parser.parse_args(argv)

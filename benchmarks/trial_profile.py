@@ -27,11 +27,14 @@ Runs: ``simultaneous`` (the (w1, w2) = (1, 1) row) and ``step_by_step`` (both ph
 ``--epochs`` epochs per phase from the same seed. The per-epoch losses and validation AUCs are
 written to the JSON, so runs of two hepms versions can be compared for identical results.
 
+``--precision bfloat16`` trains with ``trainer.precision: bfloat16`` (mixed precision).
+
 ``--source DIR`` imports hepms from another tree (e.g. an older commit exported with
 ``git archive``, with the compiled ``hepms/_C*.so`` copied in), so that two versions can be run
 interleaved on the same machine state.
 
     python benchmarks/trial_profile.py --data /path/to/full --epochs 2 --json out.json
+    python benchmarks/trial_profile.py --data /path/to/full --precision bfloat16 --label bf16 --json bf16.json
     python benchmarks/trial_profile.py --report out.json [more.json ...]
 """
 from __future__ import annotations
@@ -216,6 +219,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import sklearn.metrics  # noqa: F401  (imported by the first AUC otherwise: a one-off second)
     overrides = [f"data.path={args.data}", "progress=false", f"threads={args.threads}",
                  f"trainer.epochs={args.epochs}"]
+    if args.precision:  # an older tree (--source) has no such key: only set it when asked
+        overrides.append(f"trainer.precision={args.precision}")
     if args.max_events:
         overrides.append(f"data.max_events={args.max_events}")
     base = load_config(args.config, overrides)
@@ -255,6 +260,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_end": load,
         "hepms_source": str(Path(hepms.__file__).parent),
         "label": args.label,
+        "precision": base["trainer"].get("precision", "float32"),
         "git_head": git,
         "config": args.config,
         "data": {"path": args.data, "train_events": len(data.train), "val_events": len(data.val),
@@ -304,6 +310,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-events", type=int, default=None, help="a random subset of the sample")
     parser.add_argument("--label", default=None, help="name of this version in the report")
+    parser.add_argument("--precision", default=None, choices=("float32", "bfloat16"),
+                        help="trainer.precision (default: the config's, float32)")
     parser.add_argument("--source", default=None, help="import hepms from this folder")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--report", nargs="+", default=None, help="summarise JSON files instead")

@@ -537,10 +537,12 @@ def test_checkpoint_of_another_precision_is_not_resumed(tmp_path):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_training_runs_on_the_gpu():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_cuda_training_runs_on_the_gpu(precision):
     train, val = toy_dataset(60, seed=1), toy_dataset(30, seed=2)
     model = MultiStep(8, 4, seed=0)
-    trainer = Trainer(model, max_epochs=2, batch_size=20, progress=False, device="cuda")
+    trainer = Trainer(model, max_epochs=2, batch_size=20, progress=False, device="cuda",
+                      precision=precision)
     history = trainer.fit(train, val)
     assert math.isfinite(history.epochs[-1]["val_loss"])
     assert next(model.parameters()).device.type == "cuda"

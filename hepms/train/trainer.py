@@ -16,7 +16,10 @@ from a checkpoint gives the same weights as the uninterrupted run.
 Cost (benchmarks/train.md, "Per-trial cost"): a phase that runs the upstream model without
 training it (step-by-step's downstream phase) evaluates it once per phase on the training and
 validation events and trains on those per-jet outputs, instead of running it on every batch;
-Adam is the fused kernel; validation runs under ``torch.inference_mode``.
+Adam is the fused kernel; validation runs under ``torch.inference_mode``. ``precision:
+"bfloat16"`` (mixed precision, opt-in) does not pay on a CPU for the study's model: bfloat16
+products go through oneDNN, which builds a kernel for every new row count, and every batch has
+another number of constituents (benchmarks/train.md, "bfloat16 mixed precision").
 """
 from __future__ import annotations
 
