@@ -1,7 +1,7 @@
 """Why bfloat16 mixed precision does not speed up the study's training on a CPU: matrix products and
 training steps, float32 versus bfloat16.
 
-Two measurements, CPU time (``time.process_time``) of this process, 1 torch thread:
+Three measurements, CPU time (``time.process_time``) of this process, 1 torch thread:
 
 1. ``matmul``: the products of one ``nn.Linear`` on ``[N, K]`` rows (``N`` about 7,100: the
    constituents of a batch of 128 events of the full preset) in float32 and bfloat16: the forward
@@ -9,7 +9,12 @@ Two measurements, CPU time (``time.process_time``) of this process, 1 torch thre
    call and once with ``N`` changing from call to call, as the constituent count of a batch does.
    On CPUs with bfloat16 instructions PyTorch runs bfloat16 products through oneDNN, which
    generates a kernel per shape (its primitive cache then holds it); float32 products go to MKL.
-2. ``steps``: training steps of the full preset's (w1, w2) = (1, 1) joint phase (forward, float32
+   Also timed: the weight gradient computed transposed, ``x.T @ g`` (the same numbers), because
+   autograd's ``g.T @ x`` is slow in MKL for narrow inputs (the first layer's 8 features).
+2. ``segment``: forward + backward of ``hepms.segment_sum/mean/amax`` on ``[N, 32]`` rows in 270
+   sets (a batch's jets), float32 and bfloat16, and the bfloat16 -> float32 cast that an autocast
+   rule running the ops in float32 would add per call.
+3. ``steps``: training steps of the full preset's (w1, w2) = (1, 1) joint phase (forward, float32
    losses, backward, fused Adam) on batches of the full sample, with the trainer's own
    ``_forward``: ``float32``; ``bfloat16`` (``trainer.precision: bfloat16``: the forward pass
    under ``torch.autocast``); ``bfloat16-bucketed`` (an experiment, not in hepms: the same, with
@@ -48,7 +53,7 @@ def _cpu_us(fn: Callable[[int], Any], calls: int) -> float:
 
 def matmul(rows: int, calls: int) -> list[dict[str, Any]]:
     out = []
-    for k, m in ((7, 32), (32, 32), (64, 64)):
+    for k, m in ((8, 32), (32, 32), (64, 64)):
         for dtype in (torch.float32, torch.bfloat16):
             g = torch.Generator().manual_seed(0)
             xs = [torch.randn(rows + 7 * i, k, generator=g).to(dtype) for i in range(calls + 1)]
@@ -59,6 +64,37 @@ def matmul(rows: int, calls: int) -> list[dict[str, Any]]:
             row["forward_varying_rows_us"] = _cpu_us(lambda i: xs[i] @ w.T, calls)
             row["weight_grad_same_rows_us"] = _cpu_us(lambda i: gs[0].T @ xs[0], calls)
             row["weight_grad_varying_rows_us"] = _cpu_us(lambda i: gs[i].T @ xs[i], calls)
+            # the same product transposed (x.T @ g = (g.T @ x).T): what MKL makes of the layout
+            row["weight_grad_transposed_same_rows_us"] = _cpu_us(lambda i: xs[0].T @ gs[0], calls)
+            out.append(row)
+            print(row, flush=True)
+    return out
+
+
+def segment(rows: int, sets: int, calls: int) -> list[dict[str, Any]]:
+    """Forward + backward of the pooling ops on ``[rows, 32]`` in ``sets`` sets, float32 and
+    bfloat16, and the cast a float32 autocast rule would add."""
+    import hepms
+    from hepms.ops import validation
+
+    g = torch.Generator().manual_seed(1)
+    counts = torch.randint(1, 50, (sets,), generator=g)
+    offsets = hepms.offsets_from_counts((counts * rows / counts.sum()).long().clamp_min(1))
+    out = []
+    with validation(False):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(int(offsets[-1]), 32, generator=g).to(dtype).requires_grad_()
+            row: dict[str, Any] = {"rows": x.shape[0], "sets": sets, "dtype": str(dtype).replace("torch.", "")}
+            for name in ("sum", "mean", "amax"):
+                op = getattr(hepms, f"segment_{name}")
+
+                def fb(i: int, op: Callable = op) -> None:
+                    y = op(x, offsets)
+                    y.backward(torch.ones_like(y))
+
+                row[f"{name}_forward_backward_us"] = _cpu_us(fb, calls)
+            if dtype == torch.bfloat16:
+                row["cast_to_float32_us"] = _cpu_us(lambda i: x.detach().float(), calls)
             out.append(row)
             print(row, flush=True)
     return out
@@ -154,6 +190,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     payload: dict[str, Any] = {"script": "benchmarks/precision_steps.py", "machine": describe("cpu"),
                                "cpu_flags_bf16": _bf16_flags()}
     payload["matmul"] = matmul(args.rows, args.calls)
+    payload["segment"] = segment(args.rows, 270, args.calls)
     payload["steps"] = steps(args)
     with open("/proc/loadavg") as f:
         payload["load_average_end"] = f.read().split()[:3]
