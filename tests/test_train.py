@@ -533,6 +533,15 @@ def test_checkpoint_of_another_precision_is_not_resumed(tmp_path):
     _fit(tmp_path, stop_after=1)
     with pytest.raises(CheckpointError, match="made with precision='float32', this trainer has 'bfloat16'"):
         _fit(tmp_path, resume=True, precision="bfloat16")
+    # A checkpoint written before the option existed (no "precision" in its config) was float32.
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    del state["config"]["precision"]
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="made with precision='float32'"):
+        _fit(tmp_path, resume=True, precision="bfloat16")
+    _, _, history = _fit(tmp_path, resume=True)
+    assert not history.interrupted and len(history.epochs) == 4
 
 
 @pytest.mark.cuda
