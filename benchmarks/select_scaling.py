@@ -1,7 +1,9 @@
 """Scalability of model selection: wall time of grid search, DARTS and SPOS-NAS versus the number
 of candidate models per task (the MSNAS paper's section 4.4.3, Fig. 7a), with fitted power laws.
 
-Workload: generated H/Z->tautau events (Pythia 8 + FastJet via ``hepms.generate``, mu = 5), Task 1
+Workload: generated H/Z->tautau events (``--events``: a sample of ``hepms generate``, e.g. the
+full sample, of which ``--max-events`` keeps the first N per process; default: generate a small
+one with Pythia 8 + FastJet, mu = 5), Task 1
 = tau momentum calibration, base candidates 3 per task as in the paper (Task 1: DeepSets, MLP,
 scale factor; Task 2: MLP on two candidates, LSTM, Mass), replicated ``copies`` times with
 independent initialisation, so ``N = 3 * copies`` models per task. Each method runs end to end
@@ -10,16 +12,23 @@ independent initialisation, so ``N = 3 * copies`` models per task. Each method r
 stopped). Fit: ``t = C * N^a`` by least squares in log-log, per method over all runs, and per
 dominant phase (grid: re-optimisation of the N^2 pairs; DARTS / SPOS: the search).
 
-Prints one JSON document (machine, settings, rows, fits) and writes a log-log plot.
+Every selected chain is then evaluated on the test split (untimed): the Task-2 AUC versus the number
+of candidates is the paper's Fig. 7b.
+
+Prints the machine (stderr) and one JSON document (machine, settings, data fingerprint, rows with
+wall and CPU seconds per run, fits), and writes a log-log plot of the times and one of the AUC.
 
     python benchmarks/select_scaling.py                                  # small CPU defaults
     python benchmarks/select_scaling.py --copies 1 2 4 8 --repeats 3 --epochs 3 --device cuda
+    python benchmarks/select_scaling.py --events data/full --max-events 1000 \
+        --json benchmarks/results_select_scaling/real_1k.json --plot scaling.png --auc-plot auc.png
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +55,8 @@ BASE = {
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", help="generated events (file or folder); default: generate")
+    parser.add_argument("--max-events", type=int,
+                        help="with --events: the first N events of each process (file), before the split")
     parser.add_argument("--generate-dir", default="/tmp/hepms_select_scaling_events",
                         help="where to generate (a sub-folder per sample size and seed)")
     parser.add_argument("--events-per-process", type=int, default=1000)
@@ -60,17 +71,26 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="also write the JSON document here")
     parser.add_argument("--plot", default="select_scaling.png", help="log-log figure")
+    parser.add_argument("--auc-plot", help="figure of the test Task-2 AUC versus N (paper Fig. 7b)")
     args = parser.parse_args(argv)
+    if args.max_events is not None and (args.max_events < 1 or not args.events):
+        parser.error("--max-events needs --events and a positive number")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
 
     from hepms import select
     from hepms.generate import generate, read_events
-    from hepms.select.plots import plot_scaling
+    from hepms.select.plots import plot_scaling, plot_scaling_auc
     from hepms.select.scaling import fit_all, fit_phase, time_methods
+    from hepms.study.dataset import sample_fingerprint
 
+    machine = describe(args.device)
+    print(f"machine: {json.dumps(machine)}", file=sys.stderr)
+    fingerprint = None
     if args.events:
-        events = read_events(args.events)
+        events = read_events(args.events, entry_stop=args.max_events)
+        if (Path(args.events) / "manifest.json").is_file():
+            fingerprint = sample_fingerprint(Path(args.events))
     else:
         # One folder per sample size and seed, so a cached sample is never silently reused for
         # another configuration.
@@ -80,14 +100,17 @@ def main(argv=None) -> int:
                      workers=1, progress=False, pileup_pool=200, block_size=args.events_per_process,
                      pileup_process="nondiffractive")
         events = read_events(folder)
+        fingerprint = sample_fingerprint(folder)
     data = select.prepare_selection_data(events, seed=args.seed)
     base = select.SearchSpace.create(data, args.task, BASE["upstream"], BASE["downstream"])
     settings = select.SearchSettings(
         pretrain_epochs=args.epochs, search_epochs=args.epochs, posttrain_epochs=args.epochs,
         batch_size=args.batch_size, device=args.device, progress=False, alpha_lr=0.01,
     )
-    started = time.perf_counter()
-    rows = time_methods(base, data.train, data.val, settings, args.copies, args.methods, args.repeats)
+    load_start = os.getloadavg()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    rows = time_methods(base, data.train, data.val, settings, args.copies, args.methods, args.repeats,
+                        test=data.test)
     fits = fit_all(rows)
     phases = {
         "grid/reoptimise": fit_phase([r for r in rows if r["method"] == "grid"], "reoptimise"),
@@ -95,13 +118,16 @@ def main(argv=None) -> int:
         "spos/search": fit_phase([r for r in rows if r["method"] == "spos"], "search"),
         "spos/evaluate": fit_phase([r for r in rows if r["method"] == "spos"], "evaluate"),
     }
-    machine = describe(args.device)
     document = {
         "benchmark": "select_scaling",
         "machine": machine,
+        "data_fingerprint": fingerprint,
         "settings": {**vars(args), "train_events": len(data.train), "val_events": len(data.val),
-                     "base_candidates": {k: list(v) for k, v in BASE.items()}},
+                     "test_events": len(data.test), "base_candidates": BASE},
         "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+        # The machine is shared: the load average says how much the wall times are inflated.
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "rows": rows,
         "fits": fits,
         "phase_fits": phases,
@@ -113,6 +139,10 @@ def main(argv=None) -> int:
     if args.plot:
         plot_scaling(rows, fits, args.plot, title=f"{machine['cpu']}, {machine['torch_threads']} thread(s)")
         print(f"plot: {args.plot}", file=sys.stderr)
+    if args.auc_plot:
+        plot_scaling_auc(rows, args.auc_plot, title=f"{machine['cpu']}, {machine['torch_threads']} thread(s)",
+                         context=f"{len(data.test)} test events, {args.epochs} epochs per phase")
+        print(f"plot: {args.auc_plot}", file=sys.stderr)
     return 0
 
 

@@ -7,7 +7,8 @@ has returned its chain is that chain evaluated on the test split, once: Task-1 a
 Task-2 AUC, the Task-1 metric (MSE or tau AUC) and, for the calibration task, the fraction of
 Task-1 outputs within two sigma of the Gaussian-process reference.
 
-Outputs in ``out_dir``: ``results.json`` (config, machine, rows), ``results.csv`` (rows),
+Outputs in ``out_dir``: ``results.json`` (config, its settings hash, the sample's fingerprint,
+machine, rows), ``results.csv`` (rows),
 ``runs/<method>_v1-<v1>_seed-<seed>.json`` (each selection's full record),
 ``runs/<method>_v1-<v1>_seed-<seed>.model.pt`` (the selected, trained chain as a model file:
 :func:`hepms.model_file.load_model`) and the plots.
@@ -27,6 +28,7 @@ import torch
 from hepms.select import select
 from hepms.select.config import SelectionConfig
 from hepms.select.data import SelectionData, prepare_selection_data
+from hepms.atomic import write_text_atomic
 from hepms.config import settings_hash
 from hepms.model_file import save_model
 from hepms.select.space import CHAIN_BUILDER, SearchSpace, chain_config
@@ -42,25 +44,31 @@ PathLike = Union[str, Path]
 
 def load_events(config: SelectionConfig, out_dir: PathLike, progress: bool = True):
     """The study's awkward events: read ``data.path``, or generate ``data.generate`` into
-    ``out_dir/events`` (reused when a previous run generated the same settings there)."""
+    ``out_dir/events`` (reused when a previous run generated the same settings there).
+
+    ``data.max_events`` (when set) keeps the first N entries of every file, i.e. of every process,
+    in file order; the train/validation/test split is made afterwards."""
     from hepms.generate import generate, read_events
 
     data = config.data
+    # entry_stop applies per file, and every file of `hepms generate` holds one process.
+    caps = {"max_jets": data["max_jets"], "max_constituents": data["max_constituents"],
+            "entry_stop": data.get("max_events")}
     if data.get("path"):
-        return read_events(data["path"], max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+        return read_events(data["path"], **caps)
     folder = Path(out_dir) / "events"
     settings = dict(data["generate"])
     stamp = folder / "select_generate.json"
     if stamp.is_file() and (folder / "manifest.json").is_file():
         if json.loads(stamp.read_text()) == settings:
             log.info("reusing the events generated in %s", folder)
-            return read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+            return read_events(folder, **caps)
     kwargs = dict(settings)
     kwargs.setdefault("workers", 1)
     log.info("generating events into %s: %s", folder, kwargs)
     generate(folder, progress=progress, **kwargs)
     stamp.write_text(json.dumps(settings, sort_keys=True))
-    return read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+    return read_events(folder, **caps)
 
 
 def prepare_study_data(config: SelectionConfig, events) -> SelectionData:
@@ -181,7 +189,7 @@ def run_study(
                            "upstream": result.upstream, "downstream": result.downstream},
                 )
                 path = out / "runs" / f"{stem}.json"
-                path.write_text(json.dumps(json_ready(record), indent=1))
+                write_text_atomic(path, json.dumps(json_ready(record), indent=1))
                 if config.plots and method == "darts" and seed == config.seeds[0]:
                     from hepms.select.plots import plot_alpha_history
 
@@ -195,12 +203,16 @@ def run_study(
         files += _study_plots(rows, out, space.task.name, reference is not None)
     summary = {
         "config": config.to_dict(),
+        # What produced the rows: the configuration's hash and the sample's fingerprint (None for
+        # events passed in without a manifest).
+        "settings_hash": settings_hash(config.to_dict()),
+        "data_fingerprint": _sample_fingerprint(config, out),
         "machine": describe(config.settings.device),
         "seconds": time.perf_counter() - started,
         "rows": rows,
         "files": files,
     }
-    (out / "results.json").write_text(json.dumps(json_ready(summary), indent=1))
+    write_text_atomic(out / "results.json", json.dumps(json_ready(summary), indent=1))
     _write_csv(rows, out / "results.csv")
     return summary
 
