@@ -130,3 +130,20 @@ def test_load_study_names_the_problem(tmp_path):
     with pytest.raises(ValueError, match="x.json"):
         load_study(tmp_path)
     assert main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_stopped_study_is_summarised_with_its_configuration(study, tmp_path):
+    import yaml
+
+    rows, _ = study
+    runs = tmp_path / "study" / "runs"
+    runs.mkdir(parents=True)
+    for r in rows[:3]:
+        (runs / f"{r['method']}_seed-{r['seed']}_{r['v1']}.json").write_text(json.dumps({"row": r}))
+    config = tmp_path / "select.yaml"
+    config.write_text(yaml.safe_dump({"data": {"max_events": 10},
+                                      "candidates": {"upstream": {"ds": {"kind": "sf"}, "zeros": {"kind": "zeros"}}}}))
+    s = write_summary(tmp_path / "study", tmp_path / "out", plots=False, config=config)
+    assert s["provenance"]["complete"] is False and s["provenance"]["settings_hash"]
+    assert s["selections"] == 3 and s["dummy_candidates"] == ["noise", "zeros"]
+    assert "stopped before it finished" in (tmp_path / "out" / "summary.md").read_text()

@@ -19,8 +19,8 @@ still gives its finished selections.
 * ``alpha``: DARTS ``softmax(alpha)`` per epoch of every seed, and its final value, mean and s.d.
   over seeds (Fig. 4).
 
-``python -m hepms.select.summary RUN_DIR --out DIR`` writes ``summary.json``, ``summary.md`` and
-the figures (captioned with the configuration and seeds) to ``DIR``.
+``python -m hepms.select.summary RUN_DIR --out DIR [--config CONFIG.yaml]`` writes ``summary.json``,
+``summary.md`` and the figures (captioned with the configuration and seeds) to ``DIR``.
 """
 from __future__ import annotations
 
@@ -239,6 +239,14 @@ def summary_markdown(summary: Mapping[str, Any], context: str = "") -> str:
         lines += [context, ""]
     lines += [f"{summary['selections']} selections: methods {', '.join(methods)}; v1 "
               f"{', '.join(_fmt_v1(v) for v in v1s)}; seeds {', '.join(map(str, summary['seeds']))}.", ""]
+    prov = summary.get("provenance") or {}
+    if prov:
+        if not prov.get("complete"):
+            lines += ["**The study stopped before it finished**: these are the selections it completed.", ""]
+        machine = prov.get("machine") or {}
+        lines += [f"Settings hash `{prov.get('settings_hash')}`, data fingerprint `{prov.get('data_fingerprint')}`"
+                  + (f", machine {machine.get('cpu')} ({machine.get('cpu_count')} cores, "
+                     f"{machine.get('torch_threads')} torch thread(s))" if machine else "") + ".", ""]
 
     lines += ["## Dummy candidates selected", "",
               f"Dummies: {', '.join(summary['dummy_candidates']) or 'none'}.", "",
@@ -326,18 +334,30 @@ def _context(results: Optional[Mapping[str, Any]]) -> str:
             f"(patience {s.get('patience')}/{s.get('search_patience')}), alpha_lr {s.get('alpha_lr')}")
 
 
-def write_summary(run_dir: PathLike, out_dir: PathLike, *, plots: bool = True) -> dict[str, Any]:
+def write_summary(
+    run_dir: PathLike, out_dir: PathLike, *, plots: bool = True, config: Optional[PathLike] = None
+) -> dict[str, Any]:
     """Summarise the study in ``run_dir`` into ``out_dir``: ``summary.json``, ``summary.md`` and
-    (``plots``) the figures. Returns the summary (with the written ``files``)."""
+    (``plots``) the figures. Returns the summary (with the written ``files``).
+
+    ``config``: the study's configuration file, for a study stopped before it wrote
+    ``results.json`` (which holds the configuration otherwise); the summary then says it is
+    incomplete and which selections it has.
+    """
     from hepms.config_engine import settings_hash
 
     rows, records, results = load_study(run_dir)
+    if results is None and config is not None:
+        from hepms.select.config import load_selection_config
+
+        results = {"config": json_safe(load_selection_config(config).to_dict()), "partial": True}
     config = (results or {}).get("config")
     summary = summarize(rows, records, dummies=dummy_names(config))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     context = _context(results)
-    provenance: dict[str, Any] = {"run_dir": str(run_dir), "complete": results is not None}
+    provenance: dict[str, Any] = {"run_dir": str(run_dir),
+                                  "complete": results is not None and not results.get("partial")}
     if results:
         provenance["machine"] = results.get("machine")
         provenance["study_seconds"] = results.get("seconds")
@@ -385,9 +405,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("run_dir", help="output folder of `hepms select`")
     parser.add_argument("--out", help="where to write summary.json / summary.md / figures (default: run_dir)")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+    parser.add_argument("--config", help="the study's configuration, when it stopped before writing results.json")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        summary = write_summary(args.run_dir, args.out or args.run_dir, plots=not args.no_plots)
+        summary = write_summary(args.run_dir, args.out or args.run_dir, plots=not args.no_plots, config=args.config)
     except (FileNotFoundError, ValueError) as error:
         print(f"hepms.select.summary: {error}", file=sys.stderr)
         return 2
