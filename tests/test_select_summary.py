@@ -67,6 +67,9 @@ def test_summary_answers_the_papers_questions(study):
     d = s["paired"]["darts-grid"]["test_auc_event"][0.9]
     assert d["mean"] == pytest.approx(-0.02) and d["error"] == pytest.approx(0.01 / np.sqrt(3))
     assert "grid-grid" not in s["paired"]
+    # v1 trend: grid's MSE at v1 = 0.9 minus at 0.1 is -0.04 for every seed.
+    trend = s["v1_trend"]["grid"]["test_mse"]
+    assert trend["v1"] == [0.1, 0.9] and trend["n"] == 3 and trend["mean"] == pytest.approx(-0.04)
     # DARTS weights: final softmax(alpha) over the seeds, and every seed's history.
     a = s["alpha"][0.1]
     finals = [0.2 + 0.3 * (1 + seed) for seed in (0, 1, 2)]
