@@ -225,17 +225,19 @@ def _n_axis(ax, rows: Sequence[Mapping], ylabel: str, title: str) -> None:
 
 
 def plot_scaling(
-    rows: Sequence[Mapping], fits: Mapping[str, Mapping], path: PathLike, title: str = ""
+    rows: Sequence[Mapping], fits: Mapping[str, Mapping], path: PathLike, title: str = "", key: str = "seconds"
 ) -> Path:
-    """Wall time versus candidates per task (log-log) with ``C * N^a`` fits per method.
+    """Wall time (or ``key``, e.g. ``"cpu_seconds"``) versus candidates per task (log-log) with
+    ``C * N^a`` fits per method.
 
     Args:
-        rows: ``{"method", "n_models", "seconds"}`` per run.
+        rows: ``{"method", "n_models", key}`` per run.
         fits: per method ``{"C", "a", "a_err"}`` (:func:`hepms.select.scaling.fit_power_law`).
     """
     from hepms.study.plots import place_legend
 
-    grouped = _by_method_and_n(rows, "seconds")
+    what = "CPU time" if key == "cpu_seconds" else "wall time"
+    grouped = _by_method_and_n(rows, key)
     with _figure() as (fig, axes):
         ax = axes[0]
         for method, by_n in sorted(grouped.items()):
@@ -247,11 +249,11 @@ def plot_scaling(
                 ax.plot(grid, fit["C"] * grid ** fit["a"], ls="--", color=line[0].get_color(),
                         label=rf"{method} fit: $N^{{{fit['a']:.2f} \pm {fit['a_err']:.2f}}}$")
         ax.set_yscale("log")
-        _n_axis(ax, rows, "wall time [s]", title)
+        _n_axis(ax, rows, f"{what} [s]", title)
         fig.tight_layout()
         place_legend(ax, fontsize=9)
         repeats = [len(v) for by_n in grouped.values() for v in by_n.values()]
-        caption = (f"points: mean wall time over {_span(repeats)} repeat(s), error bars: sample s.d.; "
+        caption = (f"points: mean {what} over {_span(repeats)} repeat(s), error bars: sample s.d.; "
                    "dashed: fitted C N^a")
         return _save(fig, path, layout=False, caption=caption)
 
