@@ -177,18 +177,24 @@ def plot_metric_vs_v1(
             grouped[r["method"]][r["v1"]].append(value)
     with _figure() as (fig, axes):
         ax = axes[0]
-        for method, by_v1 in sorted(grouped.items()):
+        # Methods side by side at each v1 (a small x offset), so that their error bars do not hide
+        # one another; the offset is a fraction of the smallest v1 spacing.
+        values = sorted({v for by_v1 in grouped.values() for v in by_v1})
+        spacing = min(np.diff(values)) if len(values) > 1 else 0.1
+        for k, (method, by_v1) in enumerate(sorted(grouped.items())):
             v1s = sorted(by_v1)
             mean = [np.mean(by_v1[v]) for v in v1s]
             std = [np.std(by_v1[v], ddof=1) if len(by_v1[v]) > 1 else 0.0 for v in v1s]
-            ax.errorbar(v1s, mean, yerr=std, marker="o", capsize=3, label=method)
+            shift = 0.04 * spacing * (k - (len(grouped) - 1) / 2)
+            ax.errorbar(np.asarray(v1s) + shift, mean, yerr=std, marker="o", capsize=3, label=method)
         ax.set_xlabel(r"$v_1$ (Task-1 weight)")
         ax.set_ylabel(ylabel or metric)
         fig.tight_layout()
         if grouped:
             place_legend(ax)
         used = [r for r in rows if r.get(metric) is not None and np.isfinite(r.get(metric))]
-        caption = (f"{ylabel or metric}: points: mean over seeds, error bars: sample s.d. over seeds; "
+        caption = (f"{ylabel or metric}: points: mean over seeds (methods offset slightly in v1), error bars: "
+                   "sample s.d. over seeds; "
                    f"{_seeds(used)}" + (f"; {context}" if context else ""))
         return _save(fig, path, layout=False, caption=caption)
 
