@@ -4,8 +4,7 @@ reads the run configuration of ``hepms train`` / ``scan``).
 
 Sections (all optional; see ``analyses/htautau/config/select.yaml``)::
 
-    data:        path | generate{...}, max_events, max_jets, max_constituents, jet_features, fractions,
-                 split_seed
+    data:        path | generate{...}, max_events, max_jets, max_constituents, jet_features, fractions, split_seed
     task:        calibration | tau_id                  (Task 1)
     candidates:  upstream: {name: {kind, ...}}, downstream: {name: {kind, ...}}
     settings:    SearchSettings fields (lr, alpha_lr, epochs, patience, epsilon, criterion, ...)
@@ -83,12 +82,10 @@ def selection_schema() -> dict[str, Any]:
         "data": {
             "path": Key(None, "events from `hepms generate` (null: generate them as data.generate says)", str,
                         nullable=True),
+            "max_events": Key(None, "events per process at most: the first N of each process in file order, "
+                              "taken before the train/validation/test split (null: all)", int, nullable=True,
+                              check=_positive),
             "generate": generate,
-            # Per process (= per file of the sample), the first N entries in file order, read
-            # before the train/validation/test split: a fixed, reproducible subset of a large
-            # sample (the run configuration's data.max_events is a random subset instead).
-            "max_events": Key(None, "first N events of each process (file), before the split (null: all)",
-                              int, nullable=True, check=_positive),
             "max_jets": run_data["max_jets"],
             "max_constituents": run_data["max_constituents"],
             "jet_features": Key(list(SELECTION_JET_FEATURES), "per-jet input features", list[str]),
