@@ -53,7 +53,74 @@ BASE = {
 }
 
 
+def _cell(values, digits: int = 1) -> str:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return "-"
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
+
+
+def _fit_cell(fit) -> str:
+    if not fit:
+        return "-"
+    err = fit.get("a_err")
+    return f"{fit['a']:.2f}" + (f" ± {err:.2f}" if err is not None and err == err else "")
+
+
+def report(document: dict) -> str:
+    """Markdown tables of one JSON document of this benchmark (every number from ``document``)."""
+    rows = document["rows"]
+    methods = sorted({r["method"] for r in rows})
+    ns = sorted({r["n_models"] for r in rows})
+    s = document["settings"]
+    lines = [f"machine: `{json.dumps(document['machine'])}`; load average (1, 5, 15 min) at start "
+             f"{[round(x, 1) for x in document['load_average']['start']]}, at end "
+             f"{[round(x, 1) for x in document['load_average']['end']]}; data fingerprint "
+             f"`{document.get('data_fingerprint')}`; {s['train_events']} / {s['val_events']} / {s['test_events']} "
+             f"train / validation / test events; {s['epochs']} epochs per phase; copies {s['copies']}, "
+             f"{s['repeats']} repeat(s); whole benchmark {document['seconds']:.0f} s wall, "
+             f"{document['cpu_seconds']:.0f} s CPU.", ""]
+    for key, what in (("seconds", "wall time [s]"), ("cpu_seconds", "CPU time [s]")):
+        lines += [f"{what} per selection, mean ± s.d. over repeats:", "",
+                  "| N per task | pairs | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+        for n in ns:
+            lines.append(f"| {n} | {n * n} | " + " | ".join(
+                _cell([r[key] for r in rows if r["method"] == m and r["n_models"] == n]) for m in methods) + " |")
+        lines.append("")
+    lines += ["Fitted exponent `a` of `t = C N^a` (± standard error of the slope), all runs per method:", "",
+              "| method | wall time | CPU time |", "|---|---|---|"]
+    for m in methods:
+        lines.append(f"| {m} | {_fit_cell(document['fits'].get(m))} | {_fit_cell(document.get('fits_cpu', {}).get(m))} |")
+    lines += ["", "Dominant phases (wall time): " + "; ".join(
+        f"{k} {_fit_cell(v)}" for k, v in document.get("phase_fits", {}).items() if v), ""]
+    lines += ["Mean phase wall times [s]:", "", "| method: phase | " + " | ".join(f"N={n}" for n in ns) + " |",
+              "|---|" + "---|" * len(ns)]
+    for m in methods:
+        phases = sorted({p for r in rows if r["method"] == m for p in r["phases"] if p != "total"})
+        for p in phases:
+            lines.append(f"| {m}: {p} | " + " | ".join(
+                _cell([r["phases"][p] for r in rows if r["method"] == m and r["n_models"] == n and p in r["phases"]], 2)
+                for n in ns) + " |")
+    if any("test_auc_event" in r for r in rows):
+        lines += ["", "Task-2 AUC of the selected chain on the test split (paper Fig. 7b), mean ± s.d. over repeats:",
+                  "", "| N per task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        for n in ns:
+            lines.append(f"| {n} | " + " | ".join(
+                _cell([r["test_auc_event"] for r in rows if r["method"] == m and r["n_models"] == n], 4)
+                for m in methods) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--report":  # tables of finished runs: --report FILE.json [FILE.json ...]
+        for path in argv[1:]:
+            print(f"### {path}\n")
+            print(report(json.loads(Path(path).read_text())))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", help="generated events (file or folder); default: generate")
     parser.add_argument("--max-events", type=int,
