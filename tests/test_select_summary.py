@@ -41,6 +41,8 @@ def study():
             up = "zeros" if (v1 == 0.1 and seed == 0) else "ds"
             rows.append(_row("darts", v1, seed, up, "mass", 0.2, auc - 0.01 * (seed + 1), 0.5))
             records.append({"row": rows[-1], "alpha_history": _alpha(seed)})
+            records.append({"row": rows[-3], "scores": {"ds|mass": {"auc_event": 0.8 + 0.01 * seed, "total": 0.5},
+                                                         "zeros|mass": {"auc_event": 0.7, "total": 2.0}}})
     return rows, records
 
 
@@ -75,6 +77,10 @@ def test_summary_answers_the_papers_questions(study):
     finals = [0.2 + 0.3 * (1 + seed) for seed in (0, 1, 2)]
     assert a["final"]["upstream"]["ds"]["mean"] == pytest.approx(np.mean(finals))
     assert a["epochs"] == {0: 3, 1: 3, 2: 3} and len(a["history"][2]) == 4
+    # Grid's validation scores of every pair, best AUC first.
+    scores = s["pair_scores"][0.9]
+    assert list(scores) == ["ds|mass", "zeros|mass"]
+    assert scores["ds|mass"]["auc_event"]["mean"] == pytest.approx(0.81) and scores["zeros|mass"]["total"]["n"] == 3
     text = summary_markdown(s)
     assert "| grid vs spos | 5/6 | 0.83 |" in text
     assert "v1 0.1 seed 0: zeros + mass" in text

@@ -19,7 +19,9 @@ still gives its finished selections.
 * ``v1_trend``: per method, each metric at the largest ``v1`` minus at the smallest, paired by seed
   (does the Task-1 weight move MSE, AUC and validity as the paper's Fig. 6 says?);
 * ``alpha``: DARTS ``softmax(alpha)`` per epoch of every seed, and its final value, mean and s.d.
-  over seeds (Fig. 4).
+  over seeds (Fig. 4);
+* ``pair_scores``: grid search's validation score of every pair (after its re-optimisation), mean
+  and s.d. over seeds: how far apart the pairs the methods choose between are.
 
 ``python -m hepms.select.summary RUN_DIR --out DIR [--config CONFIG.yaml]`` writes ``summary.json``,
 ``summary.md`` and the figures (captioned with the configuration and seeds) to ``DIR``.
@@ -206,10 +208,28 @@ def summarize(
                                                                                   [y for _, y in pairs])}
 
     out["alpha"] = _alpha_summary(records)
+    out["pair_scores"] = _pair_scores(records)
     out["seconds"] = {m: {v: _mean_sd([r.get("seconds") for k, r in by_key.items() if k[0] == m and k[1] == v])
                           for v in v1s}
                       for m in methods}
     return out
+
+
+def _pair_scores(records: Sequence[Mapping[str, Any]], method: str = "grid") -> dict[str, Any]:
+    """Grid search scores every pair on validation after re-optimising it: per v1 and pair, the
+    validation Task-2 AUC and weighted loss, mean and s.d. over seeds (the ranking of the pairs)."""
+    grouped: dict[float, dict[str, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for rec in records:
+        row = rec.get("row", {})
+        if row.get("method") != method:
+            continue
+        for pair, metrics_ in (rec.get("scores") or {}).items():
+            for name in ("auc_event", "total"):
+                if metrics_.get(name) is not None:
+                    grouped[float(row["v1"])][pair][name].append(metrics_[name])
+    return {v: {pair: {name: _mean_sd(vals) for name, vals in by_name.items()}
+                for pair, by_name in sorted(by_pair.items(), key=lambda kv: -np.mean(kv[1]["auc_event"] or [0]))}
+            for v, by_pair in sorted(grouped.items())}
 
 
 def _alpha_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -332,6 +352,13 @@ def summary_markdown(summary: Mapping[str, Any], context: str = "") -> str:
         for m, table in summary["v1_trend"].items():
             lines.append(f"| {m} | " + " | ".join(_paired_cell(table[k]) for k in metrics) + " |")
 
+    if summary.get("pair_scores"):
+        lines += ["", "## Grid search: every pair's validation score after re-optimisation, mean ± s.d. over seeds", "",
+                  "| v1 | pair | validation Task-2 AUC | validation v1 L1 + v2 L2 |", "|---|---|---|---|"]
+        for v, by_pair in summary["pair_scores"].items():
+            for pair, st in by_pair.items():
+                lines.append(f"| {_fmt_v1(v)} | {pair.replace('|', ' + ')} | {_ms(st.get('auc_event', {}))} | "
+                             f"{_ms(st.get('total', {}))} |")
     if summary["alpha"]:
         lines += ["", "## DARTS: final softmax(alpha), mean ± s.d. over seeds (Fig. 4)", ""]
         for v, a in summary["alpha"].items():
