@@ -41,8 +41,10 @@ def study():
             up = "zeros" if (v1 == 0.1 and seed == 0) else "ds"
             rows.append(_row("darts", v1, seed, up, "mass", 0.2, auc - 0.01 * (seed + 1), 0.5))
             records.append({"row": rows[-1], "alpha_history": _alpha(seed)})
+            pretrain = [{"phase": "pretrain/upstream/ds", "epoch": e} for e in range(4 + seed)]
             records.append({"row": rows[-3], "scores": {"ds|mass": {"auc_event": 0.8 + 0.01 * seed, "total": 0.5},
-                                                         "zeros|mass": {"auc_event": 0.7, "total": 2.0}}})
+                                                         "zeros|mass": {"auc_event": 0.7, "total": 2.0}},
+                            "history": pretrain + [{"phase": "grid/ds|mass", "epoch": e} for e in range(3)]})
     return rows, records
 
 
@@ -81,6 +83,9 @@ def test_summary_answers_the_papers_questions(study):
     scores = s["pair_scores"][0.9]
     assert list(scores) == ["ds|mass", "zeros|mass"]
     assert scores["ds|mass"]["auc_event"]["mean"] == pytest.approx(0.81) and scores["zeros|mass"]["total"]["n"] == 3
+    # Epochs per phase: a seed's pre-training counts once (it is shared by the v1 points).
+    assert s["epochs"]["pretrain"] == {"n": 3, "mean": 5.0, "max": 6, "at_max": 1}
+    assert s["epochs"]["grid/reoptimise"] == {"n": 6, "mean": 3.0, "max": 3, "at_max": 6}
     text = summary_markdown(s)
     assert "| grid vs spos | 5/6 | 0.83 |" in text
     assert "v1 0.1 seed 0: zeros + mass" in text

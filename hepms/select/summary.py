@@ -21,7 +21,8 @@ still gives its finished selections.
 * ``alpha``: DARTS ``softmax(alpha)`` per epoch of every seed, and its final value, mean and s.d.
   over seeds (Fig. 4);
 * ``pair_scores``: grid search's validation score of every pair (after its re-optimisation), mean
-  and s.d. over seeds: how far apart the pairs the methods choose between are.
+  and s.d. over seeds: how far apart the pairs the methods choose between are;
+* ``epochs``: how many epochs each kind of training phase ran (did the epoch cap bind?).
 
 ``python -m hepms.select.summary RUN_DIR --out DIR [--config CONFIG.yaml]`` writes ``summary.json``,
 ``summary.md`` and the figures (captioned with the configuration and seeds) to ``DIR``.
@@ -209,10 +210,35 @@ def summarize(
 
     out["alpha"] = _alpha_summary(records)
     out["pair_scores"] = _pair_scores(records)
+    out["epochs"] = _epochs_run(records)
     out["seconds"] = {m: {v: _mean_sd([r.get("seconds") for k, r in by_key.items() if k[0] == m and k[1] == v])
                           for v in v1s}
                       for m in methods}
     return out
+
+
+def _epochs_run(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How many epochs each training phase ran (from the records' per-epoch ``history``), per kind
+    of phase: ``{"n", "mean", "max", "at_max"}``; ``at_max`` counts the phases that ran the most
+    epochs seen (the configured cap, when any phase reached it). Pre-training is shared by the
+    selections of a seed, so each seed's pre-training counts once."""
+    runs: dict[tuple, int] = {}
+    for rec in records:
+        row = rec.get("row", {})
+        counts = Counter(str(h.get("phase", "")) for h in rec.get("history") or [])
+        for tag, n in counts.items():
+            if tag.startswith("pretrain/"):  # the same phase in every record of the seed
+                key: tuple = ("pretrain", row.get("seed"), tag)
+            elif tag.startswith("grid/"):
+                key = ("grid/reoptimise", row.get("v1"), row.get("seed"), tag)
+            else:
+                key = (tag, row.get("v1"), row.get("seed"))
+            runs[key] = n
+    kinds: dict[str, list[int]] = defaultdict(list)
+    for key, n in runs.items():
+        kinds[key[0]].append(n)
+    return {kind: {"n": len(v), "mean": float(np.mean(v)), "max": int(max(v)), "at_max": int(sum(x == max(v) for x in v))}
+            for kind, v in sorted(kinds.items())}
 
 
 def _pair_scores(records: Sequence[Mapping[str, Any]], method: str = "grid") -> dict[str, Any]:
@@ -352,6 +378,11 @@ def summary_markdown(summary: Mapping[str, Any], context: str = "") -> str:
         for m, table in summary["v1_trend"].items():
             lines.append(f"| {m} | " + " | ".join(_paired_cell(table[k]) for k in metrics) + " |")
 
+    if summary.get("epochs"):
+        lines += ["", "## Epochs run per training phase (from the records' histories)", "",
+                  "| phase | phases | mean epochs | most epochs | phases with the most |", "|---|---|---|---|---|"]
+        for kind, e in summary["epochs"].items():
+            lines.append(f"| {kind} | {e['n']} | {e['mean']:.1f} | {e['max']} | {e['at_max']} |")
     if summary.get("pair_scores"):
         lines += ["", "## Grid search: every pair's validation score after re-optimisation, mean ± s.d. over seeds", "",
                   "| v1 | pair | validation Task-2 AUC | validation v1 L1 + v2 L2 |", "|---|---|---|---|"]
