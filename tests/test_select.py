@@ -359,6 +359,24 @@ def test_cli_runs_a_small_study(generated, tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
+def test_max_events_keeps_the_first_events_of_each_process(generated):
+    from hepms.generate import read_events
+    from hepms.select.study import load_events
+
+    config = load_selection_config({"data": {"path": str(generated), "max_events": 30}})
+    events = load_events(config, generated)
+    labels = ak.to_numpy(events.label)
+    assert (labels == 1).sum() == 30 and (labels == 0).sum() == 30
+    # The first 30 of each file, in file order (the generator's event numbers).
+    full = read_events(generated)
+    for label in (0, 1):
+        expected = ak.to_numpy(full.event[full.label == label])[:30]
+        np.testing.assert_array_equal(ak.to_numpy(events.event[events.label == label]), expected)
+    assert len(load_events(load_selection_config({"data": {"path": str(generated)}}), generated)) == len(full)
+    with pytest.raises(ValueError, match="max_events"):
+        load_selection_config({"data": {"max_events": 0}})
+
+
 def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="colour"):
         load_selection_config({"settings": {"colour": "red"}})
@@ -391,9 +409,12 @@ def test_scaling_runs_every_method(prepared):
     base = select.SearchSpace.create(prepared, "tau_id", {"sf": {"kind": "sf"}},
                                      {"mass": {"kind": "mass", "hidden": [8]}})
     settings = _settings(pretrain_epochs=1, search_epochs=1, posttrain_epochs=1)
-    rows = time_methods(base, prepared.train, prepared.val, settings, copies=[1, 2], warmup=False)
+    rows = time_methods(base, prepared.train, prepared.val, settings, copies=[1, 2], warmup=False,
+                        test=prepared.test)
     assert {(r["method"], r["n_models"]) for r in rows} == {
         (m, n) for m in ("grid", "darts", "spos") for n in (1, 2)}
+    for r in rows:  # the selected chain's test numbers (paper Fig. 7b) and the CPU time
+        assert 0.0 <= r["test_auc_event"] <= 1.0 and r["cpu_seconds"] > 0
     grid2 = [r for r in rows if r["method"] == "grid" and r["n_models"] == 2][0]
     assert grid2["phases"]["reoptimise"] > 0
     assert set(fit_all(rows)) == {"grid", "darts", "spos"}

@@ -12,7 +12,8 @@ among declared candidates.
 * :func:`evaluate_chain` for the final numbers (on test, once, after selection);
 * :mod:`hepms.select.validity` (Gaussian-process reference for Task-1 outputs),
   :mod:`hepms.select.scaling` (wall time vs number of candidates), :mod:`hepms.select.plots`,
-  :mod:`hepms.select.study` (methods x v1 x seeds), :mod:`hepms.select.cli` (``hepms select``).
+  :mod:`hepms.select.study` (methods x v1 x seeds), :mod:`hepms.select.cli` (``hepms select``),
+  :mod:`hepms.select.summary` (the MSNAS paper's answers from a study's records).
 
 Example::
 

@@ -68,6 +68,7 @@ def time_methods(
     methods: Sequence[str] = ("grid", "darts", "spos"),
     repeats: int = 1,
     warmup: bool = True,
+    test: Optional[TauEventData] = None,
 ) -> list[dict]:
     """Time each method on ``copies`` replicas of ``base`` (dummies excluded).
 
@@ -79,12 +80,16 @@ def time_methods(
         methods: method names.
         repeats: runs per point (different seeds).
         warmup: one untimed small run first (imports, allocator, first-call overheads).
+        test: when given, the selected chain is evaluated on it after the timed selection
+            (``test_auc_event``, ``test_mse`` / ``test_auc_tau``; paper Fig. 7b).
 
     Returns:
-        ``{"method", "copies", "n_models", "repeat", "seconds", "phases", "pair", "auc_event"}``
-        per run.
+        ``{"method", "copies", "n_models", "repeat", "seconds", "cpu_seconds", "phases", "pair",
+        "auc_event"}`` per run (``auc_event``: validation AUC of the selected chain), plus the
+        ``test_*`` metrics when ``test`` is given.
     """
     from hepms.select import select
+    from hepms.select.training import evaluate_chain
 
     base = base.without_dummies()
     n1, n2 = base.size()
@@ -101,19 +106,27 @@ def time_methods(
         for repeat in range(repeats):
             for method in methods:
                 gc.collect()
+                cpu = time.process_time()
                 started = time.perf_counter()
                 result = select(method, space, train, val, settings.replace(seed=repeat))
                 seconds = time.perf_counter() - started
-                rows.append({
+                cpu = time.process_time() - cpu
+                row = {
                     "method": method,
                     "copies": int(c),
                     "n_models": space.size()[0],
                     "repeat": repeat,
                     "seconds": seconds,
+                    "cpu_seconds": cpu,
                     "phases": {k: round(v, 4) for k, v in result.timings.items()},
                     "pair": list(result.pair),
                     "auc_event": result.val_metrics.get("auc_event"),
-                })
+                }
+                if test is not None:
+                    metrics = evaluate_chain(result.chain, test.to(settings.device), space.kinematics(settings.device),
+                                             settings.v1, settings.eval_batch_size)
+                    row.update({f"test_{k}": v for k, v in metrics.items()})
+                rows.append(row)
                 log.info("scaling %s N=%d repeat %d: %.2f s", method, space.size()[0], repeat, seconds)
     return rows
 

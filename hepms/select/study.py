@@ -7,7 +7,8 @@ has returned its chain is that chain evaluated on the test split, once: Task-1 a
 Task-2 AUC, the Task-1 metric (MSE or tau AUC) and, for the calibration task, the fraction of
 Task-1 outputs within two sigma of the Gaussian-process reference.
 
-Outputs in ``out_dir``: ``results.json`` (config, machine, rows), ``results.csv`` (rows),
+Outputs in ``out_dir``: ``results.json`` (config, its settings hash, the sample's fingerprint,
+machine, rows), ``results.csv`` (rows),
 ``runs/<method>_v1-<v1>_seed-<seed>.json`` (each selection's full record),
 ``runs/<method>_v1-<v1>_seed-<seed>.model.pt`` (the selected, trained chain as a model file:
 :func:`hepms.model_file.load_model`) and the plots.
@@ -27,6 +28,7 @@ import torch
 from hepms.select import select
 from hepms.select.config import SelectionConfig
 from hepms.select.data import SelectionData, prepare_selection_data
+from hepms.atomic import write_text_atomic
 from hepms.config import settings_hash
 from hepms.model_file import save_model
 from hepms.select.space import CHAIN_BUILDER, SearchSpace, chain_config
@@ -35,7 +37,7 @@ from hepms.select.validity import GPReference, chain_upstream_outputs, validity_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_study", "load_events", "prepare_study_data"]
+__all__ = ["run_study", "load_events", "prepare_study_data", "first_events_per_process"]
 
 PathLike = Union[str, Path]
 
@@ -46,21 +48,45 @@ def load_events(config: SelectionConfig, out_dir: PathLike, progress: bool = Tru
     from hepms.generate import generate, read_events
 
     data = config.data
+    limit = data.get("max_events")
     if data.get("path"):
-        return read_events(data["path"], max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+        # entry_stop: no file holds more than max_events of one process, so no more is read.
+        return first_events_per_process(read_events(
+            data["path"], max_jets=data["max_jets"], max_constituents=data["max_constituents"], entry_stop=limit
+        ), limit)
     folder = Path(out_dir) / "events"
     settings = dict(data["generate"])
     stamp = folder / "select_generate.json"
     if stamp.is_file() and (folder / "manifest.json").is_file():
         if json.loads(stamp.read_text()) == settings:
             log.info("reusing the events generated in %s", folder)
-            return read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+            return first_events_per_process(
+                read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"]), limit)
     kwargs = dict(settings)
     kwargs.setdefault("workers", 1)
     log.info("generating events into %s: %s", folder, kwargs)
     generate(folder, progress=progress, **kwargs)
     stamp.write_text(json.dumps(settings, sort_keys=True))
-    return read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+    return first_events_per_process(
+        read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"]), limit)
+
+
+def first_events_per_process(events, max_events: Optional[int]):
+    """The first ``max_events`` events of each process (``events.label``: 1 = H, 0 = Z) in file
+    order, in their original order (``data.max_events``; None: all). Deterministic, and taken
+    before the train/validation/test split, which then applies to the kept events."""
+    if max_events is None:
+        return events
+    if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1:
+        raise ValueError(f"data.max_events must be a positive integer or null, got {max_events!r}")
+    import numpy as np
+
+    labels = np.asarray(events.label)
+    keep = np.zeros(len(labels), dtype=bool)
+    for value in np.unique(labels):
+        keep[np.flatnonzero(labels == value)[:max_events]] = True
+    log.info("data.max_events = %d: keeping %d of %d events", max_events, int(keep.sum()), len(labels))
+    return events[keep]
 
 
 def prepare_study_data(config: SelectionConfig, events) -> SelectionData:
@@ -181,7 +207,7 @@ def run_study(
                            "upstream": result.upstream, "downstream": result.downstream},
                 )
                 path = out / "runs" / f"{stem}.json"
-                path.write_text(json.dumps(json_ready(record), indent=1))
+                write_text_atomic(path, json.dumps(json_ready(record), indent=1))
                 if config.plots and method == "darts" and seed == config.seeds[0]:
                     from hepms.select.plots import plot_alpha_history
 
@@ -195,12 +221,16 @@ def run_study(
         files += _study_plots(rows, out, space.task.name, reference is not None)
     summary = {
         "config": config.to_dict(),
+        # What produced the rows: the configuration's hash and the sample's fingerprint (None for
+        # events passed in without a manifest).
+        "settings_hash": settings_hash(config.to_dict()),
+        "data_fingerprint": _sample_fingerprint(config, out),
         "machine": describe(config.settings.device),
         "seconds": time.perf_counter() - started,
         "rows": rows,
         "files": files,
     }
-    (out / "results.json").write_text(json.dumps(json_ready(summary), indent=1))
+    write_text_atomic(out / "results.json", json.dumps(json_ready(summary), indent=1))
     _write_csv(rows, out / "results.csv")
     return summary
 
