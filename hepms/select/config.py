@@ -4,7 +4,7 @@ reads the run configuration of ``hepms train`` / ``scan``).
 
 Sections (all optional; see ``analyses/htautau/config/select.yaml``)::
 
-    data:        path | generate{...}, max_jets, max_constituents, jet_features, fractions, split_seed
+    data:        path | generate{...}, max_events, max_jets, max_constituents, jet_features, fractions, split_seed
     task:        calibration | tau_id                  (Task 1)
     candidates:  upstream: {name: {kind, ...}}, downstream: {name: {kind, ...}}
     settings:    SearchSettings fields (lr, alpha_lr, epochs, patience, epsilon, criterion, ...)
@@ -82,6 +82,9 @@ def selection_schema() -> dict[str, Any]:
         "data": {
             "path": Key(None, "events from `hepms generate` (null: generate them as data.generate says)", str,
                         nullable=True),
+            "max_events": Key(None, "events per process at most: the first N of each process in file order, "
+                              "taken before the train/validation/test split (null: all)", int, nullable=True,
+                              check=_positive),
             "generate": generate,
             "max_jets": run_data["max_jets"],
             "max_constituents": run_data["max_constituents"],

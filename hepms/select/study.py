@@ -35,7 +35,7 @@ from hepms.select.validity import GPReference, chain_upstream_outputs, validity_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_study", "load_events", "prepare_study_data"]
+__all__ = ["run_study", "load_events", "prepare_study_data", "first_events_per_process"]
 
 PathLike = Union[str, Path]
 
@@ -46,21 +46,45 @@ def load_events(config: SelectionConfig, out_dir: PathLike, progress: bool = Tru
     from hepms.generate import generate, read_events
 
     data = config.data
+    limit = data.get("max_events")
     if data.get("path"):
-        return read_events(data["path"], max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+        # entry_stop: no file holds more than max_events of one process, so no more is read.
+        return first_events_per_process(read_events(
+            data["path"], max_jets=data["max_jets"], max_constituents=data["max_constituents"], entry_stop=limit
+        ), limit)
     folder = Path(out_dir) / "events"
     settings = dict(data["generate"])
     stamp = folder / "select_generate.json"
     if stamp.is_file() and (folder / "manifest.json").is_file():
         if json.loads(stamp.read_text()) == settings:
             log.info("reusing the events generated in %s", folder)
-            return read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+            return first_events_per_process(
+                read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"]), limit)
     kwargs = dict(settings)
     kwargs.setdefault("workers", 1)
     log.info("generating events into %s: %s", folder, kwargs)
     generate(folder, progress=progress, **kwargs)
     stamp.write_text(json.dumps(settings, sort_keys=True))
-    return read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"])
+    return first_events_per_process(
+        read_events(folder, max_jets=data["max_jets"], max_constituents=data["max_constituents"]), limit)
+
+
+def first_events_per_process(events, max_events: Optional[int]):
+    """The first ``max_events`` events of each process (``events.label``: 1 = H, 0 = Z) in file
+    order, in their original order (``data.max_events``; None: all). Deterministic, and taken
+    before the train/validation/test split, which then applies to the kept events."""
+    if max_events is None:
+        return events
+    if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1:
+        raise ValueError(f"data.max_events must be a positive integer or null, got {max_events!r}")
+    import numpy as np
+
+    labels = np.asarray(events.label)
+    keep = np.zeros(len(labels), dtype=bool)
+    for value in np.unique(labels):
+        keep[np.flatnonzero(labels == value)[:max_events]] = True
+    log.info("data.max_events = %d: keeping %d of %d events", max_events, int(keep.sum()), len(labels))
+    return events[keep]
 
 
 def prepare_study_data(config: SelectionConfig, events) -> SelectionData:
