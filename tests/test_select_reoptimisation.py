@@ -119,15 +119,26 @@ def test_study_writes_its_outputs_and_a_seed_reproduces(prepared, tmp_path):
     assert all(p["difference"]["n"] == 2 for p in summary["pairs"])
     assert [s["v1"] for s in summary["scan"]] == [0.0, 0.5]
     assert "reproduced" in (tmp_path / "both" / "summary.md").read_text()
-    # Seed 1 alone gives seed 1's numbers of the two-seed run.
-    one = run_reoptimisation_study(_config(seeds=[1]), tmp_path / "one", prepared=prepared, progress=False)
-    again = [r for r in one["rows"]]
-    before = [r for r in both["rows"] if r["seed"] == 1]
-    assert len(again) == len(before)
-    for a, b in zip(again, before):
-        for key in a:
-            if key.startswith(("test_", "val_")) or key in ("pair", "mode", "v1", "epochs", "best"):
-                assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), key
+
+    def same(again, before):
+        assert len(again) == len(before)
+        for a, b in zip(again, before):
+            for key in a:
+                if key.startswith(("test_", "val_")) or key in ("seed", "pair", "mode", "v1", "epochs", "best"):
+                    assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), key
+
+    # Seed 1 alone gives seed 1's numbers of the two-seed run...
+    one = run_reoptimisation_study(_config(seeds=[1]), tmp_path / "grow", prepared=prepared, progress=False)
+    assert one["reused_seeds"] == []
+    same(one["rows"], [r for r in both["rows"] if r["seed"] == 1])
+    # ...and the study grows: asked for seeds 0 and 1 there, it runs seed 0 only.
+    grown = run_reoptimisation_study(_config(seeds=[0, 1]), tmp_path / "grow", prepared=prepared, progress=False)
+    assert grown["reused_seeds"] == [1]
+    same(grown["rows"], both["rows"])
+    # Other settings: nothing reused.
+    other = _config(seeds=[1])
+    other.settings = other.settings.replace(lr=0.002)
+    assert run_reoptimisation_study(other, tmp_path / "grow", prepared=prepared, progress=False)["reused_seeds"] == []
 
 
 def test_bad_values_are_refused(prepared, tmp_path):

@@ -23,6 +23,10 @@ improves the Task-2 AUC for any model pair" with the rule of :mod:`hepms.study.c
 (``better``: difference > 0 at >= 2 sigma); the claim as a whole is reproduced when it is for
 every pair.
 
+A study grows seed by seed: seeds whose rows are in ``out_dir/results.json`` already, made with
+the same settings hash (the configuration without its seed list), the same data (a digest of
+the three splits' contents) and hepms version, are taken from there instead of being run again (``reused_seeds``).
+
 Outputs in ``out_dir`` (:func:`run_reoptimisation_study`): ``results.json`` (config, settings
 hash, data fingerprint, machine, hepms version, CPU and wall seconds, rows, summary),
 ``results.csv`` (rows), ``summary.md`` (tables) and the figures ``auc_pairs.png`` (Fig. 2) and
@@ -108,8 +112,9 @@ def run_reoptimisation_study(
         progress: progress bars.
 
     Returns:
-        ``{"config", "settings_hash", "data_fingerprint", "machine", "hepms_version", "seconds",
-        "cpu_seconds", "rows", "summary", "files"}`` as written to ``results.json``.
+        ``{"config", "settings_hash", "data_fingerprint", "splits_digest", "reused_seeds", "machine",
+        "hepms_version", "seconds", "cpu_seconds", "rows", "summary", "files"}`` as written to
+        ``results.json`` (``seconds`` and ``cpu_seconds``: this call's, reused seeds not counted).
 
     Raises:
         ValueError: fewer than one non-dummy candidate per task.
@@ -140,8 +145,19 @@ def run_reoptimisation_study(
     nsigma = float(config.validity["nsigma"])
     v1_values = sorted({0.0, *map(float, config.v1)})
 
+    fingerprint = _fingerprint(config, out)
+    digest = _splits_digest(prepared)
+    study_hash = _study_hash(config)
+    previous = _previous_rows(out / "results.json", study_hash, digest, hepms.__version__)
+    reused = sorted({int(s) for s in config.seeds} & set(previous))
+    if reused:
+        log.info("reusing seeds %s of %s (same settings hash, data and hepms version)", reused, out / "results.json")
+
     rows: list[dict] = []
     for seed in config.seeds:
+        if int(seed) in previous:
+            rows += previous[int(seed)]
+            continue
         base = config.settings.replace(seed=int(seed), progress=progress, v1=0.0)
         shared = pretrain(space, splits["train"], splits["val"], base)
         log.info("seed %d: pre-training %.1f s", seed, shared.seconds)
@@ -191,18 +207,16 @@ def run_reoptimisation_study(
                                  tag=f"with/{_pair(*best)}/v1-{v1:g}")
             record(chain, "with", v1, history, time.perf_counter() - t0, "scan", *best)["best"] = True
 
-    from hepms.study.dataset import sample_fingerprint
-
-    path = Path(config.data["path"]) if config.data.get("path") else out / "events"
-    fingerprint = sample_fingerprint(path) if (path / "manifest.json").is_file() else None
     summary = summarise(rows, v1_values)
     files: list[str] = []
     result = {
         "study": "reoptimisation",
         "claim": CLAIM,
         "config": config.to_dict(),
-        "settings_hash": settings_hash({"study": "reoptimisation", "config": config.to_dict()}),
+        "settings_hash": study_hash,
         "data_fingerprint": fingerprint,
+        "splits_digest": digest,
+        "reused_seeds": reused,
         "events": {"train": len(prepared.train), "val": len(prepared.val), "test": len(prepared.test)},
         "candidates": {"upstream": space.upstream_names, "downstream": space.downstream_names,
                        "dummies_left_out": skipped},
@@ -222,6 +236,51 @@ def run_reoptimisation_study(
     write_text_atomic(out / "results.csv", _csv(rows))
     write_text_atomic(out / "results.json", json.dumps(json_ready(result), indent=1))
     return result
+
+
+def _fingerprint(config: SelectionConfig, out: Path) -> Optional[str]:
+    """The sample's fingerprint (``data.path``, or the events generated into ``out/events``)."""
+    from hepms.study.dataset import sample_fingerprint
+
+    path = Path(config.data["path"]) if config.data.get("path") else out / "events"
+    return sample_fingerprint(path) if (path / "manifest.json").is_file() else None
+
+
+def _splits_digest(prepared: SelectionData) -> str:
+    """Digest of the three standardised splits' contents (events, features, labels, targets)."""
+    from hepms.study.dataset import content_digest
+
+    return settings_hash([content_digest(part) for part in (prepared.train, prepared.val, prepared.test)], 16)
+
+
+def _study_hash(config: SelectionConfig) -> str:
+    """Hash of everything that defines one seed's rows: the configuration without the seed list,
+    the figures switch and the file name (a seed's rows do not depend on the other seeds)."""
+    defining = {k: v for k, v in config.to_dict().items() if k not in ("seeds", "plots", "source")}
+    return settings_hash({"study": "reoptimisation", "config": defining})
+
+
+def _previous_rows(path: Path, study_hash: str, digest: str, version: str) -> dict[int, list]:
+    """Rows per seed of an earlier ``results.json`` in the same folder, when it was made with the
+    same settings hash, the same split contents (:func:`_splits_digest`) and hepms version (then its seeds need not run again:
+    a study grows seed by seed); otherwise nothing."""
+    if not path.is_file():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        log.warning("ignoring unreadable %s: %s", path, error)
+        return {}
+    same = (earlier.get("settings_hash"), earlier.get("splits_digest"), earlier.get("hepms_version"))
+    if same != (study_hash, digest, version):
+        log.info("%s was made with other settings, data or hepms version: not reused", path)
+        return {}
+    out: dict[int, list] = {}
+    for row in earlier.get("rows", []):
+        # JSON has no NaN: json_ready wrote None; back to NaN for the statistics and the CSV.
+        row = {k: (math.nan if v is None and k.startswith(("val_", "test_")) else v) for k, v in row.items()}
+        out.setdefault(int(row["seed"]), []).append(row)
+    return out
 
 
 def _csv(rows: Sequence[Mapping]) -> str:
