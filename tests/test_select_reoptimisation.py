@@ -98,6 +98,7 @@ def test_study_writes_its_outputs_and_a_seed_reproduces(prepared, tmp_path):
     written = json.loads((tmp_path / "both" / "results.json").read_text())
     for key in ("config", "settings_hash", "machine", "hepms_version", "rows", "summary", "cpu_seconds"):
         assert key in written, key
+    assert written["complete"] is True and written["seeds_done"] == [0, 1]
     assert written["candidates"]["dummies_left_out"] == ["noise", "zeros"]
     rows = written["rows"]
     # Per seed: 2 x 2 pairs with and without, and the best pair at v1 = 0.5.

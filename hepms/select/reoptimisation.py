@@ -153,6 +153,38 @@ def run_reoptimisation_study(
     if reused:
         log.info("reusing seeds %s of %s (same settings hash, data and hepms version)", reused, out / "results.json")
 
+    def write(complete: bool) -> dict[str, Any]:
+        seeds_done = sorted({int(r["seed"]) for r in rows})
+        result = {
+            "study": "reoptimisation",
+            "claim": CLAIM,
+            "complete": complete,
+            "seeds_done": seeds_done,
+            "config": config.to_dict(),
+            "settings_hash": study_hash,
+            "data_fingerprint": fingerprint,
+            "splits_digest": digest,
+            "reused_seeds": reused,
+            "events": {"train": len(prepared.train), "val": len(prepared.val), "test": len(prepared.test)},
+            "candidates": {"upstream": space.upstream_names, "downstream": space.downstream_names,
+                           "dummies_left_out": skipped},
+            "machine": describe(config.settings.device),
+            "hepms_version": hepms.__version__,
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu_started,
+            "rows": rows,
+            "summary": summarise(rows, v1_values),
+            "files": [],
+        }
+        caption_config = f"{config.source or 'configuration in results.json'}, task {space.task.name}"
+        if complete and config.plots and rows:
+            result["files"] = [str(plot_auc_pairs(rows, out / "auc_pairs.png", caption_config)),
+                               str(plot_v1_scan(rows, out / "v1_scan.png", caption_config, gp is not None))]
+        write_text_atomic(out / "summary.md", summary_markdown(result))
+        write_text_atomic(out / "results.csv", _csv(rows))
+        write_text_atomic(out / "results.json", json.dumps(json_ready(result), indent=1))
+        return result
+
     rows: list[dict] = []
     for seed in config.seeds:
         if int(seed) in previous:
@@ -206,36 +238,10 @@ def run_reoptimisation_study(
             history = reoptimise(chain, splits["train"], splits["val"], settings, kinematics,
                                  tag=f"with/{_pair(*best)}/v1-{v1:g}")
             record(chain, "with", v1, history, time.perf_counter() - t0, "scan", *best)["best"] = True
+        # After every seed: a run stopped later keeps the finished seeds (the next run reuses them).
+        write(complete=False)
 
-    summary = summarise(rows, v1_values)
-    files: list[str] = []
-    result = {
-        "study": "reoptimisation",
-        "claim": CLAIM,
-        "config": config.to_dict(),
-        "settings_hash": study_hash,
-        "data_fingerprint": fingerprint,
-        "splits_digest": digest,
-        "reused_seeds": reused,
-        "events": {"train": len(prepared.train), "val": len(prepared.val), "test": len(prepared.test)},
-        "candidates": {"upstream": space.upstream_names, "downstream": space.downstream_names,
-                       "dummies_left_out": skipped},
-        "machine": describe(config.settings.device),
-        "hepms_version": hepms.__version__,
-        "seconds": time.perf_counter() - started,
-        "cpu_seconds": time.process_time() - cpu_started,
-        "rows": rows,
-        "summary": summary,
-        "files": files,
-    }
-    caption_config = f"{config.source or 'configuration in results.json'}, task {space.task.name}"
-    if config.plots and rows:
-        files.append(str(plot_auc_pairs(rows, out / "auc_pairs.png", caption_config)))
-        files.append(str(plot_v1_scan(rows, out / "v1_scan.png", caption_config, gp is not None)))
-    write_text_atomic(out / "summary.md", summary_markdown(result))
-    write_text_atomic(out / "results.csv", _csv(rows))
-    write_text_atomic(out / "results.json", json.dumps(json_ready(result), indent=1))
-    return result
+    return write(complete=True)
 
 
 def _fingerprint(config: SelectionConfig, out: Path) -> Optional[str]:
