@@ -42,8 +42,8 @@ _LAZY = {
     **dict.fromkeys(("Chain", "SearchSpace"), "hepms.select.space"),
     "spos_search": "hepms.select.spos",
     **dict.fromkeys(("CalibrationTask", "TauIDTask", "make_task"), "hepms.select.tasks"),
-    **dict.fromkeys(("Pretrained", "SearchSettings", "SelectionResult", "evaluate_chain", "pretrain"),
-                    "hepms.select.training"),
+    **dict.fromkeys(("Pretrained", "SearchSettings", "SelectionResult", "evaluate_chain", "pretrain",
+                     "reoptimise", "train_on_upstream_outputs"), "hepms.select.training"),
 }
 
 if TYPE_CHECKING:
@@ -63,7 +63,15 @@ if TYPE_CHECKING:
     from hepms.select.space import Chain, SearchSpace  # noqa: F401
     from hepms.select.spos import spos_search  # noqa: F401
     from hepms.select.tasks import CalibrationTask, TauIDTask, make_task  # noqa: F401
-    from hepms.select.training import Pretrained, SearchSettings, SelectionResult, evaluate_chain, pretrain  # noqa: F401
+    from hepms.select.training import (  # noqa: F401
+        Pretrained,
+        SearchSettings,
+        SelectionResult,
+        evaluate_chain,
+        pretrain,
+        reoptimise,
+        train_on_upstream_outputs,
+    )
 
 __all__ = [
     "prepare_selection_data",
@@ -88,6 +96,8 @@ __all__ = [
     "SelectionResult",
     "Pretrained",
     "pretrain",
+    "reoptimise",
+    "train_on_upstream_outputs",
     "evaluate_chain",
     "grid_search",
     "darts_search",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from hepms.console import add_verbosity_arguments, setup_logging, show_progress
@@ -31,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="torch device, e.g. cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+    parser.add_argument("--study", choices=("select", "reoptimisation"), default="select",
+                        help="select: the selection methods (default); reoptimisation: every non-dummy pair "
+                             "with and without re-optimisation and the v1 scan of the best pair "
+                             "(MSNAS paper section 4.4.1; --method is not used)")
     add_verbosity_arguments(parser)
     return parser
 
@@ -68,6 +73,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.no_plots:
         config.plots = False
 
+    if args.study == "reoptimisation":
+        from hepms.select.reoptimisation import run_reoptimisation_study
+
+        result = run_reoptimisation_study(config, args.out, progress=show_progress(args))
+        print(f"hepms select --study reoptimisation: {len(result['rows'])} chains in {result['seconds']:.0f} s "
+              f"({result['cpu_seconds']:.0f} CPU s) -> {args.out}")
+        print((Path(args.out) / "summary.md").read_text())
+        return 0
     summary = run_study(config, args.out, progress=show_progress(args))
     rows = summary["rows"]
     metric = "test_mse" if config.task == "calibration" else "test_auc_tau"

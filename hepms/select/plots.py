@@ -82,6 +82,11 @@ def _save(fig, path: PathLike, layout: bool = True, caption: Optional[str] = Non
     return path
 
 
+# The figure and save helpers under public names, for the other figure-writing modules of
+# hepms.select (hepms.select.reoptimisation).
+figure, save_figure = _figure, _save
+
+
 def plot_alpha_history(
     alpha_history: Sequence[Mapping], path: PathLike, title: str = "", caption: Optional[str] = None
 ) -> Path:

@@ -1,5 +1,6 @@
 """Shared pieces of the three selection methods: settings, epochs with early stopping, evaluation,
-pre-training on truth, re-optimisation of a connected chain, and the result record.
+pre-training on truth, re-optimisation of a connected chain (and its opposite, a Task-2 model
+trained on a frozen Task-1 model's outputs), and the result record.
 
 Every function here takes the training and the validation split only: early stopping and model
 choice look at validation, weights are fitted on training; the test split is read only after a
@@ -35,6 +36,7 @@ __all__ = [
     "Pretrained",
     "pretrain",
     "reoptimise",
+    "train_on_upstream_outputs",
     "evaluate_chain",
     "run_epochs",
     "score",
@@ -547,4 +549,57 @@ def reoptimise(
         return run_epochs(
             chain, step, validate, train, kinematics, settings,
             epochs=settings.posttrain_epochs, patience=settings.patience, tag=tag,
+        )
+
+
+def train_on_upstream_outputs(
+    chain: Chain,
+    train: TauEventData,
+    val: TauEventData,
+    settings: SearchSettings,
+    kinematics: JetKinematics,
+    tag: str = "without_reoptimisation",
+) -> list[dict]:
+    """The chain *without* re-optimisation (MSNAS paper, section 4.4.1): the Task-1 model of
+    ``chain`` is frozen and its outputs, not the truth, are the Task-2 model's input; the Task-2
+    model is trained on the event loss ``L_2`` alone.
+
+    The Task-1 parameters get ``requires_grad = False`` and the Task-1 model stays in eval mode
+    (they stay so afterwards: the returned chain is the frozen pipeline). The Task-2 model is
+    trained from whatever weights it has (the study passes the same seeded initialisation that its
+    pre-training on truth started from), for ``settings.pretrain_epochs`` epochs at most (it is a
+    training of one model from scratch, like pre-training) with ``settings.patience``, early
+    stopping on the validation ``L_2`` of the chain; the best epoch is restored. ``settings.v1``
+    plays no role.
+
+    Returns:
+        One ``{"phase", "epoch", "train_loss", "val_loss", "seconds"}`` dict per epoch.
+    """
+    upstream, downstream = chain.upstream, chain.downstream
+    for p in upstream.parameters():
+        p.requires_grad_(False)
+    upstream.eval()
+    params = trainable([downstream])
+    if not params:
+        return []
+    optimizer = make_optimizer(params, settings.lr)
+    task = chain.task
+
+    def step(inputs: Inputs, targets: Targets) -> float:
+        with torch.no_grad():  # frozen Task 1: its outputs are data for Task 2
+            u = upstream(inputs)
+        logit = downstream(inputs, task.link(u, inputs))
+        return optimizer_step(optimizer, event_loss(logit, targets))
+
+    def validate() -> float:
+        loss2 = evaluate_chain(chain, val, kinematics, 0.0, settings.eval_batch_size)["loss2"]
+        upstream.eval()  # evaluate_chain leaves the whole chain in eval mode: fine for Task 1
+        return loss2
+
+    with validation(False):
+        # run_epochs switches only the Task-2 model between train and eval mode, and keeps its
+        # best state: the Task-1 model never leaves eval mode.
+        return run_epochs(
+            downstream, step, validate, train, kinematics, settings,
+            epochs=settings.pretrain_epochs, patience=settings.patience, tag=tag,
         )

@@ -36,7 +36,7 @@ from hepms.train.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GPReference", "validity_fraction", "COMPONENTS"]
+__all__ = ["GPReference", "validity_fraction", "fit_reference", "COMPONENTS"]
 
 COMPONENTS = ("pt", "eta", "phi")
 
@@ -194,3 +194,22 @@ def chain_upstream_outputs(chain, data: TauEventData, kinematics: JetKinematics,
 
     u, _ = chain_outputs(chain, data, kinematics, batch_size)
     return u
+
+
+def fit_reference(task: UpstreamTask, kinematics: JetKinematics, train: TauEventData, options: dict) -> Optional[GPReference]:
+    """The GP reference a study's ``study.validity`` section asks for, fitted on ``train``; None
+    when it is switched off, or (with a warning) when the task is not the calibration.
+
+    ``options``: ``enabled`` (None: on for the calibration), ``max_points``, ``iterations``, ``lr``,
+    ``seed`` (:class:`GPReference`).
+    """
+    enabled = options.get("enabled")
+    if enabled is None:
+        enabled = task.name == "calibration"
+    if not enabled:
+        return None
+    if task.name != "calibration":
+        log.warning("the GP validity check needs the calibration task; skipped for %s", task.name)
+        return None
+    return GPReference(task, kinematics, max_points=options["max_points"], iterations=options["iterations"],
+                       lr=options["lr"], seed=options["seed"]).fit(train)
