@@ -130,7 +130,7 @@ def steps(args: argparse.Namespace) -> dict[str, Any]:
     from hepms.study.dataset import prepare_data
     from hepms.study.plan import expand_studies
     from hepms.study.runner import build_model, train_config
-    from hepms.train.trainer import Trainer, _batches
+    from hepms.train.trainer import Trainer
 
     base = load_config(args.config, [f"data.path={args.data}", "progress=false", f"threads={args.threads}"])
     data = prepare_data(base, Path(args.cache), progress=False)
@@ -141,7 +141,8 @@ def steps(args: argparse.Namespace) -> dict[str, Any]:
     trainer._start_phase(phase)
     trainer._set_modes(phase, True)
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(args.seed))
-    batches = list(_batches(data.train.take(order[: args.batches * 128]), 128))
+    subset = data.train.take(order[: args.batches * 128])
+    batches = [subset.slice(s, min(len(subset), s + 128)) for s in range(0, len(subset), 128)]
     rows = [b.constituents.values.shape[0] for b in batches]
 
     def step(batch: Any, variant: str) -> None:
