@@ -34,8 +34,6 @@ hash, data fingerprint, machine, hepms version, CPU and wall seconds, rows, summ
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -52,7 +50,7 @@ from hepms.config import settings_hash
 from hepms.select.config import SelectionConfig
 from hepms.select.data import SelectionData
 from hepms.select.space import Chain, SearchSpace
-from hepms.select.study import load_events, prepare_study_data
+from hepms.select.study import load_events, prepare_study_data, rows_csv, study_fingerprint
 from hepms.select.training import (
     SearchSettings,
     evaluate_chain,
@@ -145,7 +143,7 @@ def run_reoptimisation_study(
     nsigma = float(config.validity["nsigma"])
     v1_values = sorted({0.0, *map(float, config.v1)})
 
-    fingerprint = _fingerprint(config, out)
+    fingerprint = study_fingerprint(config, out)
     digest = _splits_digest(prepared)
     study_hash = _study_hash(config)
     previous = _previous_rows(out / "results.json", study_hash, digest, hepms.__version__)
@@ -181,7 +179,7 @@ def run_reoptimisation_study(
             result["files"] = [str(plot_auc_pairs(rows, out / "auc_pairs.png", caption_config)),
                                str(plot_v1_scan(rows, out / "v1_scan.png", caption_config, gp is not None))]
         write_text_atomic(out / "summary.md", summary_markdown(result))
-        write_text_atomic(out / "results.csv", _csv(rows))
+        write_text_atomic(out / "results.csv", rows_csv(rows))
         write_text_atomic(out / "results.json", json.dumps(json_ready(result), indent=1))
         return result
 
@@ -244,14 +242,6 @@ def run_reoptimisation_study(
     return write(complete=True)
 
 
-def _fingerprint(config: SelectionConfig, out: Path) -> Optional[str]:
-    """The sample's fingerprint (``data.path``, or the events generated into ``out/events``)."""
-    from hepms.study.dataset import sample_fingerprint
-
-    path = Path(config.data["path"]) if config.data.get("path") else out / "events"
-    return sample_fingerprint(path) if (path / "manifest.json").is_file() else None
-
-
 def _splits_digest(prepared: SelectionData) -> str:
     """Digest of the three standardised splits' contents (events, features, labels, targets)."""
     from hepms.study.dataset import content_digest
@@ -287,17 +277,6 @@ def _previous_rows(path: Path, study_hash: str, digest: str, version: str) -> di
         row = {k: (math.nan if v is None and k.startswith(("val_", "test_")) else v) for k, v in row.items()}
         out.setdefault(int(row["seed"]), []).append(row)
     return out
-
-
-def _csv(rows: Sequence[Mapping]) -> str:
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------

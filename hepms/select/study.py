@@ -16,12 +16,13 @@ machine, rows), ``results.csv`` (rows),
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -33,11 +34,11 @@ from hepms.config import settings_hash
 from hepms.model_file import save_model
 from hepms.select.space import CHAIN_BUILDER, SearchSpace, chain_config
 from hepms.select.training import evaluate_chain, json_ready, pretrain
-from hepms.select.validity import GPReference, chain_upstream_outputs, validity_fraction
+from hepms.select.validity import chain_upstream_outputs, fit_reference, validity_fraction
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_study", "load_events", "prepare_study_data", "first_events_per_process"]
+__all__ = ["run_study", "load_events", "prepare_study_data", "first_events_per_process", "study_fingerprint", "rows_csv"]
 
 PathLike = Union[str, Path]
 
@@ -102,12 +103,13 @@ def prepare_study_data(config: SelectionConfig, events) -> SelectionData:
     )
 
 
-def _sample_fingerprint(config: SelectionConfig, out: Path) -> Optional[str]:
+def study_fingerprint(config: SelectionConfig, out: PathLike) -> Optional[str]:
     """The fingerprint of the sample the events came from (``data.path``, or the events generated
-    into ``out/events``); None when it has no manifest (events passed in by the caller)."""
+    into ``out/events``); None when it has no manifest (events passed in by the caller). It hashes
+    the sample's arrays: compute it once per study."""
     from hepms.study.dataset import sample_fingerprint
 
-    path = Path(config.data["path"]) if config.data.get("path") else out / "events"
+    path = Path(config.data["path"]) if config.data.get("path") else Path(out) / "events"
     return sample_fingerprint(path) if (path / "manifest.json").is_file() else None
 
 
@@ -148,23 +150,10 @@ def run_study(
     # by evaluate_chain / the validity check after a selection has returned.
     train, val, test = prepared.train, prepared.val, prepared.test
 
-    reference = None
-    enabled = config.validity["enabled"]
-    if enabled is None:
-        enabled = space.task.name == "calibration"
-    if enabled and space.task.name != "calibration":
-        log.warning("the GP validity check needs the calibration task; skipped for %s", space.task.name)
-    if enabled and space.task.name == "calibration":
-        v = config.validity
-        reference = GPReference(
-            space.task,
-            kinematics,
-            max_points=v["max_points"],
-            iterations=v["iterations"],
-            lr=v["lr"],
-            seed=v["seed"],
-        ).fit(train)
+    reference = fit_reference(space.task, kinematics, train, config.validity)
+    if reference is not None:
         gp_mean, gp_sigma, tau_mask = reference.predict(test)
+    fingerprint = study_fingerprint(config, out)
     nsigma = config.validity["nsigma"]
 
     rows: list[dict] = []
@@ -199,7 +188,7 @@ def run_study(
                     out / "runs" / f"{stem}.model.pt", result.chain, prepared.spec, prepared.scaler,
                     builder=CHAIN_BUILDER,
                     config=chain_config(space, result.upstream, result.downstream),
-                    data_fingerprint=_sample_fingerprint(config, out),
+                    data_fingerprint=fingerprint,
                     settings_hash=settings_hash({"config": config.to_dict(), "method": method,
                                                  "v1": float(v1), "seed": int(seed)}),
                     producer="hepms select",
@@ -224,14 +213,15 @@ def run_study(
         # What produced the rows: the configuration's hash and the sample's fingerprint (None for
         # events passed in without a manifest).
         "settings_hash": settings_hash(config.to_dict()),
-        "data_fingerprint": _sample_fingerprint(config, out),
+        "data_fingerprint": fingerprint,
         "machine": describe(config.settings.device),
         "seconds": time.perf_counter() - started,
         "rows": rows,
         "files": files,
     }
     write_text_atomic(out / "results.json", json.dumps(json_ready(summary), indent=1))
-    _write_csv(rows, out / "results.csv")
+    if rows:
+        write_text_atomic(out / "results.csv", rows_csv(rows))
     return summary
 
 
@@ -251,14 +241,13 @@ def _study_plots(rows: list[dict], out: Path, task: str, validity: bool) -> list
     return files
 
 
-def _write_csv(rows: list[dict], path: Path) -> None:
-    if not rows:
-        return
+def rows_csv(rows: Sequence[Mapping]) -> str:
+    """Result rows as CSV text: one column per key, in the order the keys first appear."""
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(r)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
