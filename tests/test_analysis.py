@@ -402,8 +402,9 @@ def test_manifest_marks_scans_that_died_without_a_word_as_killed(tmp_path: Path)
     assert status == {running["id"]: "killed", foreign["id"]: "running", alive["id"]: "running", "new": "running"}
 
 
-def test_pileup_check_scores_test_split_and_independent_sample(sample: Path, tmp_path: Path) -> None:
-    """analyses/htautau/pileup_check.py: one trained model, its test split vs an independent sample."""
+def test_pileup_check_scores_test_split_and_independent_sample(sample: Path, tmp_path: Path, capsys) -> None:
+    """analyses/htautau/pileup_check.py: one trained model, its test split vs an independent sample
+    and vs each split (pileup pool) of it."""
     import importlib.util
 
     from hepms.cli import main as hepms_main
@@ -432,8 +433,31 @@ def test_pileup_check_scores_test_split_and_independent_sample(sample: Path, tmp
     diff = result["auc_tau_difference"]
     assert diff["value"] == pytest.approx(result["test_split"]["auc_tau"] - result["independent"]["auc_tau"])
     assert result["machine"]["cpu"]
+    assert result["cpu_seconds"] > 0 and result["model"]["data_fingerprint"] == result["sample"]["fingerprint"]
+    # each split of the independent sample (its own pileup pool) scored on its own
+    splits = result["independent_splits"]
+    made = json.loads((other / "manifest.json").read_text())["splits"]["events"]
+    for name, part in splits.items():  # events with at least one jet of the generator's split
+        assert 0 < part["events"] <= made["H"][name] + made["Z"][name]
+    assert sum(part["events"] for part in splits.values()) == result["independent"]["events"]
+    for part in splits.values():
+        assert 0.0 <= part["auc_event"] <= 1.0 and part["auc_event_err"] > 0
+    diff = result["independent_split_differences"]["train - test"]["auc_event"]
+    assert diff["value"] == pytest.approx(splits["train"]["auc_event"] - splits["test"]["auc_event"])
+    assert {"seed", "events_per_process", "pileup_process"} <= set(result["independent_sample"]["settings_differing"])
     # the training sample itself is not an independent sample
     assert module.main([str(run_dir), str(sample), "--bootstrap", "5"]) == 2
+    # a bare model file (no config.yaml beside it): the data settings come from the file, the
+    # sample from --data; without --data, or with a sample the model was not trained on: refused
+    bare = tmp_path / "bare" / "model.pt"
+    bare.parent.mkdir()
+    shutil.copy(run_dir / "model.pt", bare)
+    out = tmp_path / "bare.json"
+    assert module.main([str(bare), str(other), "--data", str(sample), "--out", str(out), "--bootstrap", "5"]) == 0
+    assert json.loads(out.read_text())["test_split"]["events"] == result["test_split"]["events"]
+    assert module.main([str(bare), str(other), "--bootstrap", "5"]) == 2
+    assert module.main([str(bare), str(sample), "--data", str(other), "--bootstrap", "5"]) == 2
+    assert "fingerprint" in capsys.readouterr().err
 
 
 def test_bootstrap_follows_events() -> None:

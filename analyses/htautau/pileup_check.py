@@ -2,21 +2,29 @@
 
 If the test split shared pileup events with the training split, a network could memorise them and
 its test AUC would be optimistic; a sample generated with another seed (so other signal events and
-an independent pileup pool) would then score lower.  This script scores one trained model
-(``hepms train`` run directory) on
+independent pileup pools) would then score lower.  This script scores one trained model (anything
+:func:`hepms.model_file.load_model` reads: a ``hepms train`` run directory, a ``hepms scan`` trial
+directory, a model file) on
 
 (a) the test split of its own sample (the split stored by the generator; its pileup pool is
-    disjoint from the training pool), and
-(b) every event of an independent sample (``hepms generate`` with another seed),
+    disjoint from the training pool),
+(b) every event of an independent sample (``hepms generate`` with another seed), and
+(c) each of the independent sample's train / validation / test splits on its own (each split has
+    its own pileup pool, none ever seen in training: how much the AUCs move from pool to pool),
 
-and, for reference, on its validation split (never trained on, but used to choose the epoch), and
-reports the tau-ID and H/Z AUCs with bootstrap errors (events resampled with replacement, jets
-following their events) and the difference (a) - (b) with its error.
+and, for reference, on its own validation split (never trained on, but used to choose the epoch).
+It reports the tau-ID and H/Z AUCs with bootstrap errors (events resampled with replacement, jets
+following their events), the difference (a) - (b) and the pairwise differences of (c).
 
-    python analyses/htautau/pileup_check.py RUN_DIR INDEPENDENT_SAMPLE [--bootstrap 300]
+    python analyses/htautau/pileup_check.py MODEL INDEPENDENT_SAMPLE [--data OWN_SAMPLE]
+        [--out FILE.json] [--cache DIR] [--bootstrap 300]
 
-The result is printed and written to ``RUN_DIR/pileup_check.json`` (atomically), with the machine
-and the software versions.
+The model's data settings come from ``config.yaml`` next to it (``hepms train``), else from the
+model file's feature spec with the default data settings; ``--data`` names its own sample when the
+configuration's ``data.path`` is relative to another folder. The data fingerprint recorded in the
+model file must match, so a wrong sample or wrong settings are refused. The result is printed and
+written to ``--out`` (default ``pileup_check.json`` next to the model; atomically), with the
+machine, the CPU time and the software versions.
 """
 from __future__ import annotations
 
@@ -33,14 +41,17 @@ import numpy as np
 import torch
 
 from hepms import metrics
-from hepms.config import load_config
-from hepms.data import Standardizer
+from hepms.config import load_config, validate
+from hepms.config_engine import ConfigError
+from hepms.data import Standardizer, TauEventData, split
 from hepms._machine import cpu_model
-from hepms.study.dataset import PreparedData, dataset_of_sample, prepare_data, sample_fingerprint
+from hepms.study.dataset import MANIFEST, PreparedData, dataset_of_sample, prepare_data
 from hepms.study.runner import predict, versions, write_json
-from hepms.model_file import load_model
+from hepms.model_file import TrainedModel, load_model
 
 log = logging.getLogger("pileup_check")
+
+SPLITS = ("train", "validation", "test")
 
 
 def bootstrap_aucs(pred: Mapping[str, np.ndarray], n_boot: int, seed: int) -> dict[str, Any]:
@@ -68,74 +79,131 @@ def bootstrap_aucs(pred: Mapping[str, np.ndarray], n_boot: int, seed: int) -> di
     return out
 
 
-def independent_data(cfg: Mapping[str, Any], path: Path, scaler: Standardizer) -> PreparedData:
-    """Every event of ``path`` built like the study's data and standardised with the model's scaler."""
-    scaled = scaler(dataset_of_sample(cfg, path))
-    return PreparedData(scaled, scaled, scaled, scaler, None, sample_fingerprint(path), {"path": str(path)})
+def difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """``a - b`` of both AUCs, with the bootstrap errors added in quadrature (independent events)."""
+    out: dict[str, Any] = {}
+    for key in ("auc_tau", "auc_event"):
+        diff = a[key] - b[key]
+        err = float(np.hypot(a[f"{key}_err"], b[f"{key}_err"]))
+        out[key] = {"value": diff, "error": err, "pulls": diff / err if err > 0 else None}
+    return out
+
+
+def as_test(part: TauEventData, scaler: Standardizer, fingerprint: str) -> PreparedData:
+    """``part`` standardised with the model's scaler, as the test part that :func:`predict` scores."""
+    scaled = scaler(part)
+    return PreparedData(scaled, scaled, scaled, scaler, None, fingerprint, {})
+
+
+def model_config(source: Path, trained: TrainedModel, data_path: Path | None) -> dict[str, Any]:
+    """The configuration the model was trained with: its folder's ``config.yaml`` (``hepms train``),
+    else the defaults with the feature settings of the model file (a scan trial folder, a bare
+    model file); ``data.path`` replaced by ``data_path`` when given. Never generates a sample."""
+    folder = source if source.is_dir() else source.parent
+    if (folder / "config.yaml").is_file():
+        cfg = load_config(folder / "config.yaml")
+    else:
+        spec = trained.spec.to_dict()
+        keys = ("jet_features", "constituent_features", "max_jets", "max_constituents", "min_jets")
+        cfg = validate({"data": {key: spec[key] for key in keys}})
+    cfg["progress"] = False
+    cfg["data"]["generate"]["enabled"] = False
+    if data_path is not None:
+        cfg["data"]["path"] = str(data_path)
+    path = Path(cfg["data"]["path"])
+    if not (path / MANIFEST).is_file():
+        raise ConfigError(f"the model's sample {str(path)!r} (data.path, relative to {Path.cwd()}) has no "
+                          f"{MANIFEST}: give the sample the model was trained on with --data PATH")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="run directory of `hepms train` (config.yaml, model.pt)")
+    parser.add_argument("model", type=Path, help="what hepms.model_file.load_model reads: a `hepms train` run "
+                        "directory, a `hepms scan` trial directory or a model file")
     parser.add_argument("independent", type=Path, help="sample generated with another seed")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the model's own sample (default: data.path of the run's config.yaml)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output JSON (default: pileup_check.json next to the model)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder of the built-dataset cache of the model's sample (default: no cache)")
     parser.add_argument("--bootstrap", type=int, default=300, help="bootstrap replicas (default 300)")
     parser.add_argument("--seed", type=int, default=1, help="bootstrap seed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    out = args.out or (args.model if args.model.is_dir() else args.model.parent) / "pileup_check.json"
 
-    cfg = load_config(args.run_dir / "config.yaml", [])
-    cfg["progress"] = False
-    trained = load_model(args.run_dir)
-    model = trained.network
-    data = prepare_data(cfg, None, progress=False)
+    try:
+        trained = load_model(args.model)
+        cfg = model_config(args.model, trained, args.data)
+        data = prepare_data(cfg, args.cache, progress=False)
+        other_manifest = json.loads((args.independent / MANIFEST).read_text())
+    except (OSError, ValueError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if trained.provenance.data_fingerprint != data.fingerprint:
-        print(f"error: the model in {args.run_dir} was trained on another sample or other settings",
+        print(f"error: the model {args.model} was trained on data with fingerprint "
+              f"{trained.provenance.data_fingerprint}, {data.info['path']} with these settings gives "
+              f"{data.fingerprint}: another sample or other data settings (max_events, split_seed, ...)",
               file=sys.stderr)
         return 2
     if data.info.get("split") != "generator":
         print("warning: the sample has no generator split; its test split may share pileup with "
               "training", file=sys.stderr)
-    own_manifest = json.loads((Path(cfg["data"]["path"]) / "manifest.json").read_text())
-    other_manifest = json.loads((args.independent / "manifest.json").read_text())
-    if own_manifest["settings"]["seed"] == other_manifest["settings"]["seed"]:
+    own_manifest = json.loads((Path(data.info["path"]) / MANIFEST).read_text())
+    own_settings, other_settings = own_manifest["settings"], other_manifest["settings"]
+    if own_settings["seed"] == other_settings["seed"]:
         print("error: the independent sample has the same seed as the training sample", file=sys.stderr)
         return 2
+    differ = sorted(k for k in set(own_settings) | set(other_settings) if own_settings.get(k) != other_settings.get(k))
     scaler = trained.scaler
     batch = cfg["trainer"]["eval_batch_size"]
+    other = dataset_of_sample(cfg, args.independent)
+    if other.event_split is None:
+        print(f"error: {args.independent} stores no train/validation/test split (made by an older hepms "
+              "generate?)", file=sys.stderr)
+        return 2
+    parts = {"test_split": data.test, "validation_split": data.val, "independent": other}
+    parts.update(zip([f"independent_{name}" for name in SPLITS], split(other, cfg["data"]["fractions"], cfg["data"]["split_seed"])))
     with torch.no_grad():
-        pred_test = predict(model, data, batch)
-        pred_other = predict(model, independent_data(cfg, args.independent, scaler), batch)
-        validation = PreparedData(data.val, data.val, data.val, data.scaler, None, data.fingerprint, {})
-        pred_val = predict(model, validation, batch)
-    a = bootstrap_aucs(pred_test, args.bootstrap, args.seed)
-    b = bootstrap_aucs(pred_other, args.bootstrap, args.seed + 1)
-    v = bootstrap_aucs(pred_val, args.bootstrap, args.seed + 2)
+        aucs = {name: bootstrap_aucs(predict(trained.network, as_test(part, scaler, data.fingerprint), batch),
+                                     args.bootstrap, args.seed + i)
+                for i, (name, part) in enumerate(parts.items())}
+    a, b, v = aucs["test_split"], aucs["independent"], aucs["validation_split"]
     result: dict[str, Any] = {"test_split": a, "independent": b, "validation_split": v}
-    for key in ("auc_tau", "auc_event"):
-        diff = a[key] - b[key]
-        err = float(np.hypot(a[f"{key}_err"], b[f"{key}_err"]))
-        result[f"{key}_difference"] = {"value": diff, "error": err, "pulls": diff / err if err > 0 else None}
+    for key, diff in difference(a, b).items():
+        result[f"{key}_difference"] = diff
+    result["independent_splits"] = {name: aucs[f"independent_{name}"] for name in SPLITS}
+    result["independent_split_differences"] = {
+        f"{x} - {y}": difference(aucs[f"independent_{x}"], aucs[f"independent_{y}"])
+        for x, y in (("train", "validation"), ("train", "test"), ("validation", "test"))}
     result.update({
-        "run_dir": str(args.run_dir),
-        "sample": {"path": cfg["data"]["path"], "seed": own_manifest["settings"]["seed"],
-                   "events_per_process": own_manifest["settings"]["events_per_process"]},
-        "independent_sample": {"path": str(args.independent), "seed": other_manifest["settings"]["seed"],
-                               "events_per_process": other_manifest["settings"]["events_per_process"]},
+        "model": {"source": str(args.model), **trained.provenance.to_dict()},
+        "sample": {"path": data.info["path"], "seed": own_settings["seed"],
+                   "events_per_process": own_settings["events_per_process"], "fingerprint": data.fingerprint},
+        "independent_sample": {"path": str(args.independent), "seed": other_settings["seed"],
+                               "events_per_process": other_settings["events_per_process"],
+                               "settings_differing": differ},
         "bootstrap": args.bootstrap,
         "machine": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
         "versions": versions(),
         "seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
     })
-    write_json(args.run_dir / "pileup_check.json", result)
+    write_json(out, result)
     print(f"machine: {result['machine']['cpu']}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    print(f"{'':24} {'test split':>18} {'independent':>18} {'test - independent':>20} {'validation split':>18}")
-    for key, name in (("auc_tau", "tau-ID AUC"), ("auc_event", "H/Z AUC")):
-        d = result[f"{key}_difference"]
-        print(f"{name:24} {a[key]:.4f} ± {a[key + '_err']:.4f}   {b[key]:.4f} ± {b[key + '_err']:.4f}   "
-              f"{d['value']:+.4f} ± {d['error']:.4f}   {v[key]:.4f} ± {v[key + '_err']:.4f}")
-    print(f"test split: {a['events']} events, {a['jets']} jets; independent: {b['events']} events, "
-          f"{b['jets']} jets; wrote {args.run_dir / 'pileup_check.json'}")
+    print(f"independent sample: settings differing from the model's sample: {', '.join(differ)}")
+    print(f"{'':28} {'events':>7} {'tau-ID AUC':>17} {'H/Z AUC':>17}")
+    for name, r in aucs.items():
+        print(f"{name:28} {r['events']:7d} {r['auc_tau']:.4f} ± {r['auc_tau_err']:.4f}  "
+              f"{r['auc_event']:.4f} ± {r['auc_event_err']:.4f}")
+    for name, d in [("test - independent", difference(a, b)),
+                    *((f"independent {k}", d) for k, d in result["independent_split_differences"].items())]:
+        print(f"{name:28} {'':7} {d['auc_tau']['value']:+.4f} ± {d['auc_tau']['error']:.4f}  "
+              f"{d['auc_event']['value']:+.4f} ± {d['auc_event']['error']:.4f}")
+    print(f"wrote {out} ({result['cpu_seconds']} s CPU)")
     return 0
 
 
