@@ -434,6 +434,10 @@ def test_pileup_check_scores_test_split_and_independent_sample(sample: Path, tmp
     assert diff["value"] == pytest.approx(result["test_split"]["auc_tau"] - result["independent"]["auc_tau"])
     assert result["machine"]["cpu"]
     assert result["cpu_seconds"] > 0 and result["model"]["data_fingerprint"] == result["sample"]["fingerprint"]
+    # the model's own validation split scores as the trainer scored it (one epoch: the best one)
+    trained = json.loads((run_dir / "train" / "metrics.json").read_text())["epochs"][0]
+    for key in ("auc_tau", "auc_event"):
+        assert result["validation_split"][key] == pytest.approx(trained[f"val_{key}"], abs=1e-6)
     # each split of the independent sample (its own pileup pool) scored on its own
     splits = result["independent_splits"]
     made = json.loads((other / "manifest.json").read_text())["splits"]["events"]
@@ -444,6 +448,8 @@ def test_pileup_check_scores_test_split_and_independent_sample(sample: Path, tmp
         assert 0.0 <= part["auc_event"] <= 1.0 and part["auc_event_err"] > 0
     diff = result["independent_split_differences"]["train - test"]["auc_event"]
     assert diff["value"] == pytest.approx(splits["train"]["auc_event"] - splits["test"]["auc_event"])
+    agreement = result["independent_splits_agreement"]["auc_event"]
+    assert agreement["ndof"] == 2 and 0.0 < agreement["p_value"] <= 1.0
     assert {"seed", "events_per_process", "pileup_process"} <= set(result["independent_sample"]["settings_differing"])
     # the training sample itself is not an independent sample
     assert module.main([str(run_dir), str(sample), "--bootstrap", "5"]) == 2
@@ -480,6 +486,12 @@ def test_bootstrap_follows_events() -> None:
     assert out["events"] == n and out["jets"] == offsets[-1]
     # binomial-like error of an AUC from ~800 jets: a few 0.01
     assert 0.005 < out["auc_tau_err"] < 0.05 and 0.01 < out["auc_event_err"] < 0.06
+    # three parts, 0.80 / 0.82 / 0.80 +- 0.01: chi2 = 8/3 about 0.8067, p = 0.264 (chi2 table, 2 dof)
+    parts = [{"auc_tau": 0.9, "auc_tau_err": 0.01, "auc_event": x, "auc_event_err": 0.01} for x in (0.80, 0.82, 0.80)]
+    agreement = module.agreement(parts)
+    assert agreement["auc_event"]["mean"] == pytest.approx(0.80667, abs=1e-5)
+    assert agreement["auc_event"]["chi2"] == pytest.approx(8 / 3) and agreement["auc_event"]["p_value"] == pytest.approx(0.2636, abs=1e-4)
+    assert agreement["auc_tau"]["chi2"] == pytest.approx(0.0) and agreement["auc_tau"]["p_value"] == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -89,10 +89,23 @@ def difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def agreement(parts: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Do the AUCs of three independent parts agree within their errors? The weighted mean, the
+    chi2 about it (2 degrees of freedom) and its p-value, ``exp(-chi2 / 2)`` for 2 degrees."""
+    assert len(parts) == 3, "the p-value formula holds for three parts (2 degrees of freedom)"
+    out: dict[str, Any] = {}
+    for key in ("auc_tau", "auc_event"):
+        x = np.array([part[key] for part in parts])
+        w = 1.0 / np.array([part[f"{key}_err"] for part in parts]) ** 2
+        mean = float(np.sum(w * x) / np.sum(w))
+        chi2 = float(np.sum(w * (x - mean) ** 2))
+        out[key] = {"mean": mean, "chi2": chi2, "ndof": 2, "p_value": float(np.exp(-chi2 / 2))}
+    return out
+
+
 def as_test(part: TauEventData, scaler: Standardizer, fingerprint: str) -> PreparedData:
-    """``part`` standardised with the model's scaler, as the test part that :func:`predict` scores."""
-    scaled = scaler(part)
-    return PreparedData(scaled, scaled, scaled, scaler, None, fingerprint, {})
+    """``part`` (standardised already) as the test part that :func:`predict` scores."""
+    return PreparedData(part, part, part, scaler, None, fingerprint, {})
 
 
 def model_config(source: Path, trained: TrainedModel, data_path: Path | None) -> dict[str, Any]:
@@ -160,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     differ = sorted(k for k in set(own_settings) | set(other_settings) if own_settings.get(k) != other_settings.get(k))
     scaler = trained.scaler
     batch = cfg["trainer"]["eval_batch_size"]
-    other = dataset_of_sample(cfg, args.independent)
+    other = scaler(dataset_of_sample(cfg, args.independent))  # the parts of `data` are standardised already
     if other.event_split is None:
         print(f"error: {args.independent} stores no train/validation/test split (made by an older hepms "
               "generate?)", file=sys.stderr)
@@ -179,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     result["independent_split_differences"] = {
         f"{x} - {y}": difference(aucs[f"independent_{x}"], aucs[f"independent_{y}"])
         for x, y in (("train", "validation"), ("train", "test"), ("validation", "test"))}
+    result["independent_splits_agreement"] = agreement(list(result["independent_splits"].values()))
     result.update({
         "model": {"source": str(args.model), **trained.provenance.to_dict()},
         "sample": {"path": data.info["path"], "seed": own_settings["seed"],
@@ -203,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                     *((f"independent {k}", d) for k, d in result["independent_split_differences"].items())]:
         print(f"{name:28} {'':7} {d['auc_tau']['value']:+.4f} ± {d['auc_tau']['error']:.4f}  "
               f"{d['auc_event']['value']:+.4f} ± {d['auc_event']['error']:.4f}")
+    for key, name in (("auc_tau", "tau-ID AUC"), ("auc_event", "H/Z AUC")):
+        g = result["independent_splits_agreement"][key]
+        print(f"independent splits, {name}: chi2 = {g['chi2']:.2f} for 2 degrees of freedom, p = {g['p_value']:.2f}")
     print(f"wrote {out} ({result['cpu_seconds']} s CPU)")
     return 0
 
