@@ -448,6 +448,9 @@ def test_pileup_check_scores_test_split_and_independent_sample(sample: Path, tmp
         assert 0.0 <= part["auc_event"] <= 1.0 and part["auc_event_err"] > 0
     diff = result["independent_split_differences"]["train - test"]["auc_event"]
     assert diff["value"] == pytest.approx(splits["train"]["auc_event"] - splits["test"]["auc_event"])
+    assert set(result["independent_sample"]["mean_rho_by_split"]) == {"train", "validation", "test"}
+    assert all(0 < rho < 20 for rho in result["sample"]["mean_rho_by_split"].values())  # <mu> = 5
+    assert all(1 <= n <= 8 for n in result["independent"]["jets_per_event"].values())
     agreement = result["independent_splits_agreement"]["auc_event"]
     assert agreement["ndof"] == 2 and 0.0 < agreement["p_value"] <= 1.0
     assert {"seed", "events_per_process", "pileup_process"} <= set(result["independent_sample"]["settings_differing"])

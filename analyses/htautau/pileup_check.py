@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import uproot
 
 from hepms import metrics
 from hepms.config import load_config, validate
@@ -65,6 +66,9 @@ def bootstrap_aucs(pred: Mapping[str, np.ndarray], n_boot: int, seed: int) -> di
         "jets": int(offsets[-1]),
         "auc_tau": metrics.roc_auc(pred["jet_labels"], pred["tau_logit"]),
         "auc_event": metrics.roc_auc(pred["event_labels"], pred["event_logit"]),
+        # of the scored events (at least one jet, at most data.max_jets): multiplicity separates H from Z
+        "jets_per_event": {name: float(jets_per_event[pred["event_labels"] == label].mean())
+                           for name, label in (("H", 1), ("Z", 0))},
     }
     samples: dict[str, list[float]] = {"auc_tau": [], "auc_event": []}
     for _ in range(n_boot):
@@ -87,6 +91,20 @@ def difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         err = float(np.hypot(a[f"{key}_err"], b[f"{key}_err"]))
         out[key] = {"value": diff, "error": err, "pulls": diff / err if err > 0 else None}
     return out
+
+
+def rho_by_split(path: Path) -> dict[str, float]:
+    """Mean rho (GeV per unit area) of all generated events of each split of the sample at ``path``:
+    each split overlays its own finite pileup pool, whose fluctuation all its events share."""
+    files = json.loads((path / MANIFEST).read_text())["files"]
+    rho, which = [], []
+    for entry in files:
+        with uproot.open(path / entry["path"]) as root_file:
+            arrays = root_file[entry["tree"]].arrays(["rho", "split"], library="np")
+        rho.append(arrays["rho"])
+        which.append(arrays["split"])
+    rho_all, split_all = np.concatenate(rho), np.concatenate(which)
+    return {name: float(rho_all[split_all == k].mean()) for k, name in enumerate(SPLITS)}
 
 
 def agreement(parts: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -196,10 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     result.update({
         "model": {"source": str(args.model), **trained.provenance.to_dict()},
         "sample": {"path": data.info["path"], "seed": own_settings["seed"],
-                   "events_per_process": own_settings["events_per_process"], "fingerprint": data.fingerprint},
+                   "events_per_process": own_settings["events_per_process"], "fingerprint": data.fingerprint,
+                   "mean_rho_by_split": rho_by_split(Path(data.info["path"]))},
         "independent_sample": {"path": str(args.independent), "seed": other_settings["seed"],
                                "events_per_process": other_settings["events_per_process"],
-                               "settings_differing": differ},
+                               "settings_differing": differ, "mean_rho_by_split": rho_by_split(args.independent)},
         "bootstrap": args.bootstrap,
         "machine": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
         "versions": versions(),
@@ -209,10 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out, result)
     print(f"machine: {result['machine']['cpu']}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"independent sample: settings differing from the model's sample: {', '.join(differ)}")
-    print(f"{'':28} {'events':>7} {'tau-ID AUC':>17} {'H/Z AUC':>17}")
+    print(f"{'':28} {'events':>7} {'tau-ID AUC':>17} {'H/Z AUC':>17}  jets per H / Z event")
     for name, r in aucs.items():
         print(f"{name:28} {r['events']:7d} {r['auc_tau']:.4f} ± {r['auc_tau_err']:.4f}  "
-              f"{r['auc_event']:.4f} ± {r['auc_event_err']:.4f}")
+              f"{r['auc_event']:.4f} ± {r['auc_event_err']:.4f}  "
+              f"{r['jets_per_event']['H']:.3f} / {r['jets_per_event']['Z']:.3f}")
     for name, d in [("test - independent", difference(a, b)),
                     *((f"independent {k}", d) for k, d in result["independent_split_differences"].items())]:
         print(f"{name:28} {'':7} {d['auc_tau']['value']:+.4f} ± {d['auc_tau']['error']:.4f}  "
@@ -220,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, name in (("auc_tau", "tau-ID AUC"), ("auc_event", "H/Z AUC")):
         g = result["independent_splits_agreement"][key]
         print(f"independent splits, {name}: chi2 = {g['chi2']:.2f} for 2 degrees of freedom, p = {g['p_value']:.2f}")
+    for what in ("sample", "independent_sample"):
+        rho = result[what]["mean_rho_by_split"]
+        print(f"mean rho of the {what.replace('_', ' ')}'s train / validation / test split: "
+              + " / ".join(f"{rho[name]:.2f}" for name in SPLITS) + " GeV")
     print(f"wrote {out} ({result['cpu_seconds']} s CPU)")
     return 0
 
