@@ -93,14 +93,19 @@ def difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def rho_by_split(path: Path) -> dict[str, float]:
+def rho_by_split(path: Path) -> dict[str, float] | None:
     """Mean rho (GeV per unit area) of all generated events of each split of the sample at ``path``:
-    each split overlays its own finite pileup pool, whose fluctuation all its events share."""
+    each split overlays its own finite pileup pool, whose fluctuation all its events share. None
+    for a sample without a stored split."""
     files = json.loads((path / MANIFEST).read_text())["files"]
     rho, which = [], []
     for entry in files:
         with uproot.open(path / entry["path"]) as root_file:
-            arrays = root_file[entry["tree"]].arrays(["rho", "split"], library="np")
+            tree = root_file[entry["tree"]]
+            if "split" not in tree or "rho" not in tree:
+                log.warning("%s has no split or rho branch: no mean rho per split", path / entry["path"])
+                return None
+            arrays = tree.arrays(["rho", "split"], library="np")
         rho.append(arrays["rho"])
         which.append(arrays["split"])
     rho_all, split_all = np.concatenate(rho), np.concatenate(which)
@@ -110,7 +115,9 @@ def rho_by_split(path: Path) -> dict[str, float]:
 def agreement(parts: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Do the AUCs of three independent parts agree within their errors? The weighted mean, the
     chi2 about it (2 degrees of freedom) and its p-value, ``exp(-chi2 / 2)`` for 2 degrees."""
-    assert len(parts) == 3, "the p-value formula holds for three parts (2 degrees of freedom)"
+    if len(parts) != 3:
+        raise ValueError(f"agreement takes three parts (the p-value formula is that of 2 degrees of freedom), "
+                         f"got {len(parts)}")
     out: dict[str, Any] = {}
     for key in ("auc_tau", "auc_event"):
         x = np.array([part[key] for part in parts])
@@ -242,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"independent splits, {name}: chi2 = {g['chi2']:.2f} for 2 degrees of freedom, p = {g['p_value']:.2f}")
     for what in ("sample", "independent_sample"):
         rho = result[what]["mean_rho_by_split"]
-        print(f"mean rho of the {what.replace('_', ' ')}'s train / validation / test split: "
-              + " / ".join(f"{rho[name]:.2f}" for name in SPLITS) + " GeV")
+        if rho is not None:
+            print(f"mean rho of the {what.replace('_', ' ')}'s train / validation / test split: "
+                  + " / ".join(f"{rho[name]:.2f}" for name in SPLITS) + " GeV")
     print(f"wrote {out} ({result['cpu_seconds']} s CPU)")
     return 0
 
