@@ -10,7 +10,7 @@
 #
 # Steps, each with its own time limit inside one overall budget (DEVICE_CHECK_BUDGET_S, default
 # 480 s), going on when one fails:
-#   env      nvidia-smi and versions; the carried wheels installed into /tmp/site (pip --no-index
+#   env      nvidia-smi and versions; the carried wheels installed into $SITE (pip --no-index
 #            --no-deps --target) and their requirements checked against what is installed
 #            (scripts/device/deps.py; fallback wheels installed where the image's version is off)
 #   build    hepms._C against the machine's torch, CUDA kernels for sm_90 only (HEPMS_WITH_CUDA=ON,
@@ -20,6 +20,8 @@
 #   trial    one study trial, k_scan/"additional k=2" of analyses/htautau/config/quick.yaml on the
 #            carried sample (2 x 1000 events, <mu> = 50), 5 epochs, float32 then bfloat16; trial
 #            records and run directories under /tmp (nothing written into the repository)
+# DEVICE_CHECK_STEPS (default "env build tests segment trial") runs only some of them, e.g. a rerun
+# of "tests segment trial" on a machine still warm from a first call (/tmp/site and the build stay).
 # Output, flat in $OUT (8 files, the most a device call returns): summary.txt env.txt build.log
 # tests.log segment.log segment.json trial.log trial.json. One summary line per step is printed.
 # Exit status: 1 when the build or the CUDA tests fail (or when the tests did not run), else 0.
@@ -33,6 +35,7 @@ START=$(date +%s)
 BUDGET="${DEVICE_CHECK_BUDGET_S:-480}"
 SAMPLE="$REPO/.device_data/htautau-mu50-2x1000"
 TMP="${TMPDIR:-/tmp}/hepms-device-check"
+SITE="${DEVICE_CHECK_SITE:-/tmp/site}"  # where the carried wheels are installed (GPU run)
 rm -rf "$TMP"; mkdir -p "$TMP"
 if [ "$CPU" = 1 ]; then
   OUT="${OUT:-$TMP/out}"
@@ -61,6 +64,8 @@ SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 export PYTHONUNBUFFERED=1 HEPMS_REQUIRE_EXTENSION=1 MPLBACKEND=Agg
 FAILED_REQUIRED=0
+STEPS=" ${DEVICE_CHECK_STEPS:-env build tests segment trial} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 
 say() {  # one summary line: printed and kept in summary.txt
   echo "$*" | tee -a "$SUMMARY"
@@ -107,7 +112,10 @@ ENV_LOG="$OUT/env.txt"
   "$PY" -c 'import sysconfig, os; p = sysconfig.get_paths()["purelib"]; print("site-packages", p, "writable:", os.access(p, os.W_OK))'
 } > "$ENV_LOG" 2>&1
 
-if [ "$CPU" = 1 ]; then
+if [ "$CPU" = 0 ]; then export PYTHONPATH="$SITE"; fi
+if ! want env; then
+  :
+elif [ "$CPU" = 1 ]; then
   # The wheels are for CPython 3.12: here pip can only prove they install there (tags) and
   # deps.py that their requirements are met by the set plus the image's package list.
   PLAT=(); for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do PLAT+=(--platform "$p"); done
@@ -119,20 +127,19 @@ if [ "$CPU" = 1 ]; then
   STEP_RC=$(( rc1 || rc2 ))
   say "env: $(status_word); wheels checked for CPython 3.12 (pip --dry-run + deps.py), not installed (this is Python $("$PY" -c 'import platform; print(platform.python_version())'))"
 else
-  export PYTHONPATH=/tmp/site
-  run_step wheels 120 "$ENV_LOG" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  run_step wheels 120 "$ENV_LOG" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
   rc1=$STEP_RC
   # Fallback wheels only where the image's version does not meet a requirement.
   fallbacks=$("$PY" scripts/device/deps.py installed .whl 2>> "$ENV_LOG")
   if [ -n "$fallbacks" ]; then
     echo "== fallback wheels: $fallbacks" >> "$ENV_LOG"
     # shellcheck disable=SC2086
-    run_step fallback 60 "$ENV_LOG" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $fallbacks
+    run_step fallback 60 "$ENV_LOG" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" $fallbacks
   fi
   run_step deps 60 "$ENV_LOG" "$PY" scripts/device/deps.py installed .whl
   rc2=$STEP_RC
   STEP_RC=$(( rc1 || rc2 ))
-  say "env: $(status_word); wheels installed into /tmp/site$([ -n "$fallbacks" ] && echo " (with fallbacks: $(echo $fallbacks | xargs -n1 basename | tr '\n' ' '))"); GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo none)"
+  say "env: $(status_word); wheels installed into $SITE$([ -n "$fallbacks" ] && echo " (with fallbacks: $(echo $fallbacks | xargs -n1 basename | tr '\n' ' '))"); GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo none)"
 fi
 {
   echo "== versions"
@@ -157,6 +164,7 @@ EOF
 
 # --- build --------------------------------------------------------------------------------------
 BUILD_LOG="$OUT/build.log"
+if want build; then
 JOBS=$(getconf _NPROCESSORS_ONLN)  # not nproc: it follows OMP_NUM_THREADS
 run_step build 300 "$BUILD_LOG" env HEPMS_WITH_CUDA="$CUDA_BUILD" TORCH_CUDA_ARCH_LIST=9.0 \
   CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" MAX_JOBS="$JOBS" "${NICE[@]}" \
@@ -171,9 +179,11 @@ else
 fi
 echo "== import check: ${info:-import failed}" >> "$BUILD_LOG"
 say "build: $(status_word) in ${build_s} s (HEPMS_WITH_CUDA=$CUDA_BUILD$([ $CUDA_BUILD = ON ] && echo ', sm_90'), $JOBS jobs); ${info:-hepms._C does not import, see build.log}"
+fi
 
 # --- CUDA tests ---------------------------------------------------------------------------------
 TESTS_LOG="$OUT/tests.log"
+if want tests; then
 run_step tests 150 "$TESTS_LOG" "${NICE[@]}" "$PY" -m pytest -p no:cacheprovider -rs -v -k cuda \
   tests/test_ops.py tests/test_ops_kernels.py tests/test_train.py
 tests_rc=$STEP_RC
@@ -183,9 +193,11 @@ if [ "$tests_rc" != 0 ] || { [ "$CPU" = 0 ] && [[ "$counts" == *skipped* ]]; }; 
   FAILED_REQUIRED=1
 fi
 say "tests: $(status_word) ($DEVICE): ${counts:-no pytest summary line, see tests.log}"
+fi
 
 # --- segment benchmark --------------------------------------------------------------------------
 SEG_LOG="$OUT/segment.log"; SEG_JSON="$OUT/segment.json"
+if want segment; then
 run_step segment 150 "$SEG_LOG" "${NICE[@]}" "$PY" benchmarks/segment.py "${SEGMENT_ARGS[@]}" --json "$SEG_JSON"
 seg_note=$("$PY" - "$SEG_JSON" <<'EOF' 2>/dev/null
 import json, sys
@@ -199,9 +211,11 @@ print(f"{table['shape']} F={table['features']} ({table['rows']} rows): hepms fwd
 EOF
 )
 say "segment: $(status_word) in ${STEP_S} s: ${seg_note:-no JSON, see segment.log}"
+fi
 
 # --- one study trial, float32 then bfloat16 -----------------------------------------------------
 TRIAL_LOG="$OUT/trial.log"
+if want trial; then
 for precision in float32 bfloat16; do
   records="$TMP/records-$precision"; rundir="$TMP/run-$precision"
   mkdir -p "$records"  # empty: no committed record counts the trial as done
@@ -246,6 +260,7 @@ with open(out + ".tmp", "w") as handle:
     json.dump(doc, handle, indent=1)
 os.replace(out + ".tmp", out)
 EOF
+fi
 
 say "done in $(( $(date +%s) - START )) s of the ${BUDGET} s budget; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 if [ "$FAILED_REQUIRED" = 1 ]; then
