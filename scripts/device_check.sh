@@ -15,7 +15,8 @@
 #            (scripts/device/deps.py; fallback wheels installed where the image's version is off)
 #   build    hepms._C against the machine's torch, CUDA kernels for sm_90 only (HEPMS_WITH_CUDA=ON,
 #            TORCH_CUDA_ARCH_LIST=9.0): editable install, no build isolation, no network
-#   tests    pytest -k cuda on tests/test_ops.py, tests/test_ops_kernels.py, tests/test_train.py
+#   tests    pytest -k cuda on tests/test_ops.py, tests/test_ops_kernels.py, tests/test_train.py,
+#            tests/test_jagged.py, plus tests/test_data.py::test_to_dtype_and_device (a skip fails)
 #   segment  benchmarks/segment.py --device cuda (every shape, default settings) with its JSON
 #   trial    one study trial, k_scan/"additional k=2" of analyses/htautau/config/quick.yaml on the
 #            carried sample (2 x 1000 events, <mu> = 50), 5 epochs, float32 then bfloat16; trial
@@ -99,7 +100,12 @@ status_word() {
   esac
 }
 
-say "hepms device check ($([ $CPU = 1 ] && echo 'CPU dry run: no GPU, CUDA build off' || echo 'GPU run')), $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+say "hepms device check ($([ $CPU = 1 ] && echo 'CPU dry run: no GPU, CUDA build off' || echo 'GPU run')), $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo "unknown (no .git; .device_data prepared at $(cat .device_data/SOURCE 2>/dev/null || echo '?'))")"
+missing=""
+for path in .whl/*.whl "$SAMPLE/manifest.json"; do [ -e "$path" ] || missing="$missing $path"; done
+if [ -n "$missing" ]; then
+  say "WARNING: missing$missing: run scripts/device_wheels.sh where there is network, and carry .whl and .device_data"
+fi
 
 # --- env: machine, versions, carried wheels -------------------------------------------------------
 ENV_LOG="$OUT/env.txt"
@@ -184,8 +190,10 @@ fi
 # --- CUDA tests ---------------------------------------------------------------------------------
 TESTS_LOG="$OUT/tests.log"
 if want tests; then
-run_step tests 150 "$TESTS_LOG" "${NICE[@]}" "$PY" -m pytest -p no:cacheprovider -rs -v -k cuda \
-  tests/test_ops.py tests/test_ops_kernels.py tests/test_train.py
+# The standing list (CUDA tests of test_ops, test_ops_kernels, test_train) plus the two other tests
+# that take a GPU path when one is there: awkward's cuda backend (cupy) -> Jagged, Dataset.to("cuda").
+run_step tests 150 "$TESTS_LOG" "${NICE[@]}" "$PY" -m pytest -p no:cacheprovider -rs -v -k "cuda or to_dtype_and_device" \
+  tests/test_ops.py tests/test_ops_kernels.py tests/test_train.py tests/test_jagged.py tests/test_data.py
 tests_rc=$STEP_RC
 counts=$(grep -E '^=+ .*(passed|failed|skipped|error|deselected).* in [0-9.]+s' "$TESTS_LOG" | tail -1 | sed -E 's/^=+ //; s/ =+$//')
 # pytest: 0 all passed, 5 nothing collected. On the GPU every selected test must run and pass.

@@ -62,6 +62,8 @@ else
   nice -n 10 "$HEPMS" generate "$SAMPLE" --events 1000 --mu 50 --seed 18 --workers 1 --no-progress
 fi
 
+# The tree that travels may have no .git: note which commit the carried folders were made at.
+echo "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')" > .device_data/SOURCE
 echo "== check: the wheel set for CPython 3.12 on Linux x86-64 (scripts/device/deps.py)"
 "$PY" scripts/device/deps.py wheels .whl
 
