@@ -7,6 +7,7 @@
 #                                         # scripts/device_wheels.sh
 #   bash scripts/device_check.sh --cpu    # dry run without a GPU (or DEVICE_CHECK_CPU=1): the same
 #                                         # steps on device cpu, CUDA build off, in .venv
+#                                         # (whose editable hepms it rebuilds so)
 #
 # Steps, each with its own time limit inside one overall budget (DEVICE_CHECK_BUDGET_S, default
 # 480 s), going on when one fails:
@@ -41,7 +42,8 @@ rm -rf "$TMP"; mkdir -p "$TMP"
 if [ "$CPU" = 1 ]; then
   OUT="${OUT:-$TMP/out}"
   PY="${PYTHON:-$REPO/.venv/bin/python}"
-  DEVICE=cpu; CUDA_BUILD=OFF
+  # The build step reinstalls .venv's editable hepms: CUDA off unless HEPMS_WITH_CUDA says so.
+  DEVICE=cpu; CUDA_BUILD="${HEPMS_WITH_CUDA:-OFF}"
   # Small and cheap on a shared 2-core machine: the dry run checks the plumbing, not speed.
   SEGMENT_ARGS=(--device cpu --shapes jets --jets 2000 --features 16 --repeats 2)
   EPOCHS=2
