@@ -155,7 +155,7 @@ fi
 import importlib.metadata as md
 for name in ["torch", "numpy", "awkward", "awkward-cpp", "uproot", "vector", "hist", "boost-histogram",
              "mplhep", "matplotlib", "scikit-learn", "tqdm", "PyYAML", "pytest", "hypothesis",
-             "scikit-build-core", "pybind11", "cmake", "ninja", "packaging", "fsspec"]:
+             "scikit-build-core", "pybind11", "cmake", "ninja", "setuptools", "packaging", "fsspec"]:
     try:
         dist = md.distribution(name)
         print(f"{name:18s} {dist.version:14s} {dist.locate_file('')}")
@@ -199,10 +199,12 @@ run_step tests 150 "$TESTS_LOG" "${NICE[@]}" "$PY" -m pytest -p no:cacheprovider
 tests_rc=$STEP_RC
 counts=$(grep -E '^=+ .*(passed|failed|skipped|error|deselected).* in [0-9.]+s' "$TESTS_LOG" | tail -1 | sed -E 's/^=+ //; s/ =+$//')
 # pytest: 0 all passed, 5 nothing collected. On the GPU every selected test must run and pass.
+word=$(status_word)
 if [ "$tests_rc" != 0 ] || { [ "$CPU" = 0 ] && [[ "$counts" == *skipped* ]]; }; then
   FAILED_REQUIRED=1
+  [ "$tests_rc" = 0 ] && word="FAILED (tests skipped on the GPU machine)"
 fi
-say "tests: $(status_word) ($DEVICE): ${counts:-no pytest summary line, see tests.log}"
+say "tests: $word ($DEVICE): ${counts:-no pytest summary line, see tests.log}"
 fi
 
 # --- segment benchmark --------------------------------------------------------------------------
