@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The first run of hepms on a GPU machine, as one prepared step (README.md, "First run on a GPU
-# machine"). PREPARED WITHOUT A GPU: up to now only its CPU dry run (--cpu) has run.
+# The first run of hepms on a GPU machine, as one prepared step (benchmarks/README.md, "First run
+# on a GPU machine"). PREPARED WITHOUT A GPU: it has never run on one (only its CPU dry run, and its
+# GPU mode against a stand-in of the machine's Python without a GPU).
 #
 #   bash scripts/device_check.sh          # on the GPU machine, in the repository root, with its
 #                                         # python3 (no venv); needs .whl/ and .device_data/ from
@@ -60,7 +61,7 @@ else
   if ! command -v nvcc > /dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
     export PATH="/usr/local/cuda/bin:$PATH"
   fi
-  export CUDACXX="${CUDACXX:-$(command -v nvcc)}"
+  if [ -z "${CUDACXX:-}" ] && command -v nvcc > /dev/null; then export CUDACXX="$(command -v nvcc)"; fi
 fi
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
