@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares, on a machine with network, what the first run on a lent GPU machine carries
-# (see README.md, "First run on a GPU machine"; the machine itself reaches no package registry):
+# (see benchmarks/README.md, "First run on a GPU machine"; the machine reaches no package registry):
 #
 #   .whl/            cp312 manylinux / py3 wheels of the packages its image lacks, pinned in
 #                    scripts/device/wheels.txt (installed there), and in .whl/fallback/ those of
