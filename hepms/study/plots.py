@@ -457,7 +457,8 @@ def roc_band_figure(
     style.label(top)
     place_legend(top, handles, labels, title=names["title"], fontsize="x-small", title_fontsize="small")
     text = caption or (f"{names['title']}: rejection on a grid of signal efficiencies, mean over trials with a "
-                       f"band of {BANDS[band]}; ratio panel: each trial over the mean of {ref.label}")
+                       f"band of {BANDS[band]}; ratio panel: each trial's rejection over the mean rejection of "
+                       f"{ref.label}, drawn as the mean and band of those ratios")
     return style.save(fig, stem, text)
 
 

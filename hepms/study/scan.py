@@ -790,8 +790,9 @@ def scan_figures(
                     continue
                 shown = ", ".join(f"{b.label} ({len(b.background_efficiency)} of {b.trials} trials)" for b in bands)
                 caption = (f"{plots.TASK_LABELS[task]['title']}{f' [{column}]' if column else ''}: {shown}; lines: mean "
-                           f"rejection over trials at fixed signal efficiency, bands: {plots.BANDS['std']}; ratio: "
-                           f"each trial over the mean of {bands[0].label}")
+                           f"rejection over trials at fixed signal efficiency, bands: {plots.BANDS['std']}; ratio panel: "
+                           f"each trial's rejection over the mean rejection of {bands[0].label}, drawn as the "
+                           f"mean and band of those ratios")
                 if left_out:
                     caption += "; not shown (tau head gets no gradient at w1 = 0): " + ", ".join(left_out)
                 written += plots.roc_band_figure(style, task, bands, f"roc_{task}_compare{suffix}",
