@@ -36,7 +36,8 @@ void mean_max_backward(const scalar_t* __restrict__ grad, const scalar_t* __rest
   using acc_t = at::opmath_type<scalar_t>;
   const TaskSplit split(offsets, num_segments, width, num_rows);
   const int64_t grad_width = 2 * width;
-  std::vector<int64_t> first_row(split.chunked() ? split.num_units() * width : 0);
+  // -1: no maximal row (also for the chunks of empty sets, whose tasks write nothing).
+  std::vector<int64_t> first_row(split.chunked() ? split.num_units() * width : 0, -1);
   at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
     scalar_t row_value[kFeatureBlock];
     int32_t where[kFeatureBlock];
