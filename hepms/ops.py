@@ -15,8 +15,9 @@ Example:
     ([2.0, 0.0, 5.0], [1, -1, 2])
 
 Besides :func:`segment_sum`, :func:`segment_mean` and :func:`segment_max`: :func:`segment_amax`
-(the max without its arg-max), :func:`segment_logsumexp` (a smooth max) and
-:func:`segment_softmax` (per-row weights that sum to 1 over each set: attention pooling).
+(the max without its arg-max), :func:`segment_mean_max` (mean and max side by side, one op),
+:func:`segment_logsumexp` (a smooth max) and :func:`segment_softmax` (per-row weights that sum to
+1 over each set: attention pooling).
 
 Conventions: empty sets pool to 0 and get zero gradient; max returns the arg-max row index
 (the first one on ties, -1 for an empty set) and its backward sends the whole gradient to that row.
