@@ -23,6 +23,10 @@ TORCH_LIBRARY(hepms, m) {
   m.def("segment_softmax(Tensor values, Tensor offsets) -> Tensor");
   m.def("segment_softmax_backward(Tensor grad, Tensor out, Tensor offsets) -> Tensor");
   m.def("segment_logsumexp(Tensor values, Tensor offsets) -> Tensor");
+  // Mean and maximum side by side ([B, 2F]: the default pooling of hepms.nn) and a backward
+  // that writes both gradients in one pass.
+  m.def("segment_mean_max(Tensor values, Tensor offsets) -> Tensor");
+  m.def("segment_mean_max_backward(Tensor grad, Tensor values, Tensor out, Tensor offsets) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hepms, CPU, m) {
@@ -36,4 +40,6 @@ TORCH_LIBRARY_IMPL(hepms, CPU, m) {
   m.impl("segment_softmax", &hepms::segment_softmax_cpu);
   m.impl("segment_softmax_backward", &hepms::segment_softmax_backward_cpu);
   m.impl("segment_logsumexp", &hepms::segment_logsumexp_cpu);
+  m.impl("segment_mean_max", &hepms::segment_mean_max_cpu);
+  m.impl("segment_mean_max_backward", &hepms::segment_mean_max_backward_cpu);
 }

@@ -101,6 +101,23 @@ inline void check_amax_backward_args(const at::Tensor& grad, const at::Tensor& v
               "segment_amax_backward: grad, values and the maximum must share dtype and device");
 }
 
+// Checks of segment_mean_max_backward: values [N, F] (or [N]), the forward's output and grad
+// [B, 2F] (mean columns, then max columns), one dtype and device.
+inline void check_mean_max_backward_args(const at::Tensor& grad, const at::Tensor& values,
+                                         const at::Tensor& out, const at::Tensor& offsets) {
+  check_pool_args("segment_mean_max_backward", values, offsets);
+  TORCH_CHECK(values.dim() <= 2, "segment_mean_max_backward: values must be 1-D or 2-D, got shape ",
+              values.sizes());
+  const int64_t width = row_width(values);
+  TORCH_CHECK(grad.dim() == 2 && grad.sizes() == out.sizes() &&
+                  grad.size(0) == offsets.numel() - 1 && grad.size(1) == 2 * width,
+              "segment_mean_max_backward: grad ", grad.sizes(), " and the output ", out.sizes(),
+              " must be [", offsets.numel() - 1, ", ", 2 * width, "] for values ", values.sizes());
+  TORCH_CHECK(grad.scalar_type() == values.scalar_type() && out.scalar_type() == values.scalar_type() &&
+                  grad.device() == values.device() && out.device() == values.device(),
+              "segment_mean_max_backward: grad, values and the output must share dtype and device");
+}
+
 // CPU kernels (csrc/cpu/).
 at::Tensor segment_sum_cpu(const at::Tensor& values, const at::Tensor& offsets);
 at::Tensor segment_mean_cpu(const at::Tensor& values, const at::Tensor& offsets);
@@ -117,5 +134,8 @@ at::Tensor segment_softmax_cpu(const at::Tensor& values, const at::Tensor& offse
 at::Tensor segment_softmax_backward_cpu(const at::Tensor& grad, const at::Tensor& out,
                                         const at::Tensor& offsets);
 at::Tensor segment_logsumexp_cpu(const at::Tensor& values, const at::Tensor& offsets);
+at::Tensor segment_mean_max_cpu(const at::Tensor& values, const at::Tensor& offsets);
+at::Tensor segment_mean_max_backward_cpu(const at::Tensor& grad, const at::Tensor& values,
+                                         const at::Tensor& out, const at::Tensor& offsets);
 
 }  // namespace hepms

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     **dict.fromkeys(
         ("extension_available", "offsets_from_counts", "segment_amax", "segment_logsumexp",
-         "segment_max", "segment_mean", "segment_softmax", "segment_sum", "set_validation",
+         "segment_max", "segment_mean", "segment_mean_max", "segment_softmax", "segment_sum", "set_validation",
          "validation"),
         "hepms.ops",
     ),
@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         segment_logsumexp,
         segment_max,
         segment_mean,
+        segment_mean_max,
         segment_softmax,
         segment_sum,
         set_validation,

@@ -54,6 +54,7 @@ def translation_table() -> dict[Any, Callable[..., Any]]:
         ops.segment_sum.default: fns["sum"],
         ops.segment_mean.default: fns["mean"],
         ops.segment_amax.default: fns["amax"],
+        ops.segment_mean_max.default: fns["mean_max"],
         ops.segment_softmax.default: fns["softmax"],
         ops.segment_logsumexp.default: fns["logsumexp"],
         ops.segment_gather.default: fns["gather"],
@@ -128,6 +129,12 @@ def _translations() -> dict[str, Callable[..., Any]]:
         nonempty = op.Greater(counts_like(offsets, values), zero_like(values))
         return op.Where(nonempty, maxima, zero_like(values))
 
+    def segment_mean_max(values, offsets):
+        # [B, 2F] (1-D values: [B, 2]): the two translations side by side.
+        as_2d = const_ints(0, -1)
+        return op.Concat(op.Reshape(segment_mean(values, offsets), as_2d),
+                         op.Reshape(segment_amax(values, offsets), as_2d), axis=1)
+
     def shifted_exp(values, offsets):
         """As hepms._reference._shifted_exp: ``exp(x - shift)`` per row, its padded sum per
         set, the padded maxima and shifts, the ids and ``b``."""
@@ -169,6 +176,7 @@ def _translations() -> dict[str, Callable[..., Any]]:
         "sum": segment_sum,
         "mean": segment_mean,
         "amax": segment_amax,
+        "mean_max": segment_mean_max,
         "softmax": segment_softmax,
         "logsumexp": segment_logsumexp,
         "gather": segment_gather,

@@ -15,8 +15,9 @@ Example:
     ([2.0, 0.0, 5.0], [1, -1, 2])
 
 Besides :func:`segment_sum`, :func:`segment_mean` and :func:`segment_max`: :func:`segment_amax`
-(the max without its arg-max), :func:`segment_logsumexp` (a smooth max) and
-:func:`segment_softmax` (per-row weights that sum to 1 over each set: attention pooling).
+(the max without its arg-max), :func:`segment_mean_max` (mean and max side by side, one op),
+:func:`segment_logsumexp` (a smooth max) and :func:`segment_softmax` (per-row weights that sum to
+1 over each set: attention pooling).
 
 Conventions: empty sets pool to 0 and get zero gradient; max returns the arg-max row index
 (the first one on ties, -1 for an empty set) and its backward sends the whole gradient to that row.
@@ -67,6 +68,7 @@ __all__ = [
     "segment_amax",
     "segment_softmax",
     "segment_logsumexp",
+    "segment_mean_max",
     "set_validation",
     "validation",
     "validation_enabled",
@@ -151,6 +153,8 @@ def _define_python_softmax_ops(lib: torch.library.Library) -> None:
     lib.define("segment_softmax(Tensor values, Tensor offsets) -> Tensor")
     lib.define("segment_softmax_backward(Tensor grad, Tensor out, Tensor offsets) -> Tensor")
     lib.define("segment_logsumexp(Tensor values, Tensor offsets) -> Tensor")
+    lib.define("segment_mean_max(Tensor values, Tensor offsets) -> Tensor")
+    lib.define("segment_mean_max_backward(Tensor grad, Tensor values, Tensor out, Tensor offsets) -> Tensor")
 
     def softmax_backward(grad: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
         ids = _reference.segment_ids(offsets, grad.shape[0])
@@ -165,7 +169,21 @@ def _define_python_softmax_ops(lib: torch.library.Library) -> None:
         zeros = grad.new_zeros(values.shape)
         return zeros.scatter_add(0, argmax.clamp_min(0), torch.where(argmax >= 0, grad, grad.new_zeros(())))
 
+    def mean_max(values: Tensor, offsets: Tensor) -> Tensor:
+        pooled = (_reference.segment_mean_reference(values, offsets), amax(values, offsets))
+        return torch.cat([p.reshape(offsets.shape[0] - 1, -1) for p in pooled], dim=1)
+
+    def mean_max_backward(grad: Tensor, values: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
+        width = grad.shape[1] // 2
+        mean_part = _reference.segment_gather_reference(
+            grad[:, :width].contiguous(), offsets, values.shape[0], True)
+        max_part = amax_backward(grad[:, width:].contiguous(), values.reshape(values.shape[0], -1),
+                                 out[:, width:], offsets)
+        return (mean_part + max_part).reshape(values.shape)
+
     for name, fn in (
+        ("segment_mean_max", mean_max),
+        ("segment_mean_max_backward", mean_max_backward),
         ("segment_amax", amax),
         ("segment_amax_backward", amax_backward),
         ("segment_softmax", _reference.segment_softmax_reference),
@@ -378,6 +396,62 @@ torch.library.register_autograd(
     "hepms::segment_amax_backward",
     _segment_amax_backward_autograd,
     setup_context=_setup_amax_backward,
+)
+
+
+# segment_mean_max: [B, 2F] = [mean | max]. Its backward (one kernel) is linear in grad: the
+# mean half spread over each set's rows / count, the max half on each set's first maximal row.
+# The adjoint of that map: the mean of the upstream per set, and the upstream at the maximal rows
+# summed per set (the routing mask, the max half's backward of ones, times the upstream).
+@torch.library.register_fake("hepms::segment_mean_max")
+def _segment_mean_max_fake(values: Tensor, offsets: Tensor) -> Tensor:
+    width = values.shape[1] if values.dim() == 2 else 1
+    return values.new_empty([offsets.shape[0] - 1, 2 * width])
+
+
+@torch.library.register_fake("hepms::segment_mean_max_backward")
+def _segment_mean_max_backward_fake(grad: Tensor, values: Tensor, out: Tensor, offsets: Tensor) -> Tensor:
+    return grad.new_empty(values.shape)
+
+
+def _setup_mean_max(ctx, inputs, output) -> None:
+    values, offsets = inputs
+    ctx.save_for_backward(values, output, offsets)
+
+
+def _segment_mean_max_autograd(ctx, grad: Tensor):
+    values, out, offsets = ctx.saved_tensors
+    return torch.ops.hepms.segment_mean_max_backward(grad.contiguous(), values, out, offsets), None
+
+
+def _setup_mean_max_backward(ctx, inputs, output) -> None:
+    grad, values, out, offsets = inputs
+    ctx.save_for_backward(grad, values, out, offsets)
+
+
+def _segment_mean_max_backward_autograd(ctx, upstream: Tensor):
+    grad, values, out, offsets = ctx.saved_tensors
+    width = grad.shape[1] // 2
+    rows = values.shape[0]
+    upstream = upstream.reshape(rows, width)
+    values2d = values.reshape(rows, width)
+    ones = torch.ones_like(grad[:, width:])
+    mask = torch.ops.hepms.segment_amax_backward(ones, values2d, out[:, width:].contiguous(), offsets)
+    grad_grad = torch.cat(
+        [torch.ops.hepms.segment_mean(upstream.contiguous(), offsets),
+         torch.ops.hepms.segment_sum((upstream * mask).contiguous(), offsets)],
+        dim=1,
+    )
+    return grad_grad, None, None, None
+
+
+torch.library.register_autograd(
+    "hepms::segment_mean_max", _segment_mean_max_autograd, setup_context=_setup_mean_max
+)
+torch.library.register_autograd(
+    "hepms::segment_mean_max_backward",
+    _segment_mean_max_backward_autograd,
+    setup_context=_setup_mean_max_backward,
 )
 
 
@@ -732,6 +806,26 @@ def segment_amax(
         offsets = _scripted_check("segment_amax", values, offsets, validate)
     assert offsets is not None
     return torch.ops.hepms.segment_amax(values, offsets.long())
+
+
+def segment_mean_max(
+    values: Tensor, offsets: Optional[Tensor] = None, validate: Optional[bool] = None
+) -> Tensor:
+    """Mean and maximum of each set side by side: ``[B, 2F]`` (``[B, 2]`` for 1-D values).
+
+    Equal, bit for bit, to ``torch.cat([segment_mean(v, o), segment_amax(v, o)], dim=1)`` (the
+    same kernels run), with the same gradient (mean: spread over the set's rows; max: to the
+    first maximal row of each set and feature; empty sets: 0), but one autograd node whose
+    backward writes both parts in one pass: the default pooling of :class:`hepms.nn.Pooling`
+    (modes ``("mean", "max")``). Arguments as :func:`segment_sum`.
+    """
+    if not torch.jit.is_scripting():
+        values, offsets = _check_arguments("segment_mean_max", values, offsets, validate)
+    else:
+        assert offsets is not None  # TorchScript: offsets are required there (no Jagged)
+        offsets = _scripted_check("segment_mean_max", values, offsets, validate)
+    assert offsets is not None
+    return torch.ops.hepms.segment_mean_max(values, offsets.long())
 
 
 def segment_softmax(

@@ -566,6 +566,22 @@ def test_dask_local_cluster_scan_matches_the_serial_scan(sample: Path, tmp_path:
         run_scan(cfg, dask="local:zero")
 
 
+def test_local_cluster_workers_keep_glibc_default_memory_trimming(monkeypatch):
+    # distributed's default MALLOC_TRIM_THRESHOLD_=65536 makes glibc map and unmap every large
+    # temporary of a training step (page faults: a trial in a worker took twice its CPU time).
+    pytest.importorskip("distributed")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # a user's own setting is kept
+    from hepms.study.scan import dask_client
+
+    client, cluster = dask_client("local:1")
+    try:
+        values = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    finally:
+        client.close()
+        cluster.close()
+    assert values and all(v is None for v in values.values()), values
+
+
 def test_trial_records_make_a_fresh_scan_train_nothing(sample: Path, tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     import logging

@@ -195,6 +195,73 @@ def test_amax_gradcheck_opcheck_and_errors():
 
 
 # ----------------------------------------------------------------------------------------------
+# segment_mean_max: the default pooling (mean and max side by side) as one op
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("counts", [[3, 0, 1, 45, 0, 2], [0, 90_000, 5, 40_000]])
+def test_mean_max_is_mean_and_amax_side_by_side_bit_for_bit(dtype, counts):
+    torch.set_num_threads(2)  # the long sets are split into chunks (the backward's phase 2)
+    offsets = make_offsets(counts)
+    n = int(offsets[-1])
+    values = torch.randn(n, 5, generator=torch.Generator().manual_seed(5)).to(dtype)
+    values[:2, 0] = 3.0  # a tie
+    values[1, 1] = float("nan")
+    upstream = torch.randn(len(counts), 10, generator=torch.Generator().manual_seed(6)).to(dtype)
+    x1 = values.clone().requires_grad_()
+    x2 = values.clone().requires_grad_()
+    ours = hepms.segment_mean_max(x1, offsets)
+    theirs = torch.cat([hepms.segment_mean(x2, offsets), hepms.segment_amax(x2, offsets)], dim=1)
+    assert ours.shape == (len(counts), 10) and ours.dtype == dtype
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+    ours.backward(upstream)
+    theirs.backward(upstream)
+    # mean part + max part, rounded as autograd adds the two separate gradients
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=0, equal_nan=True)
+    assert float(x1.grad[offsets[0]:offsets[1]].abs().sum()) > 0 or counts[0] == 0
+
+
+def test_mean_max_against_the_pytorch_reference_gradcheck_opcheck_and_errors():
+    offsets = make_offsets([3, 0, 1, 6, 0])
+    values = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    expected = torch.cat([_reference.segment_mean_reference(values, offsets),
+                          _reference.segment_max_reference(values, offsets)[0]], dim=1)
+    torch.testing.assert_close(hepms.segment_mean_max(values, offsets), expected)
+    assert hepms.segment_mean_max(values, offsets)[1].abs().sum() == 0  # an empty set pools to 0
+    flat = values[:, 0].detach().clone().requires_grad_()  # 1-D values: [B, 2]
+    assert hepms.segment_mean_max(flat, offsets).shape == (5, 2)
+    for x in (values, flat):
+        assert torch.autograd.gradcheck(lambda v: hepms.segment_mean_max(v, offsets), (x,))
+        assert torch.autograd.gradgradcheck(lambda v: hepms.segment_mean_max(v, offsets), (x,))
+    torch.library.opcheck(torch.ops.hepms.segment_mean_max, (values, offsets))
+    grad = torch.randn(5, 6, dtype=torch.float64)
+    out = hepms.segment_mean_max(values, offsets).detach()
+    torch.library.opcheck(torch.ops.hepms.segment_mean_max_backward, (grad, values.detach(), out, offsets))
+    with pytest.raises(ValueError, match=r"segment_mean_max: offsets\[0\] must be 0"):
+        hepms.segment_mean_max(values, torch.tensor([1, 10]))
+    with pytest.raises(RuntimeError, match="segment_mean_max_backward: grad"):
+        torch.ops.hepms.segment_mean_max_backward(grad[:, :3], values.detach(), out, offsets)
+    with pytest.raises(ValueError, match="values must be 1-D"):
+        hepms.segment_mean_max(torch.zeros(10, 2, 2), offsets)
+
+
+def test_pooling_mean_max_runs_the_fused_op_with_the_same_numbers():
+    torch.manual_seed(0)
+    offsets = make_offsets([4, 0, 9, 1])
+    values = torch.randn(14, 6, requires_grad=True)
+    fused = Pooling(("mean", "max"))
+    parts = (Pooling("mean"), Pooling("max"))
+    ours = fused(values, offsets)
+    theirs = torch.cat([p(values, offsets) for p in parts], dim=1)
+    assert torch.equal(ours, theirs)
+    upstream = torch.randn(ours.shape)
+    assert torch.equal(*(torch.autograd.grad(out, values, upstream)[0] for out in (ours, theirs)))
+    compiled = torch.compile(fused, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(values, offsets), ours)
+    assert torch.equal(torch.jit.script(fused)(values, offsets), ours)
+
+
+# ----------------------------------------------------------------------------------------------
 # segment_softmax and segment_logsumexp
 # ----------------------------------------------------------------------------------------------
 def softmax_by_loop(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -350,12 +417,13 @@ assert not hepms.extension_available()
 torch.manual_seed(3)
 offsets = torch.tensor([0, 3, 3, 10, 11])
 values = torch.randn(11, 4, dtype=torch.float64, requires_grad=True)
-for fn in (hepms.segment_softmax, hepms.segment_logsumexp, hepms.segment_amax):
+for fn in (hepms.segment_softmax, hepms.segment_logsumexp, hepms.segment_amax, hepms.segment_mean_max):
     assert torch.autograd.gradcheck(lambda x: fn(x, offsets), (values,))
     assert torch.autograd.gradgradcheck(lambda x: fn(x, offsets), (values,))
 print(json.dumps({"softmax": hepms.segment_softmax(values, offsets).tolist(),
                   "logsumexp": hepms.segment_logsumexp(values, offsets).tolist(),
-                  "amax": hepms.segment_amax(values, offsets).tolist()}))
+                  "amax": hepms.segment_amax(values, offsets).tolist(),
+                  "mean_max": hepms.segment_mean_max(values, offsets).tolist()}))
 """
 
 
@@ -375,6 +443,8 @@ def test_softmax_fallback_matches_compiled():
     torch.testing.assert_close(torch.tensor(fallback["logsumexp"], dtype=torch.float64),
                                hepms.segment_logsumexp(values, offsets))
     assert torch.equal(torch.tensor(fallback["amax"], dtype=torch.float64), hepms.segment_amax(values, offsets))
+    torch.testing.assert_close(torch.tensor(fallback["mean_max"], dtype=torch.float64),
+                               hepms.segment_mean_max(values, offsets))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,6 +515,24 @@ def test_cuda_softmax_and_logsumexp_match_cpu(dtype, width):
         out_cpu.backward(upstream)
         out_gpu.backward(upstream.cuda())
         torch.testing.assert_close(x_gpu.grad.cpu().double(), x_cpu.grad.double(), rtol=tol * 10, atol=tol * 10)
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_cuda_mean_max_matches_cpu(dtype):
+    counts = torch.randint(0, 50, (200,), generator=torch.Generator().manual_seed(1))
+    counts[::9] = 0
+    offsets = make_offsets(counts)
+    values = torch.randn(int(offsets[-1]), 33, dtype=torch.float64).to(dtype)
+    x_cpu = values.clone().requires_grad_()
+    x_gpu = values.cuda().requires_grad_()
+    out_cpu, out_gpu = hepms.segment_mean_max(x_cpu, offsets), hepms.segment_mean_max(x_gpu, offsets.cuda())
+    tol = TOLERANCES[dtype]
+    torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=tol, atol=tol)
+    upstream = torch.randn(out_cpu.shape, dtype=torch.float64).to(dtype)
+    out_cpu.backward(upstream)
+    out_gpu.backward(upstream.cuda())
+    torch.testing.assert_close(x_gpu.grad.cpu(), x_cpu.grad, rtol=tol, atol=tol)
 
 
 @CUDA

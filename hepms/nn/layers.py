@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from hepms.ops import segment_amax, segment_mean, segment_softmax, segment_sum
+from hepms.ops import segment_amax, segment_mean, segment_mean_max, segment_softmax, segment_sum
 
 __all__ = ["mlp", "Pooling", "AttentionPooling", "POOLING_MODES"]
 
@@ -129,7 +129,7 @@ class Pooling(nn.Module):
 
     Runs on flat ``values [N, F]`` + ``offsets [B + 1]`` through :func:`hepms.segment_sum`,
     :func:`hepms.segment_mean`, :func:`hepms.segment_amax` (the max without its arg-max) and :class:`AttentionPooling` (empty
-    sets pool to 0).
+    sets pool to 0); ``("mean", "max")`` runs as the single op :func:`hepms.segment_mean_max`.
 
     Args:
         modes: non-empty sequence of ``"sum"``, ``"mean"``, ``"max"``, ``"attention"`` (output
@@ -167,6 +167,10 @@ class Pooling(nn.Module):
         return len(self.modes)
 
     def forward(self, values: Tensor, offsets: Tensor) -> Tensor:
+        if self.modes == ["mean", "max"]:
+            # The default pooling as one op: the same numbers as mean and max concatenated, and a
+            # backward that writes both gradients in one pass (no concatenation, no [N, F] add).
+            return segment_mean_max(values, offsets)
         pooled: List[Tensor] = []
         for mode in self.modes:
             if mode == "sum":

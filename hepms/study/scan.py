@@ -346,7 +346,16 @@ def dask_client(spec: str) -> tuple[Any, Any]:
         # Processes, one thread each: torch releases the GIL only partly, and a trial per process
         # keeps each trial's thread count what the configuration says. The dashboard on a free
         # port: several scans may run at once.
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+        # Without distributed's default MALLOC_TRIM_THRESHOLD_=65536 for the workers: setting it
+        # also fixes glibc's mmap threshold at 128 KiB, so every [rows, 32] temporary of a
+        # training step (~1 MB) is mapped, page-faulted and unmapped again; on the study's full
+        # preset that more than doubled the CPU time of a trial in a worker
+        # (benchmarks/train.md, "Study throughput"). None unsets it (distributed's convention).
+        import dask
+
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0")
         client = Client(cluster)
     else:
         cluster, client = None, Client(spec)
