@@ -172,7 +172,7 @@ def test_roc_band_weights_and_box_figures(style) -> None:
     bands = [plots.RocBand("step-by-step", grid, curves(2.0, 3), [0.80, 0.81, 0.80], 3),
              plots.RocBand("uncertainty weighting", grid, curves(2.5, 2), [0.82, 0.83, 0.82], 3)]
     paths = plots.roc_band_figure(style, "event", bands, "roc_event_compare")
-    assert "over the mean of step-by-step" in _description(paths[0])
+    assert "over the mean rejection of step-by-step" in _description(paths[0])
     with pytest.raises(ValueError, match="grid"):
         plots.roc_band_figure(style, "event", [bands[0], plots.RocBand("x", grid[:10], curves(2, 1)[:, :10])], "bad")
     histories = [[{"phase": "joint", "weight_tau": 1.0 + t, "weight_event": 1.0, "train_tau": 0.3,
