@@ -7,6 +7,20 @@ import platform
 import torch
 
 
+def git_commit() -> "str | None":
+    """The git commit of the hepms tree this process imported (None outside a git checkout, e.g. an
+    installed wheel or a batch node with a copy of the package). Read-only."""
+    import subprocess
+    from pathlib import Path
+
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
     try:

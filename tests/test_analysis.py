@@ -593,6 +593,7 @@ def test_trial_records_make_a_fresh_scan_train_nothing(sample: Path, tmp_path: P
     assert len(files) == 4
     record = json.loads(files[0].read_text())
     assert record["format"] == "hepms.trial/1" and record["hepms_version"] and record["machine"]["cpu"]
+    assert record["hepms_commit"] is None or len(record["hepms_commit"]) == 40  # a git checkout here, None in a wheel
     assert {"seed", "metrics", "epochs_trained", "seconds", "data_fingerprint", "run_key", "settings"} <= set(record)
     assert str(sample) not in files[0].read_text() and str(tmp_path) not in files[0].read_text()  # no paths
     assert record["run_key"] == settings_hash(record["settings"])

@@ -45,11 +45,14 @@ def records_dir(cfg: Mapping[str, Any]) -> Optional[Path]:
 
 def record_of(result: Mapping[str, Any], run_key: str) -> dict[str, Any]:
     """The record of a finished trial's ``result`` (``result.json`` of :func:`~hepms.study.runner.run_trial`)."""
-    from hepms._machine import cpu_model
+    from hepms._machine import cpu_model, git_commit
 
     record: dict[str, Any] = {"format": RECORD_FORMAT, "run_key": run_key}
     record.update({k: result[k] for k in _KEPT if k in result})
     record["hepms_version"] = (result.get("versions") or {}).get("hepms")
+    # The version string alone does not tell two development states apart (a study can grow over
+    # code changes that move results by float rounding); the commit does, where there is one.
+    record["hepms_commit"] = git_commit()
     # What the seconds were measured on (not part of any identity).
     record["machine"] = {"cpu": cpu_model()}
     return record

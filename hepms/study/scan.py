@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+from hepms._machine import git_commit
 from hepms.config_engine import dump_yaml, settings_hash
 from hepms.generate.io import UnreadableFileError
 from hepms.study.dataset import PreparedData, prepare_data
@@ -101,7 +102,7 @@ def update_manifest(run_dir: Path, kind: str, cfg: Mapping[str, Any], **fields: 
         "versions": versions(),
         "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_model(),
                     "cpu_count": os.cpu_count()},
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
     # Read-modify-write under an exclusive lock: scans sharing the directory would otherwise lose
     # each other's updates. write_json replaces the file atomically.
@@ -141,18 +142,6 @@ def _update_manifest(path: Path, kind: str, static: Mapping[str, Any], fields: d
     manifest.update(fields)
     write_json(path, manifest)
     return manifest
-
-
-def _git_commit() -> Optional[str]:
-    # Read-only: which commit of hepms produced the run (None outside a git checkout).
-    import subprocess
-
-    try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # ----------------------------------------------------------------------------------------------
