@@ -6,11 +6,13 @@
 
 #include <ATen/Parallel.h>
 
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "autograd.h"
 #include "cpu/cpu_capability.h"
 #include "cpu/segment_cpu_common.h"
 #include "segment_index.h"
@@ -25,6 +27,11 @@ PYBIND11_MODULE(_C, m) {
   m.attr("with_cuda") = false;
 #endif
   m.attr("torch_version") = HEPMS_TORCH_VERSION;
+  // hepms/ops.py registers the Python autograd of the other ops only.
+  py::tuple cpp_autograd(std::size(hepms::kCppAutogradOps));
+  for (std::size_t i = 0; i < std::size(hepms::kCppAutogradOps); ++i)
+    cpp_autograd[i] = py::str(hepms::kCppAutogradOps[i]);
+  m.attr("cpp_autograd_ops") = cpp_autograd;
   m.def("parallel_info", []() { return at::get_parallel_info(); },
         "ATen's description of the CPU thread pools the kernels run on");
   m.def("cpu_supports_avx2", &hepms::cpu_supports_avx2,

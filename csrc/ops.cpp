@@ -1,6 +1,7 @@
 // Registers the hepms torch ops: schemas and CPU kernels. The CUDA kernels register themselves
-// from csrc/cuda/ when the extension is built with CUDA; autograd and fake (meta) kernels are
-// registered from Python (hepms/ops.py), where torch.library provides them for torch.compile.
+// from csrc/cuda/ when the extension is built with CUDA; the autograd of the ops a training step
+// calls is in csrc/autograd.cpp, that of the others and the fake (meta) kernels are registered
+// from Python (hepms/ops.py), where torch.library provides them for torch.compile.
 #include <torch/library.h>
 
 #include "segment.h"

@@ -274,6 +274,26 @@ def _segment_max_backward_fake(
 # The backward ops are differentiable too (their adjoints are the forward ops), so double
 # backward works.
 # --------------------------------------------------------------------------------------------
+def _cpp_autograd_ops() -> frozenset:
+    """The ops whose autograd the compiled extension registers itself (csrc/autograd.cpp: no
+    Python wrapper per call); empty without the extension (or an older build of it)."""
+    if not HAS_EXTENSION:
+        return frozenset()
+    from hepms import _C
+
+    return frozenset(getattr(_C, "cpp_autograd_ops", ()))
+
+
+_CPP_AUTOGRAD = _cpp_autograd_ops()
+
+
+def _register_autograd(name: str, backward, setup_context) -> None:
+    """``torch.library.register_autograd``, unless the extension has the op's autograd in C++
+    (the same forward and backward ops, so the same numbers)."""
+    if name.removeprefix("hepms::") not in _CPP_AUTOGRAD:
+        torch.library.register_autograd(name, backward, setup_context=setup_context)
+
+
 def _setup_pool(ctx, inputs, output) -> None:
     values, offsets = inputs
     ctx.save_for_backward(offsets)
@@ -329,19 +349,19 @@ def _segment_max_backward_autograd(ctx, grad: Tensor):
     return torch.where(argmax >= 0, picked, torch.zeros_like(picked)), None, None, None
 
 
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_sum", _segment_sum_backward, setup_context=_setup_pool
 )
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_mean", _segment_mean_backward, setup_context=_setup_pool
 )
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_max", _segment_max_autograd, setup_context=_setup_max
 )
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_gather", _segment_gather_autograd, setup_context=_setup_gather
 )
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_max_backward",
     _segment_max_backward_autograd,
     setup_context=_setup_max_backward,
@@ -389,10 +409,10 @@ def _segment_amax_backward_autograd(ctx, upstream: Tensor):
     return torch.ops.hepms.segment_sum((upstream * mask).contiguous(), offsets), None, None, None
 
 
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_amax", _segment_amax_autograd, setup_context=_setup_amax
 )
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_amax_backward",
     _segment_amax_backward_autograd,
     setup_context=_setup_amax_backward,
@@ -445,10 +465,10 @@ def _segment_mean_max_backward_autograd(ctx, upstream: Tensor):
     return grad_grad, None, None, None
 
 
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_mean_max", _segment_mean_max_autograd, setup_context=_setup_mean_max
 )
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_mean_max_backward",
     _segment_mean_max_backward_autograd,
     setup_context=_setup_mean_max_backward,
@@ -514,15 +534,15 @@ def _segment_logsumexp_autograd(ctx, grad: Tensor):
     return weights * spread, None
 
 
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_softmax", _segment_softmax_autograd, setup_context=_setup_softmax
 )
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_softmax_backward",
     _segment_softmax_backward_autograd,
     setup_context=_setup_softmax_backward,
 )
-torch.library.register_autograd(
+_register_autograd(
     "hepms::segment_logsumexp", _segment_logsumexp_autograd, setup_context=_setup_logsumexp
 )
 

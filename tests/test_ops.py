@@ -629,10 +629,15 @@ torch.manual_seed(3)
 counts = torch.tensor([3, 0, 7, 1, 0, 12])
 offsets = torch.zeros(7, dtype=torch.long); offsets[1:] = counts.cumsum(0)
 values = torch.randn(23, 5, dtype=torch.float64, requires_grad=True)
-for name in ("sum", "mean", "max"):
+# amax, mean_max and gather: the Python autograd that the extension replaces with C++ nodes
+for name in ("sum", "mean", "max", "amax", "mean_max"):
     f = lambda x: (lambda o: o[0] if isinstance(o, tuple) else o)(getattr(hepms, f"segment_{name}")(x, offsets))
     assert torch.autograd.gradcheck(f, (values,)), name
     assert torch.autograd.gradgradcheck(f, (values,)), name
+per_set = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+for mean in (False, True):
+    g = lambda s: torch.ops.hepms.segment_gather(s, offsets, 23, mean)
+    assert torch.autograd.gradcheck(g, (per_set,)) and torch.autograd.gradgradcheck(g, (per_set,)), mean
 maxima, argmax = hepms.segment_max(values, offsets)
 print(json.dumps({
     "sum": hepms.segment_sum(values, offsets).tolist(),

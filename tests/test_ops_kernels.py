@@ -245,6 +245,56 @@ def test_mean_max_against_the_pytorch_reference_gradcheck_opcheck_and_errors():
         hepms.segment_mean_max(torch.zeros(10, 2, 2), offsets)
 
 
+# ----------------------------------------------------------------------------------------------
+# C++ autograd (csrc/autograd.cpp) of the ops a training step calls
+# ----------------------------------------------------------------------------------------------
+@NEEDS_EXTENSION
+def test_cpp_autograd_runs_the_backward_ops_of_the_python_autograd_bit_for_bit():
+    """The C++ autograd nodes call the same backward ops as hepms/ops.py's Python autograd (used
+    without the extension): same gradients bit for bit, and a graph for double backward."""
+    from hepms import _C
+
+    assert set(_C.cpp_autograd_ops) == {"segment_sum", "segment_mean", "segment_gather",
+                                        "segment_amax", "segment_mean_max"}
+    ops = torch.ops.hepms
+    offsets = make_offsets([3, 0, 1, 45, 0, 2])
+    rows, sets = int(offsets[-1]), len(offsets) - 1
+    values = torch.randn(rows, 5, generator=torch.Generator().manual_seed(1))
+    values[:2, 0] = 3.0  # a tie
+    per_set = torch.randn(sets, 5, generator=torch.Generator().manual_seed(2))
+    cases = {  # input, forward, the backward the Python autograd computes for upstream g
+        "segment_sum": (values, lambda x: ops.segment_sum(x, offsets),
+                        lambda g, x, out: ops.segment_gather(g, offsets, rows, False)),
+        "segment_mean": (values, lambda x: ops.segment_mean(x, offsets),
+                         lambda g, x, out: ops.segment_gather(g, offsets, rows, True)),
+        "segment_gather sum": (per_set, lambda x: ops.segment_gather(x, offsets, rows, False),
+                               lambda g, x, out: ops.segment_sum(g, offsets)),
+        "segment_gather mean": (per_set, lambda x: ops.segment_gather(x, offsets, rows, True),
+                                lambda g, x, out: ops.segment_mean(g, offsets)),
+        "segment_amax": (values, lambda x: ops.segment_amax(x, offsets),
+                         lambda g, x, out: ops.segment_amax_backward(g, x, out, offsets)),
+        "segment_mean_max": (values, lambda x: ops.segment_mean_max(x, offsets),
+                             lambda g, x, out: ops.segment_mean_max_backward(g, x, out, offsets)),
+    }
+    for name, (data, forward, backward) in cases.items():
+        x = data.clone().requires_grad_()
+        out = forward(x)
+        assert "CppNode" in out.grad_fn.name(), (name, out.grad_fn.name())
+        assert torch.equal(out.detach(), forward(data))
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+        # a non-contiguous upstream: the node makes it contiguous, as the Python one does
+        g = upstream.t().contiguous().t().requires_grad_()
+        (grad,) = torch.autograd.grad(out, x, g, create_graph=True)
+        assert torch.equal(grad.detach(), backward(upstream, data, out.detach())), name
+        # create_graph recorded the backward op (double backward): grad depends on g
+        (again,) = torch.autograd.grad(grad, g, torch.ones_like(grad))
+        assert again.shape == upstream.shape, name
+    no_grad = torch.randn(rows, 5)
+    assert ops.segment_mean_max(no_grad, offsets).grad_fn is None
+    for mean in (False, True):  # sum, mean, amax and mean_max: in their own opcheck tests
+        torch.library.opcheck(ops.segment_gather, (per_set.double().requires_grad_(), offsets, rows, mean))
+
+
 def test_pooling_mean_max_runs_the_fused_op_with_the_same_numbers():
     torch.manual_seed(0)
     offsets = make_offsets([4, 0, 9, 1])
