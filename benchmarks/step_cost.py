@@ -135,6 +135,8 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     hepms, model, trainer, phase, batches = _setup(args)
+    from hepms.train.optim import make_optimizer  # after _setup: --source decides which hepms
+
     model.train()
     if args.numbers:
         record = {"losses": None, "grads": []}
@@ -148,7 +150,7 @@ def main() -> None:
                 record["grads"].append({n: p.grad.clone() for n, p in model.named_parameters()
                                         if p.grad is not None})
             # then 20 training steps (fused Adam): the parameters they end at
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+            opt = make_optimizer(model.parameters(), 1e-3, fused=True)  # the trainer's optimizer
             for b in batches[:20]:
                 losses = trainer._losses(phase, trainer._forward(phase, b, mixed=True), b)
                 opt.zero_grad()
@@ -161,7 +163,7 @@ def main() -> None:
     if args.micro:
         _write(args, hepms, {"label": args.label, "micro": _micro(hepms, batches[0])})
         return
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    opt = make_optimizer(model.parameters(), 1e-3, fused=True)  # the trainer's optimizer
 
     def step(b) -> None:
         losses = trainer._losses(phase, trainer._forward(phase, b, mixed=True), b)
