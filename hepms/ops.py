@@ -434,19 +434,9 @@ def _segment_mean_max_backward_fake(grad: Tensor, values: Tensor, out: Tensor, o
     return grad.new_empty(values.shape)
 
 
-def _setup_mean_max(ctx, inputs, output) -> None:
-    values, offsets = inputs
-    ctx.save_for_backward(values, output, offsets)
-
-
 def _segment_mean_max_autograd(ctx, grad: Tensor):
     values, out, offsets = ctx.saved_tensors
     return torch.ops.hepms.segment_mean_max_backward(grad.contiguous(), values, out, offsets), None
-
-
-def _setup_mean_max_backward(ctx, inputs, output) -> None:
-    grad, values, out, offsets = inputs
-    ctx.save_for_backward(grad, values, out, offsets)
 
 
 def _segment_mean_max_backward_autograd(ctx, upstream: Tensor):
@@ -465,13 +455,14 @@ def _segment_mean_max_backward_autograd(ctx, upstream: Tensor):
     return grad_grad, None, None, None
 
 
+# segment_mean_max and its backward save what segment_amax and its backward save.
 _register_autograd(
-    "hepms::segment_mean_max", _segment_mean_max_autograd, setup_context=_setup_mean_max
+    "hepms::segment_mean_max", _segment_mean_max_autograd, setup_context=_setup_amax
 )
 _register_autograd(
     "hepms::segment_mean_max_backward",
     _segment_mean_max_backward_autograd,
-    setup_context=_setup_mean_max_backward,
+    setup_context=_setup_amax_backward,
 )
 
 
