@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(Markdown + JSON) and figures.")
     _add_config_arguments(p_scan)
     p_scan.add_argument("--trials", type=int, help="trials per configuration (default: scan.trials)")
-    p_scan.add_argument("--only", action="append", metavar="STUDY[/LABEL]", help="run only these studies or runs")
+    p_scan.add_argument("--only", action="append", metavar="STUDY[/LABEL [COLUMN]]", help="run only these studies or runs")
     p_scan.add_argument("--max-trials", type=int, help="train at most this many trials in this call")
     p_scan.add_argument("--no-plots", action="store_true", help="tables only")
     p_scan.add_argument("--dask", metavar="SCHEDULER|local:N",

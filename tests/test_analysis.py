@@ -309,6 +309,18 @@ def test_shared_configuration_has_one_folder_whatever_only_selects(sample: Path,
     assert k2["auc_event"]["n"] == 1 and k2["folder"].startswith("fixed-bce-")
 
 
+def test_only_selects_one_grid_column_of_a_run(sample: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "scan"
+    cfg = small_scan(sample, run_dir, trials=1)
+    cfg["scan"]["studies"]["balance"]["grid"] = {"trainer.upstream_loss": ["bce", "mse"]}
+    cfg = validate(cfg)
+    # "study/label [column]", as the log names a run: that grid point only.
+    assert run_scan(cfg, only=["balance/uw [mse]"], plots=False)["trained"] == 1
+    assert [p.name.rsplit("-", 1)[0] for p in (run_dir / "trials").iterdir()] == ["uw-mse"]
+    with pytest.raises(ConfigError, match=r"balance/uw \[bce\]"):
+        run_scan(cfg, only=["balance/uw [ce]"], plots=False)
+
+
 def test_results_of_another_sample_are_not_mixed_in(sample: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "scan"
     cfg = small_scan(sample, run_dir, trials=1)

@@ -85,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--trials", type=int, help="trials per configuration (default: the preset's scan.trials)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--max-trials", type=int, help="train at most this many trials now")
-    parser.add_argument("--only", action="append", metavar="STUDY[/LABEL]", help="only these studies or runs")
+    parser.add_argument("--only", action="append", metavar="STUDY[/LABEL [COLUMN]]", help="only these studies or runs")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--dask", metavar="SCHEDULER|local:N",
                         help="run the trials on a dask.distributed cluster (as hepms scan --dask)")

@@ -58,6 +58,12 @@ class PlannedRun:
         return f"{self.study}/{self.label}"
 
     @property
+    def name(self) -> str:
+        """``study/label [column]`` (``study/label`` without a grid): one grid point of a run, as logs
+        print it and ``--only`` accepts it."""
+        return f"{self.ref} [{self.column}]" if self.column else self.ref
+
+    @property
     def folder(self) -> str:
         return f"{self.slug}-{self.key[:8]}"
 

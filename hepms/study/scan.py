@@ -55,8 +55,7 @@ __all__ = ["run_scan", "collect_results", "build_outputs", "trial_folder", "conf
 def describe_trial(run: PlannedRun, trial: int, result: Mapping[str, Any]) -> str:
     """One line for a finished trial: ``study/label [column] trial t: AUC tau ..., event ...``."""
     m = result["metrics"]
-    column = f" [{run.column}]" if run.column else ""
-    return (f"{run.ref}{column} trial {trial}: AUC tau {format_metric(m.get('auc_tau'))}, event "
+    return (f"{run.name} trial {trial}: AUC tau {format_metric(m.get('auc_tau'))}, event "
             f"{format_metric(m.get('auc_event'))} ({result.get('epochs_trained')} epochs, "
             f"{result.get('seconds', 0.0):.0f} s)")
 
@@ -454,7 +453,8 @@ def run_scan(
         cfg: a validated configuration with ``scan.studies``.
         run_dir: output folder (default ``cfg["run_dir"]``).
         trials: trials per configuration (default ``scan.trials``).
-        only: restrict to these studies (names) or runs (``study/label``).
+        only: restrict to these studies (names), runs (``study/label``) or one grid column of a run
+            (``study/label [column]``, e.g. ``loss_balancing/step-by-step [bce]``).
         max_trials: train at most this many trials in this call (then build the outputs).
         plots: draw figures (default ``scan.plots``).
         progress: progress bars (default ``cfg["progress"]``; never on dask workers).
@@ -482,9 +482,9 @@ def run_scan(
     planned = expand_studies(cfg)
     if not planned:
         raise ConfigError("scan.studies: empty, nothing to scan (define at least one study)")
-    selected = [r for r in planned if not only or r.study in only or r.ref in only]
+    selected = [r for r in planned if not only or r.study in only or r.ref in only or r.name in only]
     if not selected:
-        refs = sorted({r.study for r in planned} | {r.ref for r in planned})
+        refs = sorted({r.study for r in planned} | {r.ref for r in planned} | {r.name for r in planned})
         raise ConfigError(f"--only {list(only)} matches no study or run; choose from {refs}")
     # Each configuration once, represented by its first occurrence in the whole plan (not in the
     # selection): its folder name must not depend on --only.
@@ -544,7 +544,7 @@ def run_scan(
             for run, trial, folder, seed, save, extra in pending:
                 done_before = summary["trained"] + summary["skipped"]
                 log.info("[%d/%d] %s trial %d", done_before + 1, total,
-                         run.ref + (f" [{run.column}]" if run.column else ""), trial)
+                         run.name, trial)
                 out = _train_locked(run.config, data, folder, seed, save, progress, extra)
                 if out["status"] == "trained":
                     finished(run, trial, out["result"])
@@ -598,7 +598,7 @@ def _run_on_dask(
             run, trial = futures[future]
             out = future.result()  # raises the task's exception (or KilledWorker after dask's retries)
             done = summary["trained"] + summary["skipped"] + summary["busy"] + 1
-            log.info("[%d/%d] %s trial %d: %s on %s", done, total, run.ref + (f" [{run.column}]" if run.column else ""),
+            log.info("[%d/%d] %s trial %d: %s on %s", done, total, run.name,
                      trial, out["status"], out.get("host", "?"))
             if out["status"] == "trained":
                 finished(run, trial, out["result"])
