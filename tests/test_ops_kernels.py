@@ -162,15 +162,17 @@ def test_shared_index_arithmetic():
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.usefixtures("threads")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("counts", [[3, 0, 1, 45, 0, 2], [0, 90_000, 5, 40_000]])
-def test_amax_matches_segment_max_values_and_gradient(dtype, counts):
+@pytest.mark.parametrize(("counts", "width"), [([3, 0, 1, 45, 0, 2], 5), ([0, 90_000, 5, 40_000], 5),
+                                               ([2, 0, 9_000, 1], 130)])  # 130: two feature blocks
+def test_amax_matches_segment_max_values_and_gradient(dtype, counts, width):
     torch.set_num_threads(2)  # the long sets are split into chunks
     offsets = make_offsets(counts)
     n = int(offsets[-1])
-    values = torch.randn(n, 5, generator=torch.Generator().manual_seed(4)).to(dtype)
+    values = torch.randn(n, width, generator=torch.Generator().manual_seed(4)).to(dtype)
     values[:2, 0] = 3.0  # a tie
     values[1, 1] = float("nan")
-    upstream = torch.randn(len(counts), 5).to(dtype)
+    values[3:, -1] = 10.0  # ties (the maximum) in the last feature block, across chunks
+    upstream = torch.randn(len(counts), width).to(dtype)
     x1 = values.clone().requires_grad_()
     x2 = values.clone().requires_grad_()
     ours = hepms.segment_amax(x1, offsets)
@@ -199,20 +201,22 @@ def test_amax_gradcheck_opcheck_and_errors():
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.usefixtures("threads")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("counts", [[3, 0, 1, 45, 0, 2], [0, 90_000, 5, 40_000]])
-def test_mean_max_is_mean_and_amax_side_by_side_bit_for_bit(dtype, counts):
+@pytest.mark.parametrize(("counts", "width"), [([3, 0, 1, 45, 0, 2], 5), ([0, 90_000, 5, 40_000], 5),
+                                               ([2, 0, 9_000, 1], 130)])  # 130: two feature blocks
+def test_mean_max_is_mean_and_amax_side_by_side_bit_for_bit(dtype, counts, width):
     torch.set_num_threads(2)  # the long sets are split into chunks (the backward's phase 2)
     offsets = make_offsets(counts)
     n = int(offsets[-1])
-    values = torch.randn(n, 5, generator=torch.Generator().manual_seed(5)).to(dtype)
+    values = torch.randn(n, width, generator=torch.Generator().manual_seed(5)).to(dtype)
     values[:2, 0] = 3.0  # a tie
     values[1, 1] = float("nan")
-    upstream = torch.randn(len(counts), 10, generator=torch.Generator().manual_seed(6)).to(dtype)
+    values[3:, -1] = 10.0  # ties (the maximum) in the last feature block, across chunks
+    upstream = torch.randn(len(counts), 2 * width, generator=torch.Generator().manual_seed(6)).to(dtype)
     x1 = values.clone().requires_grad_()
     x2 = values.clone().requires_grad_()
     ours = hepms.segment_mean_max(x1, offsets)
     theirs = torch.cat([hepms.segment_mean(x2, offsets), hepms.segment_amax(x2, offsets)], dim=1)
-    assert ours.shape == (len(counts), 10) and ours.dtype == dtype
+    assert ours.shape == (len(counts), 2 * width) and ours.dtype == dtype
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
     ours.backward(upstream)
     theirs.backward(upstream)

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -258,6 +259,93 @@ HEPMS_ALWAYS_INLINE void store_row(const acc_t* __restrict__ src, scalar_t* __re
   }
 #endif
   for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backwards that route a set's gradient to its first maximal row: segment_amax's (0 on every
+// other row) and segment_mean_max's (the mean's gradient on every row, plus the max's on that
+// row). Neither op keeps an arg-max, so the row is searched again from the values and the maxima.
+// ---------------------------------------------------------------------------------------------
+
+// out[r, f] = row_value[f] for every row r of set s, where fill_row_value(task, row_value)
+// writes the task's t.w values (features [t.f0, t.f0 + t.w) of set t.seg); then
+// at_max(&out[r, f], s, f) on the first row r of s where values[r, f] equals maxima[s, f] (or is
+// NaN when the maximum is NaN): the row segment_max's arg-max names (ties keep the first row).
+// maxima is [B, width]. Phase 1 is split like the forwards (row chunks for huge sets when several
+// threads run): each task writes its rows and finds, per feature, its first maximal row (a
+// branch-free select, like the forward's); when the sets are not split it applies at_max itself.
+// Phase 2 (split sets only), per set and feature: at_max on the row of the first chunk that found
+// one, after every row has been written in phase 1.
+template <typename scalar_t, typename FillRowValue, typename AtMax>
+void first_max_row_backward(const scalar_t* __restrict__ values, const scalar_t* __restrict__ maxima,
+                            const int64_t* __restrict__ offsets, scalar_t* __restrict__ out,
+                            int64_t num_segments, int64_t width, int64_t num_rows,
+                            const FillRowValue& fill_row_value, const AtMax& at_max) {
+  const TaskSplit split(offsets, num_segments, width, num_rows);
+  // Only split sets need the per-chunk results; a whole set's task applies at_max itself.
+  // -1: no maximal row (also for the chunks of empty sets, whose tasks write nothing).
+  std::vector<int64_t> first_row(split.chunked() ? split.num_units() * width : 0, -1);
+  at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
+    scalar_t row_value[kFeatureBlock];
+    int32_t where[kFeatureBlock];
+    int64_t where_long[kFeatureBlock];
+    int64_t whole_set[kFeatureBlock];
+    for (int64_t task = first; task < last; ++task) {
+      const auto t = split.at(task, offsets, width);
+      if (t.end <= t.begin) continue;  // an empty set (or chunk) has no rows to write
+      fill_row_value(t, row_value);
+      const scalar_t* m = maxima + t.seg * width + t.f0;
+      int64_t* found = split.chunked() ? first_row.data() + t.unit * width + t.f0 : whole_set;
+      if (t.end - t.begin < std::numeric_limits<int32_t>::max()) {
+        for (int64_t j = 0; j < t.w; ++j) where[j] = -1;
+        for (int64_t r = t.begin; r < t.end; ++r) {
+          const scalar_t* row = values + r * width + t.f0;
+          scalar_t* dst = out + r * width + t.f0;
+          const int32_t rel = static_cast<int32_t>(r - t.begin);
+          for (int64_t j = 0; j < t.w; ++j) {
+            dst[j] = row_value[j];
+            const bool nan_max = m[j] != m[j];
+            const bool match = (row[j] == m[j]) | (nan_max & (row[j] != row[j]));
+            const bool take = match & (where[j] < 0);
+            const int32_t mask = -static_cast<int32_t>(take);
+            where[j] = (rel & mask) | (where[j] & ~mask);
+          }
+        }
+        for (int64_t j = 0; j < t.w; ++j) found[j] = where[j] < 0 ? -1 : t.begin + where[j];
+      } else {  // a chunk longer than int32 can count
+        for (int64_t j = 0; j < t.w; ++j) where_long[j] = -1;
+        for (int64_t r = t.begin; r < t.end; ++r) {
+          const scalar_t* row = values + r * width + t.f0;
+          scalar_t* dst = out + r * width + t.f0;
+          for (int64_t j = 0; j < t.w; ++j) {
+            dst[j] = row_value[j];
+            const bool match = (row[j] == m[j]) | ((m[j] != m[j]) & (row[j] != row[j]));
+            if (match && where_long[j] < 0) where_long[j] = r;
+          }
+        }
+        for (int64_t j = 0; j < t.w; ++j) found[j] = where_long[j];
+      }
+      if (!split.chunked()) {
+        for (int64_t j = 0; j < t.w; ++j)
+          if (found[j] >= 0) at_max(out + found[j] * width + t.f0 + j, t.seg, t.f0 + j);
+      }
+    }
+  });
+  if (!split.chunked()) return;
+  at::parallel_for(0, num_segments, 1024, [&](int64_t first, int64_t last) {
+    for (int64_t seg = first; seg < last; ++seg) {
+      const int64_t c0 = split.first_chunk[seg], c1 = split.first_chunk[seg + 1];
+      for (int64_t f = 0; f < width; ++f) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t row = first_row[c * width + f];
+          if (row >= 0) {
+            at_max(out + row * width + f, seg, f);
+            break;
+          }
+        }
+      }
+    }
+  });
 }
 
 // Runs the tasks of args.split in parallel, with the AVX2 variant when it is selected

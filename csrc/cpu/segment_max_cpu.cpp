@@ -181,75 +181,18 @@ void max_backward(const scalar_t* __restrict__ grad, const int64_t* __restrict__
 
 // Backward of segment_amax, which keeps no arg-max: grad_values[r, f] = grad[s, f] for the first
 // row r of segment s where values[r, f] equals the maximum (or is NaN when the maximum is), the
-// row segment_max's arg-max names; 0 elsewhere. Phase 1, split like the forward (row chunks for
-// huge sets): each task zeroes its rows and finds, per feature, its first maximal row (a
-// branch-free select, like the forward's). Phase 2, per set and feature: the first chunk that
-// found one receives the gradient (when the sets are not split, each task writes it directly).
+// row segment_max's arg-max names; 0 elsewhere (first_max_row_backward).
 template <typename scalar_t>
 void amax_backward(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ values,
                    const scalar_t* __restrict__ maxima, const int64_t* __restrict__ offsets,
                    scalar_t* __restrict__ out, int64_t num_segments, int64_t width,
                    int64_t num_rows) {
-  const TaskSplit split(offsets, num_segments, width, num_rows);
-  // Only split sets need the per-chunk results; a whole set's task writes its gradient itself.
-  std::vector<int64_t> first_row(split.chunked() ? split.num_units() * width : 0);
-  at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
-    int32_t where[kFeatureBlock];
-    int64_t where_long[kFeatureBlock];
-    int64_t whole_set[kFeatureBlock];
-    for (int64_t task = first; task < last; ++task) {
-      const auto t = split.at(task, offsets, width);
-      const scalar_t* m = maxima + t.seg * width + t.f0;
-      int64_t* found = split.chunked() ? first_row.data() + t.unit * width + t.f0 : whole_set;
-      if (t.end - t.begin < std::numeric_limits<int32_t>::max()) {
-        for (int64_t j = 0; j < t.w; ++j) where[j] = -1;
-        for (int64_t r = t.begin; r < t.end; ++r) {
-          const scalar_t* row = values + r * width + t.f0;
-          std::memset(out + r * width + t.f0, 0, sizeof(scalar_t) * t.w);
-          const int32_t rel = static_cast<int32_t>(r - t.begin);
-          for (int64_t j = 0; j < t.w; ++j) {
-            const bool nan_max = m[j] != m[j];
-            const bool match = (row[j] == m[j]) | (nan_max & (row[j] != row[j]));
-            const bool take = match & (where[j] < 0);
-            const int32_t mask = -static_cast<int32_t>(take);
-            where[j] = (rel & mask) | (where[j] & ~mask);
-          }
-        }
-        for (int64_t j = 0; j < t.w; ++j) found[j] = where[j] < 0 ? -1 : t.begin + where[j];
-      } else {  // a chunk longer than int32 can count
-        for (int64_t j = 0; j < t.w; ++j) where_long[j] = -1;
-        for (int64_t r = t.begin; r < t.end; ++r) {
-          const scalar_t* row = values + r * width + t.f0;
-          std::memset(out + r * width + t.f0, 0, sizeof(scalar_t) * t.w);
-          for (int64_t j = 0; j < t.w; ++j) {
-            const bool match = (row[j] == m[j]) | ((m[j] != m[j]) & (row[j] != row[j]));
-            if (match && where_long[j] < 0) where_long[j] = r;
-          }
-        }
-        for (int64_t j = 0; j < t.w; ++j) found[j] = where_long[j];
-      }
-      if (!split.chunked()) {
-        const scalar_t* g = grad + t.seg * width + t.f0;
-        for (int64_t j = 0; j < t.w; ++j)
-          if (found[j] >= 0) out[found[j] * width + t.f0 + j] = g[j];
-      }
-    }
-  });
-  if (!split.chunked()) return;
-  at::parallel_for(0, num_segments, 1024, [&](int64_t first, int64_t last) {
-    for (int64_t seg = first; seg < last; ++seg) {
-      const int64_t c0 = split.first_chunk[seg], c1 = split.first_chunk[seg + 1];
-      for (int64_t f = 0; f < width; ++f) {
-        for (int64_t c = c0; c < c1; ++c) {
-          const int64_t row = first_row[c * width + f];
-          if (row >= 0) {
-            out[row * width + f] = grad[seg * width + f];
-            break;
-          }
-        }
-      }
-    }
-  });
+  first_max_row_backward(
+      values, maxima, offsets, out, num_segments, width, num_rows,
+      [](const TaskSplit::Task& t, scalar_t* row_value) {
+        for (int64_t j = 0; j < t.w; ++j) row_value[j] = scalar_t(0);
+      },
+      [&](scalar_t* dst, int64_t seg, int64_t f) { *dst = grad[seg * width + f]; });
 }
 
 }  // namespace

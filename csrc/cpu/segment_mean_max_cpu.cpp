@@ -10,12 +10,7 @@
 // both halves of the concatenation's gradient and an [N, F] add.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-
-#include <cstring>
-#include <limits>
-#include <vector>
 
 #include "../segment.h"
 #include "segment_cpu_common.h"
@@ -25,94 +20,30 @@ namespace {
 
 // grad_values[r, f] = grad[s, f] / |s| for every row r of set s, plus grad[s, F + f] on the
 // first row of s where values[r, f] equals the maximum maxima[s, f] (or is NaN when the maximum
-// is NaN): the rows segment_mean's and segment_amax's backwards write. Split like the other
-// backwards (row chunks for huge sets when several threads run); a chunked set's maximal row is
-// found per chunk in phase 1 and receives grad_max in phase 2.
+// is NaN): the rows segment_mean's and segment_amax's backwards write (first_max_row_backward,
+// whose search segment_amax's backward shares).
 template <typename scalar_t>
 void mean_max_backward(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ values,
                        const scalar_t* __restrict__ maxima, const int64_t* __restrict__ offsets,
                        scalar_t* __restrict__ out, int64_t num_segments, int64_t width,
                        int64_t num_rows) {
   using acc_t = at::opmath_type<scalar_t>;
-  const TaskSplit split(offsets, num_segments, width, num_rows);
   const int64_t grad_width = 2 * width;
-  // -1: no maximal row (also for the chunks of empty sets, whose tasks write nothing).
-  std::vector<int64_t> first_row(split.chunked() ? split.num_units() * width : 0, -1);
-  at::parallel_for(0, split.num_tasks(), split.grain(), [&](int64_t first, int64_t last) {
-    scalar_t row_value[kFeatureBlock];
-    int32_t where[kFeatureBlock];
-    int64_t where_long[kFeatureBlock];
-    int64_t whole_set[kFeatureBlock];
-    for (int64_t task = first; task < last; ++task) {
-      const auto t = split.at(task, offsets, width);
-      if (t.end <= t.begin) continue;  // an empty set (or chunk) has no rows to write
-      const scalar_t* g_mean = grad + t.seg * grad_width + t.f0;
-      const scalar_t* m = maxima + t.seg * width + t.f0;
-      // The mean's gradient, rounded to scalar_t as segment_gather(mean=True) rounds it.
-      const acc_t scale = acc_t(1) / static_cast<acc_t>(t.seg_end - t.seg_begin);
-      for (int64_t j = 0; j < t.w; ++j)
-        row_value[j] = static_cast<scalar_t>(static_cast<acc_t>(g_mean[j]) * scale);
-      int64_t* found = split.chunked() ? first_row.data() + t.unit * width + t.f0 : whole_set;
-      if (t.end - t.begin < std::numeric_limits<int32_t>::max()) {
-        for (int64_t j = 0; j < t.w; ++j) where[j] = -1;
-        for (int64_t r = t.begin; r < t.end; ++r) {
-          const scalar_t* row = values + r * width + t.f0;
-          scalar_t* dst = out + r * width + t.f0;
-          const int32_t rel = static_cast<int32_t>(r - t.begin);
-          for (int64_t j = 0; j < t.w; ++j) {
-            dst[j] = row_value[j];
-            const bool nan_max = m[j] != m[j];
-            const bool match = (row[j] == m[j]) | (nan_max & (row[j] != row[j]));
-            const bool take = match & (where[j] < 0);
-            const int32_t mask = -static_cast<int32_t>(take);
-            where[j] = (rel & mask) | (where[j] & ~mask);
-          }
-        }
-        for (int64_t j = 0; j < t.w; ++j) found[j] = where[j] < 0 ? -1 : t.begin + where[j];
-      } else {  // a chunk longer than int32 can count
-        for (int64_t j = 0; j < t.w; ++j) where_long[j] = -1;
-        for (int64_t r = t.begin; r < t.end; ++r) {
-          const scalar_t* row = values + r * width + t.f0;
-          scalar_t* dst = out + r * width + t.f0;
-          for (int64_t j = 0; j < t.w; ++j) {
-            dst[j] = row_value[j];
-            const bool match = (row[j] == m[j]) | ((m[j] != m[j]) & (row[j] != row[j]));
-            if (match && where_long[j] < 0) where_long[j] = r;
-          }
-        }
-        for (int64_t j = 0; j < t.w; ++j) found[j] = where_long[j];
-      }
-      if (!split.chunked()) {
-        const scalar_t* g_max = grad + t.seg * grad_width + width + t.f0;
-        for (int64_t j = 0; j < t.w; ++j) {
-          if (found[j] < 0) continue;
-          scalar_t* dst = out + found[j] * width + t.f0 + j;
-          // mean part + max part, in the order and precision of autograd adding the two
-          // separate backwards' outputs.
-          *dst = static_cast<scalar_t>(static_cast<acc_t>(*dst) + static_cast<acc_t>(g_max[j]));
-        }
-      }
-    }
-  });
-  if (!split.chunked()) return;
-  // Phase 2: each set's first maximal row (the first chunk that found one) gets grad_max. The
-  // rows were written in phase 1, which has finished.
-  at::parallel_for(0, num_segments, 1024, [&](int64_t first, int64_t last) {
-    for (int64_t seg = first; seg < last; ++seg) {
-      const int64_t c0 = split.first_chunk[seg], c1 = split.first_chunk[seg + 1];
-      for (int64_t f = 0; f < width; ++f) {
-        for (int64_t c = c0; c < c1; ++c) {
-          const int64_t row = first_row[c * width + f];
-          if (row >= 0) {
-            scalar_t* dst = out + row * width + f;
-            *dst = static_cast<scalar_t>(static_cast<acc_t>(*dst) +
-                                         static_cast<acc_t>(grad[seg * grad_width + width + f]));
-            break;
-          }
-        }
-      }
-    }
-  });
+  first_max_row_backward(
+      values, maxima, offsets, out, num_segments, width, num_rows,
+      [&](const TaskSplit::Task& t, scalar_t* row_value) {
+        // The mean's gradient, rounded to scalar_t as segment_gather(mean=True) rounds it.
+        const scalar_t* g_mean = grad + t.seg * grad_width + t.f0;
+        const acc_t scale = acc_t(1) / static_cast<acc_t>(t.seg_end - t.seg_begin);
+        for (int64_t j = 0; j < t.w; ++j)
+          row_value[j] = static_cast<scalar_t>(static_cast<acc_t>(g_mean[j]) * scale);
+      },
+      [&](scalar_t* dst, int64_t seg, int64_t f) {
+        // mean part + max part, in the order and precision of autograd adding the two separate
+        // backwards' outputs.
+        *dst = static_cast<scalar_t>(static_cast<acc_t>(*dst) +
+                                     static_cast<acc_t>(grad[seg * grad_width + width + f]));
+      });
 }
 
 }  // namespace
