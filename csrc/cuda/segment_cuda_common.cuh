@@ -28,8 +28,22 @@ using LaneLayout = index::LaneLayout;
 
 inline LaneLayout lane_layout(int64_t width) { return index::lane_layout(width, kWarp); }
 
+// Grid of the pooling kernels: one warp per segment.
 inline unsigned num_blocks_for_segments(int64_t num_segments) {
   return static_cast<unsigned>((num_segments + kWarpsPerBlock - 1) / kWarpsPerBlock);
+}
+
+// Grid of the scattering backwards: one thread per (segment, feature), `total` of them.
+inline unsigned num_blocks_for_elements(int64_t total) {
+  return static_cast<unsigned>((total + kThreadsPerBlock - 1) / kThreadsPerBlock);
+}
+
+// Launches `kernel` on `blocks` blocks of kThreadsPerBlock threads on the current stream (of the
+// device the caller's CUDAGuard selected) and checks the launch, as every kernel here is run.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), unsigned blocks, Args... args) {
+  kernel<<<blocks, kThreadsPerBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 using index::segment_bounds;

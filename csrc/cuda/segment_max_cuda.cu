@@ -103,15 +103,12 @@ std::tuple<at::Tensor, at::Tensor> segment_max_cuda(const at::Tensor& values_in,
   at::Tensor argmax = at::empty(shape, values.options().dtype(at::kLong));
   if (out.numel() == 0) return {out, argmax};
   const LaneLayout layout = lane_layout(width);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "segment_max_cuda",
                                   [&] {
-    max_forward_kernel<scalar_t>
-        <<<num_blocks_for_segments(num_segments), kThreadsPerBlock, 0, stream>>>(
-            values.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
-            out.mutable_data_ptr<scalar_t>(), argmax.mutable_data_ptr<int64_t>(), num_segments,
-            width, values.size(0), layout.cols, layout.rows);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(max_forward_kernel<scalar_t>, num_blocks_for_segments(num_segments),
+                  values.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
+                  out.mutable_data_ptr<scalar_t>(), argmax.mutable_data_ptr<int64_t>(),
+                  num_segments, width, values.size(0), layout.cols, layout.rows);
   });
   return {out, argmax};
 }
@@ -128,15 +125,12 @@ at::Tensor segment_max_backward_cuda(const at::Tensor& grad_in, const at::Tensor
   at::Tensor out = at::zeros(row_shape(grad, num_rows), grad.options());
   const int64_t total = num_segments * width;
   if (out.numel() == 0 || total == 0) return out;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned blocks = static_cast<unsigned>((total + kThreadsPerBlock - 1) / kThreadsPerBlock);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "segment_max_backward_cuda", [&] {
-    max_backward_kernel<scalar_t><<<blocks, kThreadsPerBlock, 0, stream>>>(
-        grad.const_data_ptr<scalar_t>(), argmax.const_data_ptr<int64_t>(),
-        offsets.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), num_segments, width,
-        num_rows);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(max_backward_kernel<scalar_t>, num_blocks_for_elements(total),
+                  grad.const_data_ptr<scalar_t>(), argmax.const_data_ptr<int64_t>(),
+                  offsets.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(),
+                  num_segments, width, num_rows);
   });
   return out;
 }

@@ -10,12 +10,41 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "../segment.h"
 #include "segment_cuda_common.cuh"
 
 namespace hepms {
 namespace cuda {
 namespace {
+
+// The mean's gradient grad / count, rounded to scalar_t as segment_gather(mean=True) rounds it.
+// double has its own rounding multiply (__dmul_rn: no contraction with the add below).
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t mean_gradient(scalar_t grad, int64_t count) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return __dmul_rn(grad, 1.0 / static_cast<double>(count));
+  } else {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t scale = acc_t(1) / static_cast<acc_t>(count);
+    return static_cast<scalar_t>(static_cast<acc_t>(grad) * scale);
+  }
+}
+
+// mean part + max part, rounded as autograd adds the two separate backwards' outputs:
+// __fadd_rn / __dadd_rn, no contraction with the multiply above (the separate ops round in
+// between).
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t add_rounded(scalar_t mean_part, scalar_t max_part) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return __dadd_rn(mean_part, max_part);
+  } else {
+    using acc_t = at::opmath_type<scalar_t>;
+    return static_cast<scalar_t>(__fadd_rn(static_cast<float>(static_cast<acc_t>(mean_part)),
+                                           static_cast<float>(static_cast<acc_t>(max_part))));
+  }
+}
 
 template <typename scalar_t>
 __global__ void mean_max_backward_kernel(const scalar_t* __restrict__ grad,
@@ -24,7 +53,6 @@ __global__ void mean_max_backward_kernel(const scalar_t* __restrict__ grad,
                                          const int64_t* __restrict__ offsets,
                                          scalar_t* __restrict__ out, int64_t num_segments,
                                          int64_t width, int64_t num_rows) {
-  using acc_t = at::opmath_type<scalar_t>;
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= num_segments * width) return;
   const int64_t seg = index / width;
@@ -32,9 +60,7 @@ __global__ void mean_max_backward_kernel(const scalar_t* __restrict__ grad,
   int64_t begin, end;
   segment_bounds(offsets, seg, num_rows, begin, end);
   if (end <= begin) return;
-  const acc_t scale = acc_t(1) / static_cast<acc_t>(end - begin);
-  const scalar_t mean_part =
-      static_cast<scalar_t>(static_cast<acc_t>(grad[seg * 2 * width + f]) * scale);
+  const scalar_t mean_part = mean_gradient(grad[seg * 2 * width + f], end - begin);
   const scalar_t m = maxima[seg * width + f];
   const bool nan_max = m != m;
   int64_t found = -1;
@@ -43,39 +69,8 @@ __global__ void mean_max_backward_kernel(const scalar_t* __restrict__ grad,
     const scalar_t x = values[r * width + f];
     if (found < 0 && (x == m || (nan_max && x != x))) found = r;
   }
-  if (found >= 0) {
-    // __fadd_rn: no contraction with the multiply above (the separate ops round in between).
-    out[found * width + f] = static_cast<scalar_t>(
-        __fadd_rn(static_cast<float>(static_cast<acc_t>(mean_part)),
-                  static_cast<float>(static_cast<acc_t>(grad[seg * 2 * width + width + f]))));
-  }
-}
-
-// double has its own rounding add.
-template <>
-__global__ void mean_max_backward_kernel<double>(const double* __restrict__ grad,
-                                                 const double* __restrict__ values,
-                                                 const double* __restrict__ maxima,
-                                                 const int64_t* __restrict__ offsets,
-                                                 double* __restrict__ out, int64_t num_segments,
-                                                 int64_t width, int64_t num_rows) {
-  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (index >= num_segments * width) return;
-  const int64_t seg = index / width;
-  const int64_t f = index % width;
-  int64_t begin, end;
-  segment_bounds(offsets, seg, num_rows, begin, end);
-  if (end <= begin) return;
-  const double mean_part = __dmul_rn(grad[seg * 2 * width + f], 1.0 / static_cast<double>(end - begin));
-  const double m = maxima[seg * width + f];
-  const bool nan_max = m != m;
-  int64_t found = -1;
-  for (int64_t r = begin; r < end; ++r) {
-    out[r * width + f] = mean_part;
-    const double x = values[r * width + f];
-    if (found < 0 && (x == m || (nan_max && x != x))) found = r;
-  }
-  if (found >= 0) out[found * width + f] = __dadd_rn(mean_part, grad[seg * 2 * width + width + f]);
+  if (found >= 0)
+    out[found * width + f] = add_rounded(mean_part, grad[seg * 2 * width + width + f]);
 }
 
 at::Tensor call_pool(const char* name, const at::Tensor& values, const at::Tensor& offsets) {
@@ -117,15 +112,12 @@ at::Tensor segment_mean_max_backward_cuda(const at::Tensor& grad_in, const at::T
   at::Tensor out = at::zeros(values.sizes(), values.options());
   const int64_t total = num_segments * width;
   if (out.numel() == 0 || total == 0) return out;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned blocks = static_cast<unsigned>((total + kThreadsPerBlock - 1) / kThreadsPerBlock);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "segment_mean_max_backward_cuda", [&] {
-    mean_max_backward_kernel<scalar_t><<<blocks, kThreadsPerBlock, 0, stream>>>(
-        grad.const_data_ptr<scalar_t>(), values.const_data_ptr<scalar_t>(),
-        maxima.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
-        out.mutable_data_ptr<scalar_t>(), num_segments, width, num_rows);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(mean_max_backward_kernel<scalar_t>, num_blocks_for_elements(total),
+                  grad.const_data_ptr<scalar_t>(), values.const_data_ptr<scalar_t>(),
+                  maxima.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
+                  out.mutable_data_ptr<scalar_t>(), num_segments, width, num_rows);
   });
   return out;
 }

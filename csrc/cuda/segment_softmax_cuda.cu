@@ -100,14 +100,13 @@ void launch(const at::Tensor& values, const at::Tensor& other, const at::Tensor&
   if (out.numel() == 0 || num_segments == 0) return;
   const int64_t width = row_width(values);
   const LaneLayout layout = lane_layout(width);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "segment_softmax_cuda",
                                   [&] {
-    softmax_kernel<scalar_t, kOp><<<num_blocks_for_segments(num_segments), kThreadsPerBlock, 0, stream>>>(
-        values.const_data_ptr<scalar_t>(), other.defined() ? other.const_data_ptr<scalar_t>() : nullptr,
-        offsets.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), num_segments, width,
-        values.size(0), layout.cols, layout.rows);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(softmax_kernel<scalar_t, kOp>, num_blocks_for_segments(num_segments),
+                  values.const_data_ptr<scalar_t>(),
+                  other.defined() ? other.const_data_ptr<scalar_t>() : nullptr,
+                  offsets.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), num_segments,
+                  width, values.size(0), layout.cols, layout.rows);
   });
 }
 

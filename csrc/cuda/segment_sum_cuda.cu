@@ -83,15 +83,12 @@ at::Tensor pool_sum(const at::Tensor& values_in, const at::Tensor& offsets_in) {
   at::Tensor out = at::empty(pooled_shape(values, num_segments), values.options());
   if (out.numel() == 0) return out;
   const LaneLayout layout = lane_layout(width);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "segment_sum_cuda",
                                   [&] {
-    sum_forward_kernel<scalar_t, kMean>
-        <<<num_blocks_for_segments(num_segments), kThreadsPerBlock, 0, stream>>>(
-            values.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
-            out.mutable_data_ptr<scalar_t>(), num_segments, width, values.size(0), layout.cols,
-            layout.rows);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(sum_forward_kernel<scalar_t, kMean>, num_blocks_for_segments(num_segments),
+                  values.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
+                  out.mutable_data_ptr<scalar_t>(), num_segments, width, values.size(0),
+                  layout.cols, layout.rows);
   });
   return out;
 }
@@ -118,23 +115,12 @@ at::Tensor segment_gather_cuda(const at::Tensor& src_in, const at::Tensor& offse
   at::Tensor out = at::empty(row_shape(src, num_rows), src.options());
   if (out.numel() == 0 || num_segments == 0) return out;
   const LaneLayout layout = lane_layout(width);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(),
                                   "segment_gather_cuda", [&] {
-    if (mean) {
-      gather_kernel<scalar_t, true>
-          <<<num_blocks_for_segments(num_segments), kThreadsPerBlock, 0, stream>>>(
-              src.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
-              out.mutable_data_ptr<scalar_t>(), num_segments, width, num_rows, layout.cols,
-              layout.rows);
-    } else {
-      gather_kernel<scalar_t, false>
-          <<<num_blocks_for_segments(num_segments), kThreadsPerBlock, 0, stream>>>(
-              src.const_data_ptr<scalar_t>(), offsets.const_data_ptr<int64_t>(),
-              out.mutable_data_ptr<scalar_t>(), num_segments, width, num_rows, layout.cols,
-              layout.rows);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(mean ? gather_kernel<scalar_t, true> : gather_kernel<scalar_t, false>,
+                  num_blocks_for_segments(num_segments), src.const_data_ptr<scalar_t>(),
+                  offsets.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(),
+                  num_segments, width, num_rows, layout.cols, layout.rows);
   });
   return out;
 }
