@@ -6,13 +6,13 @@
 // (create_graph, gradgradcheck, torch.compile's tracing) they record their own autograd (C++ for
 // the ops of kCppAutogradOps, Python for the backward ops), so double backward works as before;
 // otherwise they dispatch below autograd, skipping their (Python) autograd wrappers.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "autograd.h"
+#include "op_handles.h"
 
 namespace hepms {
 namespace {
@@ -20,46 +20,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using Tensor = at::Tensor;
-
-using PoolSig = Tensor(const Tensor&, const Tensor&);
-using GatherSig = Tensor(const Tensor&, const Tensor&, c10::SymInt, bool);
-using PoolBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&);
-
-template <class Sig>
-c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-
-Tensor call_sum(const Tensor& values, const Tensor& offsets) {
-  static const auto op = op_handle<PoolSig>("hepms::segment_sum");
-  return op.call(values, offsets);
-}
-Tensor call_mean(const Tensor& values, const Tensor& offsets) {
-  static const auto op = op_handle<PoolSig>("hepms::segment_mean");
-  return op.call(values, offsets);
-}
-Tensor call_amax(const Tensor& values, const Tensor& offsets) {
-  static const auto op = op_handle<PoolSig>("hepms::segment_amax");
-  return op.call(values, offsets);
-}
-Tensor call_mean_max(const Tensor& values, const Tensor& offsets) {
-  static const auto op = op_handle<PoolSig>("hepms::segment_mean_max");
-  return op.call(values, offsets);
-}
-Tensor call_gather(const Tensor& src, const Tensor& offsets, c10::SymInt num_rows, bool mean) {
-  static const auto op = op_handle<GatherSig>("hepms::segment_gather");
-  return op.call(src, offsets, std::move(num_rows), mean);
-}
-Tensor call_amax_backward(const Tensor& grad, const Tensor& values, const Tensor& out,
-                          const Tensor& offsets) {
-  static const auto op = op_handle<PoolBackwardSig>("hepms::segment_amax_backward");
-  return op.call(grad, values, out, offsets);
-}
-Tensor call_mean_max_backward(const Tensor& grad, const Tensor& values, const Tensor& out,
-                              const Tensor& offsets) {
-  static const auto op = op_handle<PoolBackwardSig>("hepms::segment_mean_max_backward");
-  return op.call(grad, values, out, offsets);
-}
 
 // Runs a backward op: through autograd when a graph is built (double backward), else below it.
 template <class F>
@@ -76,13 +36,14 @@ struct PoolFunction : public torch::autograd::Function<PoolFunction<Mean>> {
     at::AutoDispatchBelowADInplaceOrView below;
     ctx->save_for_backward({offsets});
     ctx->saved_data["rows"] = values.sym_size(0);
-    return Mean ? call_mean(values, offsets) : call_sum(values, offsets);
+    return (Mean ? op_handles().mean : op_handles().sum).call(values, offsets);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto offsets = ctx->get_saved_variables()[0];
     const auto rows = ctx->saved_data["rows"].toSymInt();
     const auto grad = grads[0].contiguous();
-    return {backward_op([&] { return call_gather(grad, offsets, rows, Mean); }), Tensor()};
+    return {backward_op([&] { return op_handles().gather.call(grad, offsets, rows, Mean); }),
+            Tensor()};
   }
 };
 
@@ -93,13 +54,14 @@ struct GatherFunction : public torch::autograd::Function<GatherFunction> {
     at::AutoDispatchBelowADInplaceOrView below;
     ctx->save_for_backward({offsets});
     ctx->saved_data["mean"] = mean;
-    return call_gather(src, offsets, std::move(num_rows), mean);
+    return op_handles().gather.call(src, offsets, std::move(num_rows), mean);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto offsets = ctx->get_saved_variables()[0];
     const bool mean = ctx->saved_data["mean"].toBool();
     const auto grad = grads[0].contiguous();
-    auto grad_src = backward_op([&] { return mean ? call_mean(grad, offsets) : call_sum(grad, offsets); });
+    auto grad_src = backward_op(
+        [&] { return (mean ? op_handles().mean : op_handles().sum).call(grad, offsets); });
     return {grad_src, Tensor(), Tensor(), Tensor()};
   }
 };
@@ -109,7 +71,7 @@ template <bool MeanMax>
 struct MaxPoolFunction : public torch::autograd::Function<MaxPoolFunction<MeanMax>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& values, const Tensor& offsets) {
     at::AutoDispatchBelowADInplaceOrView below;
-    auto out = MeanMax ? call_mean_max(values, offsets) : call_amax(values, offsets);
+    auto out = (MeanMax ? op_handles().mean_max : op_handles().amax).call(values, offsets);
     ctx->save_for_backward({values, out, offsets});
     return out;
   }
@@ -117,8 +79,8 @@ struct MaxPoolFunction : public torch::autograd::Function<MaxPoolFunction<MeanMa
     const auto saved = ctx->get_saved_variables();
     const auto grad = grads[0].contiguous();
     auto grad_values = backward_op([&] {
-      return MeanMax ? call_mean_max_backward(grad, saved[0], saved[1], saved[2])
-                     : call_amax_backward(grad, saved[0], saved[1], saved[2]);
+      return (MeanMax ? op_handles().mean_max_backward : op_handles().amax_backward)
+          .call(grad, saved[0], saved[1], saved[2]);
     });
     return {grad_values, Tensor()};
   }

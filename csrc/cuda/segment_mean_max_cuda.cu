@@ -5,13 +5,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <type_traits>
 
+#include "../op_handles.h"
 #include "../segment.h"
 #include "segment_cuda_common.cuh"
 
@@ -73,16 +73,6 @@ __global__ void mean_max_backward_kernel(const scalar_t* __restrict__ grad,
     out[found * width + f] = add_rounded(mean_part, grad[seg * 2 * width + width + f]);
 }
 
-at::Tensor call_pool(const char* name, const at::Tensor& values, const at::Tensor& offsets) {
-  static const auto mean_op = c10::Dispatcher::singleton()
-                                  .findSchemaOrThrow("hepms::segment_mean", "")
-                                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
-  static const auto amax_op = c10::Dispatcher::singleton()
-                                  .findSchemaOrThrow("hepms::segment_amax", "")
-                                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
-  return (name[0] == 'm' ? mean_op : amax_op).call(values, offsets);
-}
-
 at::Tensor segment_mean_max_cuda(const at::Tensor& values, const at::Tensor& offsets) {
   check_pool_args("segment_mean_max", values, offsets);
   TORCH_CHECK(values.dim() <= 2, "segment_mean_max: values must be 1-D [N] or 2-D [N, F], got shape ",
@@ -92,8 +82,8 @@ at::Tensor segment_mean_max_cuda(const at::Tensor& values, const at::Tensor& off
   const int64_t width = row_width(values);
   at::Tensor out = at::empty({num_segments, 2 * width}, values.options());
   if (out.numel() == 0) return out;
-  out.narrow(1, 0, width).copy_(call_pool("mean", values, offsets).view({num_segments, width}));
-  out.narrow(1, width, width).copy_(call_pool("amax", values, offsets).view({num_segments, width}));
+  out.narrow(1, 0, width).copy_(op_handles().mean.call(values, offsets).view({num_segments, width}));
+  out.narrow(1, width, width).copy_(op_handles().amax.call(values, offsets).view({num_segments, width}));
   return out;
 }
 
