@@ -55,7 +55,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 PHASES = ("shuffle", "batching", "upstream cache", "forward", "loss", "balancer", "backward",
           "optimizer", "validation", "best state", "checkpoint", "logs", "other")

@@ -54,7 +54,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import awkward as ak
 import numpy as np

@@ -376,7 +376,6 @@ def _collection(arrays: ak.Array, name: str) -> dict[str, ak.Array]:
 def _build_events(
     arrays: ak.Array, max_jets: int | None, max_constituents: int | None, behavior: Mapping[str, Any] | None
 ) -> ak.Array:
-    n_events = len(arrays)
     with_name = "Momentum4D" if behavior is not None else None
     n_jet = np.asarray(arrays["nJet"], dtype=np.int64)
 
