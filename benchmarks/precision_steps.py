@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -200,10 +199,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         payload["load_average_end"] = f.read().split()[:3]
     print(json.dumps(payload["steps"]["median_cpu_ms_per_step"]), payload["machine"])
     if args.json:
+        from hepms.atomic import write_text_atomic
+
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.json).with_name(f".{Path(args.json).name}.partial-{os.getpid()}")
-        tmp.write_text(json.dumps(payload, indent=1) + "\n")
-        os.replace(tmp, args.json)
+        write_text_atomic(Path(args.json), json.dumps(payload, indent=1) + "\n")
 
 
 def _bf16_flags() -> list[str]:

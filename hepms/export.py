@@ -61,12 +61,13 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 import hepms
+from hepms.atomic import save_atomically
 from hepms.data import Standardizer
 from hepms.features import FeatureSpec
 from hepms.nn.models import MultiStep
@@ -83,7 +84,6 @@ __all__ = [
     "file_kind",
     "model_metadata",
     "quiet_jit",
-    "save_atomically",
     "METADATA_FILE",
     "ONNX_INPUTS",
     "ONNX_OUTPUTS",
@@ -280,7 +280,7 @@ def export_torchscript(model: InferenceModel, path: PathLike) -> Path:
         with quiet_jit():
             torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: model.metadata_json})
 
-    save_atomically(path, save)
+    save_atomically(path, save, keep_suffix=True)
     log.info("exported TorchScript model to %s", path)
     return path
 
@@ -305,7 +305,9 @@ def export_program(model: InferenceModel, path: PathLike) -> Path:
             model.eval(), args, dynamic_shapes=_dynamic_shapes(), strict=False
         )
     metadata = {METADATA_FILE: model.metadata_json}
-    save_atomically(path, lambda tmp: torch.export.save(program, tmp, extra_files=metadata))
+    # keep_suffix: torch.export.save warns about names not ending in .pt2
+    save_atomically(path, lambda tmp: torch.export.save(program, tmp, extra_files=metadata),
+                    keep_suffix=True)
     log.info("exported torch.export program to %s", path)
     return path
 
@@ -440,7 +442,7 @@ def export_onnx(model: InferenceModel, path: PathLike) -> Path:
     def save(tmp: str) -> None:
         Path(tmp).write_bytes(onnx_model.SerializeToString())
 
-    save_atomically(path, save)
+    save_atomically(path, save, keep_suffix=True)
     log.info("exported ONNX model to %s", path)
     return path
 
@@ -473,19 +475,6 @@ def _example_inputs(model: InferenceModel) -> tuple[Tensor, Tensor, Tensor, Tens
     constituents = torch.randn(12, f_c, generator=generator).to(device)
     jet_features = torch.randn(5, f_j, generator=generator).to(device)
     return constituents, constituent_offsets, jet_offsets, jet_features
-
-
-def save_atomically(path: Path, save: Callable[[str], None]) -> None:
-    """``save(tmp)`` into a hidden file next to ``path``, then rename it to ``path``: a crash or a
-    full disk never leaves a truncated model under the final name (model files and exports)."""
-    # Hidden, and keeping the suffix: torch.export.save warns about names not ending in .pt2.
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
-        save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from hepms import __version__, metrics
-from hepms.atomic import json_safe, write_text_atomic
+from hepms.atomic import json_safe, save_atomically, write_text_atomic
 from hepms.data import TauEventData
 from hepms.jagged import Jagged
 from hepms.nn.models import MultiStep
@@ -778,9 +778,8 @@ class Trainer:
             "hepms_version": __version__,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: a killed run never leaves half a checkpoint
+        # atomic: a killed run never leaves half a checkpoint
+        save_atomically(path, lambda tmp: torch.save(state, tmp))
 
     def _load_checkpoint(self, source: PathLike) -> tuple[int, int, Optional[EarlyStopping]]:
         path = Path(source)
