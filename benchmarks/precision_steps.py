@@ -16,7 +16,7 @@ Three measurements, CPU time (``time.process_time``) of this process, 1 torch th
    rule running the ops in float32 would add per call.
 3. ``steps``: training steps of the full preset's (w1, w2) = (1, 1) joint phase (forward, float32
    losses, backward, fused Adam) on batches of the full sample, with the trainer's own
-   ``_forward``: ``float32``; ``bfloat16`` (``trainer.precision: bfloat16``: the forward pass
+   ``forward_batch``: ``float32``; ``bfloat16`` (``trainer.precision: bfloat16``: the forward pass
    under ``torch.autocast``); ``bfloat16-bucketed`` (an experiment, not in hepms: the same, with
    every ``F.linear`` input of at least ``--bucket-min-rows`` rows padded with zero rows to a
    multiple of ``--bucket`` so that oneDNN reuses its kernels, smaller products in float32).
@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -138,8 +137,7 @@ def steps(args: argparse.Namespace) -> dict[str, Any]:
            if r.column in ("", "bce")}[("loss_balancing", "(w1, w2) = (1, 1)")]
     trainer = Trainer(build_model(cfg, data, args.seed), train_config(cfg, args.seed, None, False))
     phase = trainer.phases[0]
-    trainer._start_phase(phase)
-    trainer._set_modes(phase, True)
+    trainer.start_phase(phase)  # balancer, optimizer, training mode
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(args.seed))
     subset = data.train.take(order[: args.batches * 128])
     batches = [subset.slice(s, min(len(subset), s + 128)) for s in range(0, len(subset), 128)]
@@ -148,8 +146,8 @@ def steps(args: argparse.Namespace) -> dict[str, Any]:
     def step(batch: Any, variant: str) -> None:
         bucket = BucketRows(args.bucket, args.bucket_min_rows) if variant == "bfloat16-bucketed" else contextlib.nullcontext()
         with bucket:
-            out = trainer._forward(phase, batch, mixed=True)
-        total = trainer.balancer.combine(trainer._losses(phase, out, batch))
+            out = trainer.forward_batch(phase, batch, mixed=True)
+        total = trainer.balancer.combine(trainer.batch_losses(phase, out, batch))
         trainer.optimizer.zero_grad(set_to_none=True)
         total.backward()
         trainer.optimizer.step()
@@ -201,10 +199,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         payload["load_average_end"] = f.read().split()[:3]
     print(json.dumps(payload["steps"]["median_cpu_ms_per_step"]), payload["machine"])
     if args.json:
+        from hepms.atomic import write_text_atomic
+
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.json).with_name(f".{Path(args.json).name}.partial-{os.getpid()}")
-        tmp.write_text(json.dumps(payload, indent=1) + "\n")
-        os.replace(tmp, args.json)
+        write_text_atomic(Path(args.json), json.dumps(payload, indent=1) + "\n")
 
 
 def _bf16_flags() -> list[str]:

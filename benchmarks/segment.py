@@ -55,6 +55,7 @@ import torch
 
 import hepms
 from hepms._machine import describe as machine
+from hepms.atomic import write_text_atomic
 
 Case = tuple  # (reduce, method, mode, fn)
 
@@ -435,10 +436,7 @@ def main(argv: Optional[list] = None) -> None:
     print(f"\nload average (1, 5, 15 min): start {result['machine']['load_average_start']}, "
           f"end {result['machine']['load_average_end']}")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as out:
-            json.dump(result, out, indent=1)
-        os.replace(tmp, args.json)
+        write_text_atomic(args.json, json.dumps(result, indent=1))
         print(f"JSON written to {args.json}")
     else:
         print("\nJSON:")

@@ -142,7 +142,7 @@ def main() -> None:
         record = {"losses": None, "grads": []}
         with hepms.validation(False):
             for b in batches[:3]:
-                losses = trainer._losses(phase, trainer._forward(phase, b), b)
+                losses = trainer.batch_losses(phase, trainer.forward_batch(phase, b), b)
                 model.zero_grad()
                 sum(losses.values()).backward()
                 if record["losses"] is None:
@@ -152,7 +152,7 @@ def main() -> None:
             # then 20 training steps (fused Adam): the parameters they end at
             opt = make_optimizer(model.parameters(), 1e-3, fused=True)  # the trainer's optimizer
             for b in batches[:20]:
-                losses = trainer._losses(phase, trainer._forward(phase, b, mixed=True), b)
+                losses = trainer.batch_losses(phase, trainer.forward_batch(phase, b, mixed=True), b)
                 opt.zero_grad()
                 sum(losses.values()).backward()
                 opt.step()
@@ -166,7 +166,7 @@ def main() -> None:
     opt = make_optimizer(model.parameters(), 1e-3, fused=True)  # the trainer's optimizer
 
     def step(b) -> None:
-        losses = trainer._losses(phase, trainer._forward(phase, b, mixed=True), b)
+        losses = trainer.batch_losses(phase, trainer.forward_batch(phase, b, mixed=True), b)
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()

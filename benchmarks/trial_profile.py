@@ -12,8 +12,8 @@ count as "validation"):
   batching    ``TauEventData.slice``: the training batches
   upstream cache  ``Trainer._upstream_cache`` (where the trainer has it): the frozen tau model's
               outputs, once per phase
-  forward     ``Trainer._forward``: the model on a training batch
-  loss        ``Trainer._losses``
+  forward     ``Trainer.forward_batch``: the model on a training batch
+  loss        ``Trainer.batch_losses``
   balancer    ``Balancer.combine`` (GradNorm: its gradient norms and weight update)
   backward    ``Tensor.backward``
   optimizer   ``Optimizer.step`` + ``zero_grad``
@@ -141,8 +141,8 @@ def instrument(clock: PhaseClock) -> None:
     clock.wrap(TauEventData, "slice", "batching")
     if hasattr(Trainer, "_upstream_cache"):
         clock.wrap(Trainer, "_upstream_cache", "upstream cache")
-    clock.wrap(Trainer, "_forward", "forward")
-    clock.wrap(Trainer, "_losses", "loss")
+    clock.wrap(Trainer, "forward_batch", "forward")
+    clock.wrap(Trainer, "batch_losses", "loss")
     for cls in set(BALANCERS.values()):
         if "combine" in vars(cls):
             clock.wrap(cls, "combine", "balancer")

@@ -13,7 +13,8 @@ hepms version) as a JSON string, so an export file is all a consumer needs:
   sizes for the constituents, jets and events, the metadata as the extra file ``hepms.json``;
 * :func:`export_onnx` writes an ONNX file (opset 18, the segment ops as standard ONNX operators,
   :mod:`hepms.onnx_ops`) that onnxruntime runs without hepms or torch, the metadata in its
-  ``metadata_props``; invalid offsets give NaN outputs and ``inputs_valid = False`` there;
+  ``metadata_props``; invalid offsets (or ``jet_features`` rows that are not one per jet) give
+  NaN outputs and ``inputs_valid = False`` there;
 * :func:`load_export` loads a TorchScript or ``torch.export`` file and returns a ready model in eval
   mode; :func:`model_metadata` reads the metadata of any of them (ONNX files too).
 
@@ -60,12 +61,13 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 import hepms
+from hepms.atomic import save_atomically
 from hepms.data import Standardizer
 from hepms.features import FeatureSpec
 from hepms.nn.models import MultiStep
@@ -82,7 +84,6 @@ __all__ = [
     "file_kind",
     "model_metadata",
     "quiet_jit",
-    "save_atomically",
     "METADATA_FILE",
     "ONNX_INPUTS",
     "ONNX_OUTPUTS",
@@ -279,7 +280,7 @@ def export_torchscript(model: InferenceModel, path: PathLike) -> Path:
         with quiet_jit():
             torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: model.metadata_json})
 
-    save_atomically(path, save)
+    save_atomically(path, save, keep_suffix=True)
     log.info("exported TorchScript model to %s", path)
     return path
 
@@ -304,13 +305,19 @@ def export_program(model: InferenceModel, path: PathLike) -> Path:
             model.eval(), args, dynamic_shapes=_dynamic_shapes(), strict=False
         )
     metadata = {METADATA_FILE: model.metadata_json}
-    save_atomically(path, lambda tmp: torch.export.save(program, tmp, extra_files=metadata))
+    # keep_suffix: torch.export.save warns about names not ending in .pt2
+    save_atomically(path, lambda tmp: torch.export.save(program, tmp, extra_files=metadata),
+                    keep_suffix=True)
     log.info("exported torch.export program to %s", path)
     return path
 
 
-def _dynamic_shapes() -> dict:
-    """Dynamic sizes N (constituents), B (jets), E (events) of the four inputs of ``forward``."""
+def _dynamic_shapes(jet_rows: bool = False) -> dict:
+    """Dynamic sizes N (constituents), B (jets), E (events) of the four inputs of ``forward``.
+
+    ``jet_rows``: the rows of ``jet_features`` are a size of their own instead of B (ONNX, where
+    a mismatch is an output, :class:`_OnnxModel`, not an exception).
+    """
     from torch.export import Dim
 
     n, b, e = Dim("constituents"), Dim("jets"), Dim("events")
@@ -318,7 +325,7 @@ def _dynamic_shapes() -> dict:
         "constituents": {0: n},
         "constituent_offsets": {0: b + 1},
         "jet_offsets": {0: e + 1},
-        "jet_features": {0: b},
+        "jet_features": {0: Dim("jet_feature_rows") if jet_rows else b},
     }
 
 
@@ -346,8 +353,9 @@ def offsets_valid(offsets: Tensor, num_rows: int) -> Tensor:
 
 class _OnnxModel(nn.Module):
     """:meth:`InferenceModel.forward` for ONNX, where nothing can raise: the outputs plus
-    ``inputs_valid`` (0-d bool), and every output NaN when the offsets are invalid, so that
-    garbage never looks like a score."""
+    ``inputs_valid`` (0-d bool), and every output NaN when the offsets are invalid or
+    ``jet_features`` has not one row per jet of ``constituent_offsets``, so that garbage never
+    looks like a score."""
 
     def __init__(self, model: InferenceModel) -> None:
         super().__init__()
@@ -360,9 +368,18 @@ class _OnnxModel(nn.Module):
         jet_offsets: Tensor,
         jet_features: Tensor,
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        valid = offsets_valid(constituent_offsets, constituents.shape[0]) & offsets_valid(
-            jet_offsets, jet_features.shape[0]
-        )
+        # The eager check (jet_features has B rows) raises; here the rows are a separate dynamic
+        # size, compared as a tensor, and the model gets exactly B rows (the given ones, zero
+        # rows appended or extra rows dropped) so that a mismatch never reaches an operator
+        # that fails with a shape error of the runtime.
+        jets = constituent_offsets.shape[0] - 1
+        rows = jet_features.shape[0]
+        rows_match = (constituent_offsets.new_zeros(()) + rows) == jets
+        padded = torch.cat([jet_features, jet_features.new_zeros(1, jet_features.shape[1])])
+        index = torch.arange(jets, device=jet_features.device).clamp(max=rows)
+        jet_features = padded.index_select(0, index)
+        valid = (offsets_valid(constituent_offsets, constituents.shape[0])
+                 & offsets_valid(jet_offsets, jets) & rows_match)
         outputs = self.inference(constituents, constituent_offsets, jet_offsets, jet_features)
         nan = torch.full((), float("nan"), dtype=constituents.dtype)
         tau, intermediate, event, momentum = (torch.where(valid, x, nan) for x in outputs)
@@ -379,8 +396,9 @@ def export_onnx(model: InferenceModel, path: PathLike) -> Path:
     float32 (raw features; the standardisation is inside). Outputs: ``tau_logit [B]``,
     ``intermediate [B, k]``, ``event_logit [E]``, ``momentum [B, R]`` and ``inputs_valid`` (bool,
     0-d). ONNX has no exceptions: for offsets that do not start at 0, decrease, or do not end at
-    the number of rows, ``inputs_valid`` is False and every other output is NaN (never an error,
-    never an out-of-bounds read). The metadata is stored as ``metadata_props`` (key
+    the number of rows, and for ``jet_features`` whose rows are not the B jets of
+    ``constituent_offsets`` (where the torch model raises ``ValueError``), ``inputs_valid`` is
+    False and every other output is NaN (never an error, never an out-of-bounds read). The metadata is stored as ``metadata_props`` (key
     ``hepms.json``, see :func:`model_metadata`).
 
     Needs ``onnx`` and ``onnxscript`` (``pip install 'hepms[onnx]'``) to export; running the file
@@ -401,7 +419,7 @@ def export_onnx(model: InferenceModel, path: PathLike) -> Path:
             wrapper,
             _example_inputs(model),
             dynamo=True,
-            dynamic_shapes=_dynamic_shapes(),
+            dynamic_shapes=_dynamic_shapes(jet_rows=True),
             input_names=list(ONNX_INPUTS),
             output_names=list(ONNX_OUTPUTS),
             custom_translation_table=table,
@@ -411,7 +429,8 @@ def export_onnx(model: InferenceModel, path: PathLike) -> Path:
     onnx_model = program.model_proto
     metadata = model.metadata
     metadata["onnx"] = {"opset": OPSET, "inputs_valid": (
-        "False when an offsets input is malformed; every other output is then NaN")}
+        "False when an offsets input is malformed or jet_features has not one row per jet "
+        "(len(constituent_offsets) - 1 rows); every other output is then NaN")}
     del onnx_model.metadata_props[:]
     for key, value in ((METADATA_FILE, json.dumps(metadata, sort_keys=True)),
                        ("hepms_version", hepms.__version__)):
@@ -423,7 +442,7 @@ def export_onnx(model: InferenceModel, path: PathLike) -> Path:
     def save(tmp: str) -> None:
         Path(tmp).write_bytes(onnx_model.SerializeToString())
 
-    save_atomically(path, save)
+    save_atomically(path, save, keep_suffix=True)
     log.info("exported ONNX model to %s", path)
     return path
 
@@ -456,19 +475,6 @@ def _example_inputs(model: InferenceModel) -> tuple[Tensor, Tensor, Tensor, Tens
     constituents = torch.randn(12, f_c, generator=generator).to(device)
     jet_features = torch.randn(5, f_j, generator=generator).to(device)
     return constituents, constituent_offsets, jet_offsets, jet_features
-
-
-def save_atomically(path: Path, save: Callable[[str], None]) -> None:
-    """``save(tmp)`` into a hidden file next to ``path``, then rename it to ``path``: a crash or a
-    full disk never leaves a truncated model under the final name (model files and exports)."""
-    # Hidden, and keeping the suffix: torch.export.save warns about names not ending in .pt2.
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
-        save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @contextlib.contextmanager

@@ -68,8 +68,9 @@ import torch
 from torch import nn
 
 import hepms
+from hepms.atomic import save_atomically
 from hepms.data import Standardizer
-from hepms.export import InferenceModel, save_atomically
+from hepms.export import InferenceModel
 from hepms.features import FeatureSpec
 from hepms.generate.io import UnreadableFileError
 from hepms.nn.models import MultiStep
@@ -254,7 +255,7 @@ def save_model(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomically(path, lambda tmp: torch.save(state, tmp))
+    save_atomically(path, lambda tmp: torch.save(state, tmp), keep_suffix=True)
     log.info("wrote model file %s", path)
     return path
 

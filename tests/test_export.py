@@ -1,6 +1,6 @@
 """Exports: ONNX (hepms.export.export_onnx): onnxruntime outputs equal the torch model's on real
-generated events (with empty jets and jet-less events), invalid offsets give NaN and
-inputs_valid = False, and the file runs without hepms; the entry points of the torch model, its
+generated events (with empty jets and jet-less events), invalid offsets (or jet_features rows
+that are not one per jet) give NaN and inputs_valid = False, and the file runs without hepms; the entry points of the torch model, its
 TorchScript and torch.export files raise for invalid offsets; `hepms export` of a model file."""
 from __future__ import annotations
 
@@ -129,6 +129,33 @@ def test_invalid_offsets_give_nan_and_inputs_valid_false(data, exported) -> None
         assert not bool(out[-1]), what
         for name, array in zip(ONNX_OUTPUTS[:-1], out[:-1]):
             assert np.isnan(array).all(), f"{what}: {name}"
+
+
+def test_jet_feature_rows_not_one_per_jet_give_nan_and_inputs_valid_false(data, exported) -> None:
+    """jet_features with fewer or more rows than the jets of constituent_offsets: the torch model
+    raises naming both counts; the ONNX file runs (no runtime shape error) and flags it."""
+    model, _, session = exported
+    x, co, jo, jf = _inputs(data[:6])
+    jets = len(co) - 1
+    assert jets >= 3
+    extra = torch.cat([jf, jf[:2]])
+    cases = {
+        "one row short": (jf[:-1], torch.cat([jo[:-1], jo[-1:] - 1])),
+        "two rows more": (extra, torch.cat([jo[:-1], jo[-1:] + 2])),
+        "no rows": (jf[:0], torch.zeros_like(jo)),
+        "right rows, jet offsets of other rows": (jf, torch.cat([jo[:-1], jo[-1:] + 2])),
+    }
+    for what, (features, offsets) in cases.items():
+        args = (x, co, offsets, features)
+        message = (f"jet_features has {len(features)} rows but constituent_offsets describes "
+                   f"{jets} jets" if len(features) != jets else "jet_offsets")
+        with pytest.raises(ValueError, match=message):
+            model(*args)
+        out = _run(session, args)
+        assert not bool(out[-1]), what
+        for name, array in zip(ONNX_OUTPUTS[:-1], out[:-1]):
+            assert np.isnan(array).all(), f"{what}: {name}"
+        assert out[2].shape == (len(offsets) - 1,) and out[0].shape == (jets,), what
 
 
 def _bad_inputs(data) -> dict[str, tuple[torch.Tensor, ...]]:

@@ -331,9 +331,11 @@ def test_frozen_upstream_gets_no_gradient():
     model = MultiStep(8, 4, seed=0)
     trainer = Trainer(model, strategy="step_by_step", progress=False)
     phase = trainer.phases[1]
-    trainer._start_phase(phase)
-    out = trainer._forward(phase, data)
-    losses = trainer._losses(phase, out, data)
+    trainer.start_phase(phase)
+    # the public step API (benchmarks): training mode, the frozen upstream model in eval mode
+    assert model.event.training and not model.tau.training and not model.aux.training
+    out = trainer.forward_batch(phase, data)
+    losses = trainer.batch_losses(phase, out, data)
     assert list(losses) == ["event"]
     trainer.balancer.combine(losses).backward()
     assert all(p.grad is None for p in model.tau.parameters())
@@ -346,10 +348,10 @@ def test_w1_zero_trains_the_upstream_only_through_the_event_loss(connection, k):
     model = MultiStep(8, 4, connection=connection, k=k, seed=0)
     trainer = Trainer(model, strategy="w1_zero", progress=False)
     phase = trainer.phases[0]
-    trainer._start_phase(phase)
+    trainer.start_phase(phase)
     assert trainer.balancer.weights() == {"tau": 0.0, "event": 1.0}
-    out = trainer._forward(phase, data)
-    trainer.balancer.combine(trainer._losses(phase, out, data)).backward()
+    out = trainer.forward_batch(phase, data)
+    trainer.balancer.combine(trainer.batch_losses(phase, out, data)).backward()
     assert sum(p.grad.abs().sum() for p in model.tau.parameters()) > 0
     if connection == "additional":  # the auxiliary head only sees the (zero-weighted) tau loss
         assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.aux.parameters())

@@ -17,6 +17,8 @@ from typing import Any, Union
 import awkward as ak
 import numpy as np
 
+from hepms.atomic import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 TREE_NAME = "Events"
@@ -198,17 +200,9 @@ class EventsWriter:
 
 
 def write_json_atomic(path: PathLike, data: Mapping[str, Any]) -> Path:
-    """Write JSON to a temporary name in the same folder, then rename."""
+    """Write JSON (indented, a final newline) atomically (:func:`hepms.atomic.write_text_atomic`)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
     return path
 
 

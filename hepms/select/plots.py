@@ -26,13 +26,16 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = ["plot_alpha_history", "plot_alpha_runs", "plot_selected_pairs", "plot_metric_vs_v1", "plot_scaling",
-           "plot_scaling_auc"]
+           "plot_scaling_auc", "figure", "save_figure"]
 
 PathLike = Union[str, Path]
 
 
 @contextlib.contextmanager
-def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.5) -> Iterator:
+def figure(ncols: int = 1, width: float = 6.0, height: float = 4.5) -> Iterator:
+    """``(fig, axes)`` of ``ncols`` panels side by side in the style of these figures (Agg
+    backend, mplhep ROOT style with moderate font sizes); the figure is closed on exit. Also
+    used by the other figure-writing modules of hepms.select (:mod:`hepms.select.reoptimisation`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -68,7 +71,9 @@ def _seeds(rows: Sequence[Mapping]) -> str:
     return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})"
 
 
-def _save(fig, path: PathLike, layout: bool = True, caption: Optional[str] = None) -> Path:
+def save_figure(fig, path: PathLike, layout: bool = True, caption: Optional[str] = None) -> Path:
+    """Save ``fig`` to ``path`` (folders made) with ``caption`` under the axes and in the file's
+    metadata; ``layout``: apply ``tight_layout`` first. Returns ``path``."""
     from hepms.study.plots import add_caption, figure_metadata
 
     path = Path(path)
@@ -80,11 +85,6 @@ def _save(fig, path: PathLike, layout: bool = True, caption: Optional[str] = Non
                 metadata=figure_metadata(path.suffix.lstrip(".") or "png", path.stem, caption))
     log.info("wrote %s", path)
     return path
-
-
-# The figure and save helpers under public names, for the other figure-writing modules of
-# hepms.select (hepms.select.reoptimisation).
-figure, save_figure = _figure, _save
 
 
 def plot_alpha_history(
@@ -111,7 +111,7 @@ def plot_alpha_runs(
 
     first = next(iter(histories.values()))
     single = len(histories) == 1
-    with _figure(2) as (fig, axes):
+    with figure(2) as (fig, axes):
         for ax, step, label in zip(axes, ("upstream", "downstream"), ("Task 1", "Task 2")):
             names = list(first[0][step])
             colours = dict(zip(names, plt.get_cmap("tab10")(np.arange(len(names)) % 10)))
@@ -128,7 +128,7 @@ def plot_alpha_runs(
         fig.tight_layout()
         for ax in axes:
             place_legend(ax, fontsize=9)
-        return _save(fig, path, layout=False, caption=caption or f"DARTS softmax(alpha) per epoch {title}, "
+        return save_figure(fig, path, layout=False, caption=caption or f"DARTS softmax(alpha) per epoch {title}, "
                      f"{len(histories)} selections; dotted: uniform weight 1/N")
 
 
@@ -142,7 +142,7 @@ def plot_selected_pairs(rows: Sequence[Mapping], path: PathLike, context: str = 
 
     colours = dict(zip(pairs, plt.get_cmap("tab20")(np.linspace(0, 1, max(len(pairs), 2)))))
     handles = {}
-    with _figure(len(methods), width=4.5) as (fig, axes):
+    with figure(len(methods), width=4.5) as (fig, axes):
         for ax, method in zip(axes, methods):
             counts = {v: Counter(f"{r['upstream']}|{r['downstream']}" for r in rows
                                  if r["method"] == method and r["v1"] == v) for v in v1s}
@@ -165,7 +165,7 @@ def plot_selected_pairs(rows: Sequence[Mapping], path: PathLike, context: str = 
         counts = [sum(1 for r in rows if r["method"] == m and r["v1"] == v) for m in methods for v in v1s]
         caption = (f"selected (Task 1 + Task 2) pair per v1 and method, {_span([c for c in counts if c])} runs per bar, "
                    f"{_seeds(rows)}; same colour = same pair in every panel" + (f"; {context}" if context else ""))
-        return _save(fig, path, layout=False, caption=caption)
+        return save_figure(fig, path, layout=False, caption=caption)
 
 
 def plot_metric_vs_v1(
@@ -180,7 +180,7 @@ def plot_metric_vs_v1(
         value = r.get(metric)
         if value is not None and np.isfinite(value):
             grouped[r["method"]][r["v1"]].append(value)
-    with _figure() as (fig, axes):
+    with figure() as (fig, axes):
         ax = axes[0]
         # Methods side by side at each v1 (a small x offset), so that their error bars do not hide
         # one another; the offset is a fraction of the smallest v1 spacing.
@@ -201,7 +201,7 @@ def plot_metric_vs_v1(
         caption = (f"{ylabel or metric}: points: mean over seeds (methods offset slightly in v1), error bars: "
                    "sample s.d. over seeds; "
                    f"{_seeds(used)}" + (f"; {context}" if context else ""))
-        return _save(fig, path, layout=False, caption=caption)
+        return save_figure(fig, path, layout=False, caption=caption)
 
 
 def _by_method_and_n(rows: Sequence[Mapping], key: str) -> dict[str, dict[int, list]]:
@@ -249,7 +249,7 @@ def plot_scaling(
 
     what = "CPU time" if key == "cpu_seconds" else "wall time"
     grouped = _by_method_and_n(rows, key)
-    with _figure() as (fig, axes):
+    with figure() as (fig, axes):
         ax = axes[0]
         for method, by_n in sorted(grouped.items()):
             n, mean, std = _mean_std(by_n)
@@ -266,7 +266,7 @@ def plot_scaling(
         repeats = [len(v) for by_n in grouped.values() for v in by_n.values()]
         caption = (f"points: mean {what} over {_span(repeats)} repeat(s), error bars: sample s.d.; "
                    "dashed: fitted C N^a")
-        return _save(fig, path, layout=False, caption=caption)
+        return save_figure(fig, path, layout=False, caption=caption)
 
 
 def plot_scaling_auc(
@@ -280,7 +280,7 @@ def plot_scaling_auc(
     grouped = _by_method_and_n(rows, key)
     if not grouped:
         raise ValueError(f"no run has {key!r}")
-    with _figure() as (fig, axes):
+    with figure() as (fig, axes):
         ax = axes[0]
         methods = sorted(grouped)
         for k, method in enumerate(methods):
@@ -293,4 +293,4 @@ def plot_scaling_auc(
         repeats = [len(v) for by_n in grouped.values() for v in by_n.values()]
         caption = (f"{ylabel} of the selected chain: points: mean over {_span(repeats)} repeat(s), error bars: "
                    "sample s.d." + (f"; {context}" if context else ""))
-        return _save(fig, path, layout=False, caption=caption)
+        return save_figure(fig, path, layout=False, caption=caption)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from hepms.atomic import save_atomically
 from hepms.config_engine import ConfigError, settings_hash
 from hepms.data import Standardizer, TauEventData, build_dataset, split
 from hepms.features import FeatureSpec
@@ -162,9 +162,7 @@ def _save_dataset(data: TauEventData, path: Path) -> None:
         "event_split": data.event_split,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a half-written cache is never read
+    save_atomically(path, lambda tmp: torch.save(state, tmp))  # a half-written cache is never read
 
 
 def _load_dataset(path: Path) -> TauEventData:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import time
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ import torch
 
 import hepms
 from hepms import metrics
-from hepms.atomic import json_safe, write_text_atomic
+from hepms.atomic import json_safe, save_atomically, write_text_atomic
 from hepms.config_engine import ConfigError, settings_hash
 from hepms.generate.io import UnreadableFileError
 from hepms.model_file import MODEL_FILE, preprocessing, save_model
@@ -279,9 +278,8 @@ def _predict(trainer: Trainer, data: PreparedData) -> dict[str, np.ndarray]:
 def save_predictions(path: Path, predictions: Mapping[str, np.ndarray]) -> None:
     """``predictions.npz``, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **predictions)
-    os.replace(tmp, path)
+    # keep_suffix: numpy.savez appends .npz to a name without it
+    save_atomically(path, lambda tmp: np.savez_compressed(tmp, **predictions), keep_suffix=True)
 
 
 def load_predictions(path: Path) -> dict[str, np.ndarray]:

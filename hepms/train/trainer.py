@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from hepms import __version__, metrics
-from hepms.atomic import json_safe, write_text_atomic
+from hepms.atomic import json_safe, save_atomically, write_text_atomic
 from hepms.data import TauEventData
 from hepms.jagged import Jagged
 from hepms.nn.models import MultiStep
@@ -56,7 +56,7 @@ from hepms.train.strategies import STRATEGIES, Phase, check_balancer, monitor_ke
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "Trainer", "History", "EarlyStopping", "CheckpointError", "data_digest",
-           "check_device"]
+           "check_device", "BatchOutputs"]
 
 # hepms.model_file.load_model reads model_config, model and "preprocessing" (the feature spec and
 # standardisation given to fit; format 2 added it). Resuming also needs "identity" (model
@@ -278,7 +278,10 @@ class History:
 # Trainer
 # ----------------------------------------------------------------------------------------------
 @dataclass
-class _Outputs:
+class BatchOutputs:
+    """What :meth:`Trainer.forward_batch` returns: the outputs a training phase computes (None
+    for those it does not: e.g. ``event_logit`` in the upstream phase of step-by-step)."""
+
     tau_logit: Optional[Tensor]
     intermediate: Optional[Tensor]
     momentum: Optional[Tensor]
@@ -373,20 +376,20 @@ class Trainer:
                               "data": data_digest(train, val), "caller": _canonical(dict(identity or {}))}
         train = train.to(self.device)
         val = val.to(self.device)
-        start_phase, start_epoch, stopper = 0, 0, None
+        first_phase, start_epoch, stopper = 0, 0, None
         self._frozen = None
         if resume_from is not None:
-            start_phase, start_epoch, stopper = self._load_checkpoint(resume_from)
+            first_phase, start_epoch, stopper = self._load_checkpoint(resume_from)
         else:
             self.history = History()
         epochs_run = 0
         # The data were validated above: skip the per-call offsets checks (a GPU sync each).
         with validation(False):
-            for phase_index in range(start_phase, len(self.phases)):
+            for phase_index in range(first_phase, len(self.phases)):
                 phase = self.phases[phase_index]
-                resumed = phase_index == start_phase and resume_from is not None
+                resumed = phase_index == first_phase and resume_from is not None
                 if not resumed:
-                    self._start_phase(phase)
+                    self.start_phase(phase)
                     stopper = EarlyStopping(cfg.patience)
                     first_epoch = 0
                 else:
@@ -481,7 +484,12 @@ class Trainer:
         )
         return trainable
 
-    def _start_phase(self, phase: Phase) -> None:
+    def start_phase(self, phase: Phase) -> None:
+        """Ready the trainer for training steps of ``phase`` (one of ``self.phases``): which
+        parameters train, a fresh balancer (``self.balancer``) and optimizer
+        (``self.optimizer``), and the modules in training mode (a frozen upstream model in
+        eval mode). :meth:`fit` calls it at the start of every phase; benchmarks that time single
+        steps (:meth:`forward_batch`, :meth:`batch_losses`) call it instead of :meth:`fit`."""
         trainable = self._set_trainable(phase)
         self.balancer = self._make_balancer(phase).to(self.device)
         groups = [{"params": trainable}]
@@ -494,6 +502,7 @@ class Trainer:
         self.optimizer = make_optimizer(groups, self.config.lr, fused=True)
         self.history.weight_tasks[phase.name] = list(self.balancer.tasks)
         self.history.step_weights.setdefault(phase.name, [])
+        self._set_modes(phase, True)
 
     def _end_phase(self, phase_index: int, phase: Phase, stopper: EarlyStopping) -> None:
         assert self.balancer is not None
@@ -510,15 +519,22 @@ class Trainer:
         self._write_logs()
 
     # -- one epoch ------------------------------------------------------------------------------
-    def _forward(self, phase: Phase, batch: TauEventData, cached: bool = False,
-                 mixed: bool = False) -> _Outputs:
-        """The phase's outputs on ``batch``; ``cached``: ``batch`` is an :meth:`_upstream_cache`
-        whose rows are the frozen upstream model's outputs per jet; ``mixed``: a training step,
-        run in the configured precision (outputs returned as float32, for float32 losses)."""
+    def forward_batch(self, phase: Phase, batch: TauEventData, cached: bool = False,
+                      mixed: bool = False) -> BatchOutputs:
+        """The outputs of ``phase`` (one of ``self.phases``) on ``batch`` (on the trainer's
+        device), as a training step computes them; gradients flow where the phase trains.
+
+        Args:
+            cached: ``batch`` is an upstream cache (internal to :meth:`fit`): its rows are the
+                frozen upstream model's outputs per jet.
+            mixed: as a training step: in the configured ``precision`` (under
+                ``torch.autocast`` unless float32), the outputs returned as float32 for float32
+                losses. False: in float32.
+        """
         if mixed and self.config.precision != "float32":
             with torch.autocast(self.device.type, dtype=getattr(torch, self.config.precision)):
-                out = self._forward(phase, batch, cached)
-            return _Outputs(*(None if t is None else t.float() for t in
+                out = self.forward_batch(phase, batch, cached)
+            return BatchOutputs(*(None if t is None else t.float() for t in
                               (out.tau_logit, out.intermediate, out.momentum, out.event_logit)))
         model = self.model
         tau_logit = intermediate = momentum = event_logit = None
@@ -536,9 +552,12 @@ class Trainer:
             feed = model.truth_intermediate(batch.jet_labels) if phase.truth_intermediate else intermediate
             assert feed is not None
             event_logit = model.downstream(batch.jet_features, batch.jet_offsets, feed)
-        return _Outputs(tau_logit, intermediate, momentum, event_logit)
+        return BatchOutputs(tau_logit, intermediate, momentum, event_logit)
 
-    def _losses(self, phase: Phase, out: _Outputs, batch: TauEventData) -> dict[str, Tensor]:
+    def batch_losses(self, phase: Phase, out: BatchOutputs, batch: TauEventData) -> dict[str, Tensor]:
+        """The losses of ``phase``'s tasks (``{"tau": ..., "event": ...}``, ``"momentum"`` with a
+        regression head) for the outputs ``out`` of :meth:`forward_batch` on ``batch``, before
+        the balancer weights them (``self.balancer.combine(losses)`` is what a step minimises)."""
         losses: dict[str, Tensor] = {}
         if "tau" in phase.tasks:
             assert out.tau_logit is not None
@@ -632,8 +651,8 @@ class Trainer:
         bar = _progress(n_batches, f"{phase.name} {epoch}", cfg.progress)
         try:
             for batch in _batches(shuffled, cfg.batch_size):
-                out = self._forward(phase, batch, cached is not None, mixed=True)
-                losses = self._losses(phase, out, batch)
+                out = self.forward_batch(phase, batch, cached is not None, mixed=True)
+                losses = self.batch_losses(phase, out, batch)
                 total = self.balancer.combine(losses)
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -682,15 +701,15 @@ class Trainer:
     @torch.inference_mode()
     def _validate(self, phase: Phase, val: TauEventData, cached: bool = False) -> dict[str, float]:
         assert self.balancer is not None
-        outs: list[_Outputs] = [self._forward(phase, b, cached)
+        outs: list[BatchOutputs] = [self.forward_batch(phase, b, cached)
                                 for b in _batches(val, self.config.eval_batch_size)]
 
         def cat(name: str) -> Optional[Tensor]:
             parts = [getattr(o, name) for o in outs]
             return None if not parts or parts[0] is None else torch.cat(parts)
 
-        out = _Outputs(cat("tau_logit"), cat("intermediate"), cat("momentum"), cat("event_logit"))
-        losses = self._losses(phase, out, val)
+        out = BatchOutputs(cat("tau_logit"), cat("intermediate"), cat("momentum"), cat("event_logit"))
+        losses = self.batch_losses(phase, out, val)
         result = {"val_loss": float(self.balancer.combine(losses))}
         for t, value in losses.items():
             result[f"val_{t}"] = float(value)
@@ -759,9 +778,8 @@ class Trainer:
             "hepms_version": __version__,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: a killed run never leaves half a checkpoint
+        # atomic: a killed run never leaves half a checkpoint
+        save_atomically(path, lambda tmp: torch.save(state, tmp))
 
     def _load_checkpoint(self, source: PathLike) -> tuple[int, int, Optional[EarlyStopping]]:
         path = Path(source)
@@ -816,7 +834,7 @@ class Trainer:
         stopper = None
         if phase_index < len(self.phases):
             phase = self.phases[phase_index]
-            self._start_phase(phase)
+            self.start_phase(phase)
             if state["early_stopping"] is not None:
                 # Mid-phase: optimizer, balancer and early stopping continue where they were.
                 assert self.optimizer is not None and self.balancer is not None
