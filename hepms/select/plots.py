@@ -135,16 +135,18 @@ def plot_alpha_runs(
 def plot_selected_pairs(rows: Sequence[Mapping], path: PathLike, context: str = "") -> Path:
     """Stacked counts of the selected pairs per ``v1``, one panel per method; ``context`` (the
     configuration) ends the caption."""
+    from hepms.select.summary import selected_pair
+
     methods = sorted({r["method"] for r in rows})
     v1s = sorted({r["v1"] for r in rows})
-    pairs = sorted({f"{r['upstream']}|{r['downstream']}" for r in rows})
+    pairs = sorted({selected_pair(r) for r in rows})
     import matplotlib.pyplot as plt
 
     colours = dict(zip(pairs, plt.get_cmap("tab20")(np.linspace(0, 1, max(len(pairs), 2)))))
     handles = {}
     with _figure(len(methods), width=4.5) as (fig, axes):
         for ax, method in zip(axes, methods):
-            counts = {v: Counter(f"{r['upstream']}|{r['downstream']}" for r in rows
+            counts = {v: Counter(selected_pair(r) for r in rows
                                  if r["method"] == method and r["v1"] == v) for v in v1s}
             x = np.arange(len(v1s))
             bottom = np.zeros(len(v1s))
@@ -164,7 +166,10 @@ def plot_selected_pairs(rows: Sequence[Mapping], path: PathLike, context: str = 
         fig.tight_layout(rect=(0, 0, 0.78, 1))
         counts = [sum(1 for r in rows if r["method"] == m and r["v1"] == v) for m in methods for v in v1s]
         caption = (f"selected (Task 1 + Task 2) pair per v1 and method, {_span([c for c in counts if c])} runs per bar, "
-                   f"{_seeds(rows)}; same colour = same pair in every panel" + (f"; {context}" if context else ""))
+                   f"{_seeds(rows)}; same colour = same pair in every panel"
+                   + ("; n/a: Task 2 not selected (no Task-2 loss at v1 = 1)"
+                      if any(not r.get("downstream_selected", True) for r in rows) else "")
+                   + (f"; {context}" if context else ""))
         return _save(fig, path, layout=False, caption=caption)
 
 
