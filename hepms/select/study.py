@@ -230,7 +230,7 @@ def run_study(
                     )
                     write_text_atomic(out / "runs" / f"{stem}.json", json.dumps(json_ready(record), indent=1))
                     if root is not None:
-                        write_selection_record(root, config, fingerprint, _record_content(record),
+                        write_selection_record(root, config, fingerprint, record_content(record),
                                                commit=commit, threads=torch.get_num_threads())
                     log.info("%s v1=%g seed=%d: %s | %s, test AUC %s", method, v1, seed,
                              result.upstream, result.downstream, evaluation_metrics["auc_event"])
@@ -293,10 +293,15 @@ def mark_not_applicable(row: dict[str, Any], space: SearchSpace, criterion: str)
     row["not_applicable"] = ";".join(dropped + ([] if chosen else ["downstream_choice"]))
 
 
-def _record_content(record: Mapping[str, Any]) -> dict[str, Any]:
-    """What a selection record keeps of a selection's full record: everything the summary reads,
-    without the search settings (the record carries the settings that determine it)."""
-    return {k: v for k, v in record.items() if k != "settings"}
+def record_content(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a selection record keeps of a selection's full record (``runs/<stem>.json``): what the
+    summary reads, small enough to commit. The per-epoch history (most of the bytes) becomes the
+    epochs per phase; the search settings go (the record carries the settings that determine it)."""
+    from hepms.select.summary import phase_epochs
+
+    out = {k: v for k, v in record.items() if k not in ("settings", "history")}
+    out["epochs"] = phase_epochs(record.get("history") or [])
+    return out
 
 
 def _study_plots(rows: list[dict], out: Path, task: str, validity: bool) -> list[str]:

@@ -45,7 +45,7 @@ from hepms.atomic import json_safe, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_METRICS", "load_study", "selected_pair", "dummy_names", "summarize", "summary_markdown", "write_summary", "main"]
+__all__ = ["SUMMARY_METRICS", "load_study", "selected_pair", "phase_epochs", "dummy_names", "summarize", "summary_markdown", "write_summary", "main"]
 
 PathLike = Union[str, Path]
 
@@ -237,15 +237,23 @@ def summarize(
     return out
 
 
+def phase_epochs(history: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Epochs per training phase (``{"pretrain/upstream/mlp": 12, "grid/mlp|lstm": 7, ...}``) of a
+    selection's per-epoch ``history``: what the summary needs of it, and what a selection record
+    keeps instead of the history."""
+    return dict(Counter(str(h.get("phase", "")) for h in history))
+
+
 def _epochs_run(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """How many epochs each training phase ran (from the records' per-epoch ``history``), per kind
+    """How many epochs each training phase ran (from the records' per-epoch ``history``, or their
+    ``epochs`` per phase: :func:`phase_epochs`), per kind
     of phase: ``{"n", "mean", "max", "at_max"}``; ``at_max`` counts the phases that ran the most
     epochs seen (the configured cap, when any phase reached it). Pre-training is shared by the
     selections of a seed, so each seed's pre-training counts once."""
     runs: dict[tuple, int] = {}
     for rec in records:
         row = rec.get("row", {})
-        counts = Counter(str(h.get("phase", "")) for h in rec.get("history") or [])
+        counts = rec["epochs"] if isinstance(rec.get("epochs"), dict) else phase_epochs(rec.get("history") or [])
         for tag, n in counts.items():
             if tag.startswith("pretrain/"):  # the same phase in every record of the seed
                 key: tuple = ("pretrain", row.get("seed"), tag)
