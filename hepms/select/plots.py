@@ -203,9 +203,15 @@ def plot_metric_vs_v1(
         if grouped:
             place_legend(ax)
         used = [r for r in rows if r.get(metric) is not None and np.isfinite(r.get(metric))]
+        # Selections where the metric does not apply (None: study.mark_not_applicable) are named.
+        left_out = [r for r in rows if metric in r and r[metric] is None]
         caption = (f"{ylabel or metric}: points: mean over seeds (methods offset slightly in v1), error bars: "
                    "sample s.d. over seeds; "
-                   f"{_seeds(used)}" + (f"; {context}" if context else ""))
+                   f"{_seeds(used)}"
+                   + (f"; not applicable, left out: {len(left_out)} selection(s) "
+                      f"({', '.join(sorted({r['method'] + ' v1 ' + format(r['v1'], 'g') for r in left_out}))})"
+                      if left_out else "")
+                   + (f"; {context}" if context else ""))
         return _save(fig, path, layout=False, caption=caption)
 
 

@@ -409,7 +409,7 @@ def summary_markdown(summary: Mapping[str, Any], context: str = "") -> str:
                 lines.append(f"| {m} | " + " | ".join(_paired_cell(table[k]) for k in metrics) + " |")
 
     if summary.get("epochs"):
-        lines += ["", "## Epochs run per training phase (from the records' histories)", "",
+        lines += ["", "## Epochs run per training phase (from the records)", "",
                   "| phase | phases | mean epochs | most epochs | phases with the most |", "|---|---|---|---|---|"]
         for kind, e in summary["epochs"].items():
             lines.append(f"| {kind} | {e['n']} | {e['mean']:.1f} | {e['max']} | {e['at_max']} |")
