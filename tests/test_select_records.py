@@ -93,3 +93,14 @@ def test_the_key_leaves_out_the_study_lists_and_checks_the_records(tiny_sample, 
                                                       "data_fingerprint": "f", "settings": {}, "row": {}}))
     assert load_selection_records(tmp_path, base, "f", [("grid", 0.5, 0)]) == {}
     assert "unreadable" in caplog.text and "do not hash to its key" in caplog.text
+
+
+def test_the_printed_table_says_n_a_for_what_does_not_apply():
+    from hepms.select.cli import row_line
+
+    row = {"method": "grid", "v1": 1.0, "seed": 3, "upstream": "deepsets", "downstream": "zeros",
+           "downstream_selected": False, "test_auc_event": None, "test_mse": 0.0052, "test_validity": 0.995}
+    line = row_line(row, "test_mse")
+    assert "deepsets + n/a" in line and "n/a" in line.split("n/a", 1)[1] and "0.0052" in line and "0.995" in line
+    assert "0.7500" in row_line({**row, "downstream_selected": True, "downstream": "mlp2", "test_auc_event": 0.75},
+                                "test_mse")
