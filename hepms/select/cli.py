@@ -95,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def row_line(row: dict, metric: str) -> str:
     """One selection as a line of the table ``hepms select`` prints; ``n/a`` for a metric that
     does not apply (None: :func:`hepms.select.study.mark_not_applicable`)."""
-    from hepms.select.summary import selected_pair
+    from hepms.select.records import selected_pair
 
     def number(value: Optional[float], spec: str) -> str:
         return "n/a" if value is None else format(value, spec)

@@ -135,7 +135,7 @@ def plot_alpha_runs(
 def plot_selected_pairs(rows: Sequence[Mapping], path: PathLike, context: str = "") -> Path:
     """Stacked counts of the selected pairs per ``v1``, one panel per method; ``context`` (the
     configuration) ends the caption."""
-    from hepms.select.summary import selected_pair
+    from hepms.select.records import selected_pair
 
     methods = sorted({r["method"] for r in rows})
     v1s = sorted({r["v1"] for r in rows})

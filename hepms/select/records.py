@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["SELECTION_RECORD_FORMAT", "SelectionKey", "selection_settings", "selection_key", "selection_record_path",
-           "load_selection_records", "write_selection_record"]
+           "load_selection_records", "write_selection_record", "selected_pair"]
 
 SELECTION_RECORD_FORMAT = "hepms.selection/1"
 
@@ -67,6 +67,15 @@ def selection_key(config: "SelectionConfig", method: str, v1: float, seed: int) 
 def selection_record_path(root: Path, method: str, v1: float, seed: int, key: str, fingerprint: str) -> Path:
     """Where the record of the selection ``(method, v1, seed)`` with ``key`` on data ``fingerprint`` lives."""
     return Path(root) / f"{method}_v1-{float(v1):g}_seed-{int(seed)}-{key[:8]}-{fingerprint[:8]}.json"
+
+
+def selected_pair(row: Mapping[str, Any]) -> str:
+    """``"upstream|downstream"`` of a selection's row; the downstream is ``n/a`` where the
+    selection did not choose it (``downstream_selected: false``: no Task-2 loss at ``v1 = 1``,
+    :func:`hepms.select.study.mark_not_applicable`). Rows written before that flag existed count
+    as chosen."""
+    down = row["downstream"] if row.get("downstream_selected", True) else "n/a"
+    return f"{row['upstream']}|{down}"
 
 
 def _problem(record: Any) -> Optional[str]:

@@ -42,10 +42,11 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from hepms.atomic import json_safe, write_text_atomic
+from hepms.select.records import selected_pair
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_METRICS", "load_study", "selected_pair", "phase_epochs", "dummy_names", "summarize", "summary_markdown", "write_summary", "main"]
+__all__ = ["SUMMARY_METRICS", "load_study", "phase_epochs", "dummy_names", "summarize", "summary_markdown", "write_summary", "main"]
 
 PathLike = Union[str, Path]
 
@@ -88,14 +89,6 @@ def dummy_names(config: Optional[Mapping[str, Any]]) -> set[str]:
         return set(_DUMMY_NAMES)
     return {name for step in config["candidates"].values() for name, spec in step.items()
             if spec.get("kind") in DUMMY_KINDS}
-
-
-def selected_pair(row: Mapping[str, Any]) -> str:
-    """``"upstream|downstream"`` of a selection; the downstream is ``n/a`` where the selection did
-    not choose it (``downstream_selected: false``: no Task-2 loss at ``v1 = 1``,
-    :func:`hepms.select.study.mark_not_applicable`)."""
-    down = row["downstream"] if row.get("downstream_selected", True) else "n/a"
-    return f"{row['upstream']}|{down}"
 
 
 _pair = selected_pair
