@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hepms.select.config import load_selection_config
 from hepms.select.records import SELECTION_RECORD_FORMAT, load_selection_records, selection_key
@@ -57,7 +58,19 @@ def test_a_rerun_trains_nothing_and_a_new_v1_runs_only_its_selections(tiny_sampl
     monkeypatch.undo()
 
     # A new v1 value: only its two selections run; the ends of the scan mark what has no meaning.
+    pretrained = []
+    real_pretrain = study.pretrain
+    monkeypatch.setattr(study, "pretrain", lambda *a, **k: pretrained.append(real_pretrain(*a, **k)) or pretrained[-1])
     grown = study.run_study(_config(tiny_sample, records, v1=[0.5, 1.0]), tmp_path / "c", progress=False)
+    monkeypatch.undo()
+    # At v1 = 1 Task 2 gets no gradient: DARTS's Task-2 weights stay uniform (argmax: the first
+    # candidate, "mass"), and the chain's Task-2 model is exactly its pre-trained self.
+    from hepms.model_file import load_model
+
+    chain = load_model(tmp_path / "c" / "runs" / "darts_v1-1_seed-0.model.pt").network
+    assert chain.names[1] == "mass" and len(pretrained) == 1
+    for name, value in pretrained[0].downstream["mass"].items():
+        assert torch.equal(chain.downstream.state_dict()[name], value), name
     assert grown["selections"] == {"run": 2, "recorded": 2, "records": str(records)}
     assert len(list(records.glob("*.json"))) == 4
     for row in grown["rows"]:
