@@ -12,6 +12,13 @@ machine, rows), ``results.csv`` (rows),
 ``runs/<method>_v1-<v1>_seed-<seed>.json`` (each selection's full record),
 ``runs/<method>_v1-<v1>_seed-<seed>.model.pt`` (the selected, trained chain as a model file:
 :func:`hepms.model_file.load_model`) and the plots.
+
+With ``study.records`` (:mod:`hepms.select.records`) every finished selection is also written
+there as a small committable record, and a selection whose record matches (settings hash and data
+fingerprint) is taken from it instead of being run: its row joins the results and its record is
+copied to ``runs/``, without a model file. A seed whose selections are all recorded is not
+pre-trained. At the ends of the ``v1`` scan, :func:`mark_not_applicable` marks in each row what
+has no meaning there.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ from hepms.select.validity import chain_upstream_outputs, fit_reference, validit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_study", "load_events", "prepare_study_data", "first_events_per_process", "study_fingerprint", "rows_csv"]
+__all__ = ["run_study", "mark_not_applicable", "record_content", "load_events", "prepare_study_data", "first_events_per_process", "study_fingerprint", "rows_csv"]
 
 PathLike = Union[str, Path]
 
