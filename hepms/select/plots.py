@@ -199,6 +199,12 @@ def plot_metric_vs_v1(
             ax.errorbar(np.asarray(v1s) + shift, mean, yerr=std, marker="o", capsize=3, label=method)
         ax.set_xlabel(r"$v_1$ (Task-1 weight)")
         ax.set_ylabel(ylabel or metric)
+        # A positive metric spanning more than two decades (the Task-1 MSE at v1 = 0, where Task 1
+        # has no loss of its own) would flatten every other point on a linear axis.
+        means = [np.mean(vals) for by_v1 in grouped.values() for vals in by_v1.values()]
+        log_scale = bool(means) and min(means) > 0 and max(means) / min(means) > 100
+        if log_scale:
+            ax.set_yscale("log")
         fig.tight_layout()
         if grouped:
             place_legend(ax)
@@ -206,7 +212,8 @@ def plot_metric_vs_v1(
         # Selections where the metric does not apply (None: study.mark_not_applicable) are named.
         left_out = [r for r in rows if metric in r and r[metric] is None]
         caption = (f"{ylabel or metric}: points: mean over seeds (methods offset slightly in v1), error bars: "
-                   "sample s.d. over seeds; "
+                   "sample s.d. over seeds" + (" (log scale: the means span more than two decades)" if log_scale else "")
+                   + "; "
                    f"{_seeds(used)}"
                    + (f"; not applicable, left out: {len(left_out)} selection(s) "
                       f"({', '.join(sorted({r['method'] + ' v1 ' + format(r['v1'], 'g') for r in left_out}))})"
