@@ -161,3 +161,33 @@ def test_a_stopped_study_is_summarised_with_its_configuration(study, tmp_path):
     assert s["provenance"]["complete"] is False and s["provenance"]["settings_hash"]
     assert s["selections"] == 3 and s["dummy_candidates"] == ["noise", "zeros"]
     assert "stopped before it finished" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_the_ends_of_the_v1_scan(study):
+    rows, records = study
+    ends = []
+    for seed in (0, 1, 2):
+        for method in ("grid", "spos", "darts"):
+            # v1 = 1: Task 2 was not chosen (a dummy there is no selection, and its AUC is n/a).
+            ends.append({**_row(method, 1.0, seed, "ds", "zeros" if method == "darts" else "mass", 0.01, None, 0.99),
+                         "downstream_selected": False, "not_applicable": "downstream_choice"})
+            ends.append(_row(method, 0.0, seed, "ds", "mass", 0.5 + 0.1 * seed, 0.82, 0.4))
+    s = summarize(rows + ends, records, dummies={"zeros", "noise"})
+    assert s["v1"] == [0.0, 0.1, 0.9, 1.0]
+    assert s["dummies"]["darts"]["selected"] == 1  # the v1 = 0.1 one only
+    assert s["pairs"]["darts"][1.0] == {"ds|n/a": {"count": 3, "fraction": 1.0}}
+    agree = s["agreement"]["grid|spos"]
+    # v1 = 1 leaves the pair comparison (no Task-2 choice), not the Task-1 one.
+    assert agree["by_v1"][1.0] == {"agree": 0, "n": 0} and agree["by_v1"][0.0] == {"agree": 3, "n": 3}
+    assert (agree["agree"], agree["n"], agree["same_upstream"], agree["n_upstream"]) == (8, 9, 12, 12)
+    assert s["metrics"]["grid"][1.0]["test_auc_event"] == {"mean": None, "sd": None, "n": 0}
+    # The full trend spans 0 -> 1; the inner one 0.1 -> 0.9 (both tasks have a loss).
+    assert s["v1_trend"]["grid"]["test_mse"]["v1"] == [0.0, 1.0]
+    assert s["v1_trend"]["grid"]["test_auc_event"]["n"] == 0
+    inner = s["v1_trend_inner"]["grid"]["test_mse"]
+    assert inner["v1"] == [0.1, 0.9] and inner["mean"] == pytest.approx(-0.04)
+    text = summary_markdown(s)
+    assert "v1 = 0.9 minus at v1 = 0.1" in text and "v1 = 1 minus at v1 = 0" in text
+    assert "ds + n/a 3" in text
+    # ...and without the ends there is no inner trend.
+    assert summarize(rows, records)["v1_trend_inner"] == {}

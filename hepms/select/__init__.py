@@ -13,7 +13,8 @@ among declared candidates.
 * :mod:`hepms.select.validity` (Gaussian-process reference for Task-1 outputs),
   :mod:`hepms.select.scaling` (wall time vs number of candidates), :mod:`hepms.select.plots`,
   :mod:`hepms.select.study` (methods x v1 x seeds), :mod:`hepms.select.cli` (``hepms select``),
-  :mod:`hepms.select.summary` (the MSNAS paper's answers from a study's records).
+  :mod:`hepms.select.summary` (the MSNAS paper's answers from a study's records),
+  :mod:`hepms.select.records` (committable selection records: studies that resume and grow).
 
 Example::
 

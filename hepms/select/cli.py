@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from hepms.console import add_verbosity_arguments, setup_logging, show_progress
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "row_line"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,12 +88,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{'method':<6} {'v1':>5} {'seed':>4}  {'selected pair':<32} {'test AUC':>8} {metric:>12}"
           + ("  validity" if any("test_validity" in r for r in rows) else ""))
     for r in rows:
-        pair = f"{r['upstream']} + {r['downstream']}"
-        line = f"{r['method']:<6} {r['v1']:>5g} {r['seed']:>4}  {pair:<32} {r['test_auc_event']:>8.4f} {r.get(metric, float('nan')):>12.4g}"
-        if "test_validity" in r:
-            line += f"  {r['test_validity']:.3f}"
-        print(line)
+        print(row_line(r, metric))
     return 0
+
+
+def row_line(row: dict, metric: str) -> str:
+    """One selection as a line of the table ``hepms select`` prints; ``n/a`` for a metric that
+    does not apply (None: :func:`hepms.select.study.mark_not_applicable`)."""
+    from hepms.select.records import selected_pair
+
+    def number(value: Optional[float], spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    pair = selected_pair(row).replace("|", " + ")
+    line = (f"{row['method']:<6} {row['v1']:>5g} {row['seed']:>4}  {pair:<32} "
+            f"{number(row['test_auc_event'], '.4f'):>8} {number(row.get(metric, float('nan')), '.4g'):>12}")
+    if "test_validity" in row:
+        line += f"  {number(row['test_validity'], '.3f')}"
+    return line
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Sections (all optional; see ``analyses/htautau/config/select.yaml``)::
     task:        calibration | tau_id                  (Task 1)
     candidates:  upstream: {name: {kind, ...}}, downstream: {name: {kind, ...}}
     settings:    SearchSettings fields (lr, alpha_lr, epochs, patience, epsilon, criterion, ...)
-    study:       methods, v1 (list), seeds (list), validity{...}, threads, plots
+    study:       methods, v1 (list), seeds (list), validity{...}, threads, plots, records
 
 The keys shared with the run configuration (``data.max_jets``, ``data.split_seed``, ...) and with
 the generator (``data.generate.*``) are the same :class:`~hepms.config_engine.Key` objects, so their
@@ -119,6 +119,9 @@ def selection_schema() -> dict[str, Any]:
             },
             "threads": Key(None, "torch CPU threads (null: torch's default)", int, nullable=True, check=_positive),
             "plots": Key(True, "draw the figures", bool),
+            "records": Key(None, "folder of the selection records (hepms.select.records), relative to the working "
+                           "directory: finished selections are written there and skipped when found (null: none)",
+                           str, nullable=True),
         },
     }
     return _SCHEMA_CACHE
@@ -138,6 +141,7 @@ class SelectionConfig:
     validity: dict = field(default_factory=dict)
     threads: Optional[int] = None
     plots: bool = True
+    records: Optional[str] = None
     source: Optional[str] = None
 
     def to_dict(self) -> dict:
@@ -181,5 +185,6 @@ def load_selection_config(source: Union[str, os.PathLike, Mapping[str, Any]]) ->
         validity=study["validity"],
         threads=study["threads"],
         plots=study["plots"],
+        records=study["records"],
         source=origin,
     )

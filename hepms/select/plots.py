@@ -135,16 +135,18 @@ def plot_alpha_runs(
 def plot_selected_pairs(rows: Sequence[Mapping], path: PathLike, context: str = "") -> Path:
     """Stacked counts of the selected pairs per ``v1``, one panel per method; ``context`` (the
     configuration) ends the caption."""
+    from hepms.select.records import selected_pair
+
     methods = sorted({r["method"] for r in rows})
     v1s = sorted({r["v1"] for r in rows})
-    pairs = sorted({f"{r['upstream']}|{r['downstream']}" for r in rows})
+    pairs = sorted({selected_pair(r) for r in rows})
     import matplotlib.pyplot as plt
 
     colours = dict(zip(pairs, plt.get_cmap("tab20")(np.linspace(0, 1, max(len(pairs), 2)))))
     handles = {}
     with figure(len(methods), width=4.5) as (fig, axes):
         for ax, method in zip(axes, methods):
-            counts = {v: Counter(f"{r['upstream']}|{r['downstream']}" for r in rows
+            counts = {v: Counter(selected_pair(r) for r in rows
                                  if r["method"] == method and r["v1"] == v) for v in v1s}
             x = np.arange(len(v1s))
             bottom = np.zeros(len(v1s))
@@ -164,7 +166,10 @@ def plot_selected_pairs(rows: Sequence[Mapping], path: PathLike, context: str = 
         fig.tight_layout(rect=(0, 0, 0.78, 1))
         counts = [sum(1 for r in rows if r["method"] == m and r["v1"] == v) for m in methods for v in v1s]
         caption = (f"selected (Task 1 + Task 2) pair per v1 and method, {_span([c for c in counts if c])} runs per bar, "
-                   f"{_seeds(rows)}; same colour = same pair in every panel" + (f"; {context}" if context else ""))
+                   f"{_seeds(rows)}; same colour = same pair in every panel"
+                   + ("; n/a: Task 2 not selected (no Task-2 loss at v1 = 1)"
+                      if any(not r.get("downstream_selected", True) for r in rows) else "")
+                   + (f"; {context}" if context else ""))
         return save_figure(fig, path, layout=False, caption=caption)
 
 
@@ -194,13 +199,26 @@ def plot_metric_vs_v1(
             ax.errorbar(np.asarray(v1s) + shift, mean, yerr=std, marker="o", capsize=3, label=method)
         ax.set_xlabel(r"$v_1$ (Task-1 weight)")
         ax.set_ylabel(ylabel or metric)
+        # A positive metric spanning more than two decades (the Task-1 MSE at v1 = 0, where Task 1
+        # has no loss of its own) would flatten every other point on a linear axis.
+        means = [np.mean(vals) for by_v1 in grouped.values() for vals in by_v1.values()]
+        log_scale = bool(means) and min(means) > 0 and max(means) / min(means) > 100
+        if log_scale:
+            ax.set_yscale("log")
         fig.tight_layout()
         if grouped:
             place_legend(ax)
         used = [r for r in rows if r.get(metric) is not None and np.isfinite(r.get(metric))]
+        # Selections where the metric does not apply (None: study.mark_not_applicable) are named.
+        left_out = [r for r in rows if metric in r and r[metric] is None]
         caption = (f"{ylabel or metric}: points: mean over seeds (methods offset slightly in v1), error bars: "
-                   "sample s.d. over seeds; "
-                   f"{_seeds(used)}" + (f"; {context}" if context else ""))
+                   "sample s.d. over seeds" + (" (log scale: the means span more than two decades)" if log_scale else "")
+                   + "; "
+                   f"{_seeds(used)}"
+                   + (f"; not applicable, left out: {len(left_out)} selection(s) "
+                      f"({', '.join(sorted({r['method'] + ' v1 ' + format(r['v1'], 'g') for r in left_out}))})"
+                      if left_out else "")
+                   + (f"; {context}" if context else ""))
         return save_figure(fig, path, layout=False, caption=caption)
 
 

@@ -12,6 +12,13 @@ machine, rows), ``results.csv`` (rows),
 ``runs/<method>_v1-<v1>_seed-<seed>.json`` (each selection's full record),
 ``runs/<method>_v1-<v1>_seed-<seed>.model.pt`` (the selected, trained chain as a model file:
 :func:`hepms.model_file.load_model`) and the plots.
+
+With ``study.records`` (:mod:`hepms.select.records`) every finished selection is also written
+there as a small committable record, and a selection whose record matches (settings hash and data
+fingerprint) is taken from it instead of being run: its row joins the results and its record is
+copied to ``runs/``, without a model file. A seed whose selections are all recorded is not
+pre-trained. At the ends of the ``v1`` scan, :func:`mark_not_applicable` marks in each row what
+has no meaning there.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ from hepms.select.validity import chain_upstream_outputs, fit_reference, validit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_study", "load_events", "prepare_study_data", "first_events_per_process", "study_fingerprint", "rows_csv"]
+__all__ = ["run_study", "mark_not_applicable", "record_content", "load_events", "prepare_study_data", "first_events_per_process", "study_fingerprint", "rows_csv"]
 
 PathLike = Union[str, Path]
 
@@ -135,13 +142,18 @@ def run_study(
     Returns:
         ``{"config", "machine", "rows", "files"}`` as written to ``results.json``.
     """
-    from hepms._machine import describe
+    from hepms._machine import describe, git_commit
+    from hepms.select.records import load_selection_records, write_selection_record
 
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(int(config.threads))
     started = time.perf_counter()
+    cpu_started = time.process_time()
+    # The commit of the code that runs, taken once: records written later name it, not whatever
+    # the checkout has moved to meanwhile.
+    commit = git_commit()
     if prepared is None:
         prepared = prepare_study_data(config, load_events(config, out, progress))
     space = SearchSpace.create(prepared, config.task, **config.candidates)
@@ -149,63 +161,93 @@ def run_study(
     # The splits are named here once: selection gets train + val, the test split is only read
     # by evaluate_chain / the validity check after a selection has returned.
     train, val, test = prepared.train, prepared.val, prepared.test
-
-    reference = fit_reference(space.task, kinematics, train, config.validity)
-    if reference is not None:
-        gp_mean, gp_sigma, tau_mask = reference.predict(test)
     fingerprint = study_fingerprint(config, out)
     nsigma = config.validity["nsigma"]
 
+    planned = [(method, float(v1), int(seed)) for seed in config.seeds for v1 in config.v1 for method in config.methods]
+    root = Path(config.records) if config.records else None
+    if root is not None and fingerprint is None:
+        log.warning("study.records is set, but the events have no data fingerprint (no manifest): "
+                    "records are neither read nor written")
+        root = None
+    done = load_selection_records(root, config, fingerprint, planned)
+    if root is not None:
+        log.info("%d of %d selections recorded in %s", len(done), len(planned), root)
+
+    reference = None
     rows: list[dict] = []
     files: list[str] = []
+    counts = {"run": 0, "recorded": 0}
     for seed in config.seeds:
         base = config.settings.replace(seed=int(seed), progress=progress)
-        shared = pretrain(space, train, val, base)
-        log.info("seed %d: pre-training %.1f s", seed, shared.seconds)
+        shared = None
+        if any((m, v, s) not in done for m, v, s in planned if s == int(seed)):
+            # Pre-training only for a seed with work left; the GP reference once, when first needed.
+            shared = pretrain(space, train, val, base)
+            log.info("seed %d: pre-training %.1f s", seed, shared.seconds)
+            if reference is None:
+                reference = fit_reference(space.task, kinematics, train, config.validity)
+                if reference is not None:
+                    gp_mean, gp_sigma, tau_mask = reference.predict(test)
         for v1 in config.v1:
             for method in config.methods:
-                settings = base.replace(v1=float(v1))
-                result = select(method, space, train, val, settings, pretrained=shared)
-                evaluation_metrics = evaluate_chain(result.chain, test, kinematics, float(v1), settings.eval_batch_size)
-                row: dict[str, Any] = {
-                    "method": method,
-                    "v1": float(v1),
-                    "seed": int(seed),
-                    "upstream": result.upstream,
-                    "downstream": result.downstream,
-                    "seconds": result.timings.get("total", math.nan),
-                    "pretrain_seconds": shared.seconds,
-                }
-                row.update({f"val_{k}": v for k, v in result.val_metrics.items()})
-                row.update({f"test_{k}": v for k, v in evaluation_metrics.items()})
-                if reference is not None:
-                    u = chain_upstream_outputs(result.chain, test, kinematics, settings.eval_batch_size)
-                    row.update({f"test_{k}": v for k, v in validity_fraction(u, gp_mean, gp_sigma, tau_mask, nsigma).items()})
-                rows.append(row)
-                record = {**result.to_dict(), "evaluation_metrics": evaluation_metrics, "row": row}
                 stem = f"{method}_v1-{_fmt(v1)}_seed-{seed}"
-                save_model(
-                    out / "runs" / f"{stem}.model.pt", result.chain, prepared.spec, prepared.scaler,
-                    builder=CHAIN_BUILDER,
-                    config=chain_config(space, result.upstream, result.downstream),
-                    data_fingerprint=fingerprint,
-                    settings_hash=settings_hash({"config": config.to_dict(), "method": method,
-                                                 "v1": float(v1), "seed": int(seed)}),
-                    producer="hepms select",
-                    extra={"method": method, "v1": float(v1), "seed": int(seed),
-                           "upstream": result.upstream, "downstream": result.downstream},
-                )
-                path = out / "runs" / f"{stem}.json"
-                write_text_atomic(path, json.dumps(json_ready(record), indent=1))
-                if config.plots and method == "darts" and seed == config.seeds[0]:
+                recorded = done.get((method, float(v1), int(seed)))
+                if recorded is not None:
+                    counts["recorded"] += 1
+                    rows.append(recorded["row"])
+                    write_text_atomic(out / "runs" / f"{stem}.json", json.dumps(json_ready(recorded), indent=1))
+                    alpha_history = recorded.get("alpha_history") or []
+                    log.info("%s v1=%g seed=%d: recorded in %s", method, v1, seed, recorded["_record"])
+                else:
+                    counts["run"] += 1
+                    settings = base.replace(v1=float(v1))
+                    result = select(method, space, train, val, settings, pretrained=shared)
+                    evaluation_metrics = evaluate_chain(result.chain, test, kinematics, float(v1),
+                                                        settings.eval_batch_size)
+                    row: dict[str, Any] = {
+                        "method": method,
+                        "v1": float(v1),
+                        "seed": int(seed),
+                        "upstream": result.upstream,
+                        "downstream": result.downstream,
+                        "seconds": result.timings.get("total", math.nan),
+                        "pretrain_seconds": shared.seconds,
+                    }
+                    row.update({f"val_{k}": v for k, v in result.val_metrics.items()})
+                    row.update({f"test_{k}": v for k, v in evaluation_metrics.items()})
+                    if reference is not None:
+                        u = chain_upstream_outputs(result.chain, test, kinematics, settings.eval_batch_size)
+                        row.update({f"test_{k}": v for k, v in
+                                    validity_fraction(u, gp_mean, gp_sigma, tau_mask, nsigma).items()})
+                    mark_not_applicable(row, space, settings.criterion)
+                    rows.append(row)
+                    record = {**result.to_dict(), "evaluation_metrics": evaluation_metrics, "row": row}
+                    alpha_history = result.alpha_history
+                    save_model(
+                        out / "runs" / f"{stem}.model.pt", result.chain, prepared.spec, prepared.scaler,
+                        builder=CHAIN_BUILDER,
+                        config=chain_config(space, result.upstream, result.downstream),
+                        data_fingerprint=fingerprint,
+                        settings_hash=settings_hash({"config": config.to_dict(), "method": method,
+                                                     "v1": float(v1), "seed": int(seed)}),
+                        producer="hepms select",
+                        extra={"method": method, "v1": float(v1), "seed": int(seed),
+                               "upstream": result.upstream, "downstream": result.downstream},
+                    )
+                    write_text_atomic(out / "runs" / f"{stem}.json", json.dumps(json_ready(record), indent=1))
+                    if root is not None:
+                        write_selection_record(root, config, fingerprint, record_content(record),
+                                               commit=commit, threads=torch.get_num_threads())
+                    log.info("%s v1=%g seed=%d: %s | %s, test AUC %s", method, v1, seed,
+                             result.upstream, result.downstream, evaluation_metrics["auc_event"])
+                if config.plots and method == "darts" and seed == config.seeds[0] and alpha_history:
                     from hepms.select.plots import plot_alpha_history
 
                     files.append(str(plot_alpha_history(
-                        result.alpha_history, out / f"alpha_v1-{_fmt(v1)}.png", rf"($v_1$ = {v1:g})",
+                        alpha_history, out / f"alpha_v1-{_fmt(v1)}.png", rf"($v_1$ = {v1:g})",
                         caption=f"DARTS softmax(alpha) per epoch, v1 = {v1:g}, seed {seed} (one selection); "
                                 "dotted: uniform weight 1/N")))
-                log.info("%s v1=%g seed=%d: %s | %s, test AUC %.4f", method, v1, seed,
-                         result.upstream, result.downstream, evaluation_metrics["auc_event"])
     if config.plots and rows:
         files += _study_plots(rows, out, space.task.name, reference is not None)
     summary = {
@@ -215,7 +257,12 @@ def run_study(
         "settings_hash": settings_hash(config.to_dict()),
         "data_fingerprint": fingerprint,
         "machine": describe(config.settings.device),
+        "hepms_commit": commit,
+        # This invocation's cost: selections found in study.records cost nothing here (their rows
+        # carry the seconds of the run that made them).
         "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+        "selections": {**counts, "records": str(root) if root is not None else None},
         "rows": rows,
         "files": files,
     }
@@ -223,6 +270,45 @@ def run_study(
     if rows:
         write_text_atomic(out / "results.csv", rows_csv(rows))
     return summary
+
+
+#: Row metrics of the Task-2 model (validation and test).
+_TASK2_METRICS = ("val_loss2", "val_auc_event", "test_loss2", "test_auc_event")
+
+
+def mark_not_applicable(row: dict[str, Any], space: SearchSpace, criterion: str) -> None:
+    """Mark in ``row`` what has no meaning at the ends of the ``v1`` scan (in place).
+
+    At ``v1 = 1`` Task 2 gets no loss during the selection: its weights keep their pre-training on
+    truth, DARTS's Task-2 architecture weights get no gradient (they stay uniform) and the loss
+    criterion of grid search and SPOS cannot tell the Task-2 models apart. The Task-2 model of
+    the chain is then no selection (``downstream_selected: False``; with ``criterion: auc`` grid
+    search and SPOS do choose it, by its validation AUC). Its metrics stay numbers when it is a
+    pre-trained model (a trained model, evaluated on calibrated input), and become None when it is
+    a dummy, which was never trained. At ``v1 = 0`` nothing is dropped: Task 1 gets no loss of its
+    own, but it was pre-trained on truth and is trained through Task 2's loss, so both its choice
+    and its MSE / GP validity (how much of the calibration survives) mean something.
+    """
+    from hepms.select.candidates import is_dummy
+
+    chosen = not (row["v1"] == 1.0 and (row["method"] == "darts" or criterion != "auc"))
+    row["downstream_selected"] = chosen
+    dropped = []
+    if row["v1"] == 1.0 and is_dummy(space.downstream[row["downstream"]]):
+        dropped = [k for k in _TASK2_METRICS if k in row]
+        row.update(dict.fromkeys(dropped))
+    row["not_applicable"] = ";".join(dropped + ([] if chosen else ["downstream_choice"]))
+
+
+def record_content(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a selection record keeps of a selection's full record (``runs/<stem>.json``): what the
+    summary reads, small enough to commit. The per-epoch history (most of the bytes) becomes the
+    epochs per phase; the search settings go (the record carries the settings that determine it)."""
+    from hepms.select.summary import phase_epochs
+
+    out = {k: v for k, v in record.items() if k not in ("settings", "history")}
+    out["epochs"] = phase_epochs(record.get("history") or [])
+    return out
 
 
 def _study_plots(rows: list[dict], out: Path, task: str, validity: bool) -> list[str]:

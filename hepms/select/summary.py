@@ -42,10 +42,11 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from hepms.atomic import json_safe, write_text_atomic
+from hepms.select.records import selected_pair
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_METRICS", "load_study", "dummy_names", "summarize", "summary_markdown", "write_summary", "main"]
+__all__ = ["SUMMARY_METRICS", "load_study", "phase_epochs", "dummy_names", "summarize", "summary_markdown", "write_summary", "main"]
 
 PathLike = Union[str, Path]
 
@@ -90,8 +91,7 @@ def dummy_names(config: Optional[Mapping[str, Any]]) -> set[str]:
             if spec.get("kind") in DUMMY_KINDS}
 
 
-def _pair(row: Mapping[str, Any]) -> str:
-    return f"{row['upstream']}|{row['downstream']}"
+_pair = selected_pair
 
 
 def _mean_sd(values: Sequence[float]) -> dict[str, Any]:
@@ -139,26 +139,34 @@ def summarize(
     out["dummies"] = {}
     for m in methods:
         mine = [r for k, r in by_key.items() if k[0] == m]
-        chosen = [r for r in mine if r["upstream"] in dummies or r["downstream"] in dummies]
+        chosen = [r for r in mine if r["upstream"] in dummies
+                  or (r["downstream"] in dummies and r.get("downstream_selected", True))]
         out["dummies"][m] = {"selected": len(chosen), "runs": len(mine),
                              "which": [{"v1": r["v1"], "seed": r["seed"], "pair": _pair(r)} for r in chosen]}
 
+    def chose_both(key: tuple) -> bool:
+        return by_key[key].get("downstream_selected", True)
+
     out["agreement"] = {}
     for a, b in itertools.combinations(methods, 2):
+        # Pairs (and Task-2 models) are compared only where both methods chose both models;
+        # Task-1 models wherever both ran.
         per_v1 = {}
         for v in v1s:
             common = [s for s in seeds if (a, v, s) in by_key and (b, v, s) in by_key]
-            same = [s for s in common if _pair(by_key[(a, v, s)]) == _pair(by_key[(b, v, s)])]
-            per_v1[v] = {"agree": len(same), "n": len(common)}
+            both = [s for s in common if chose_both((a, v, s)) and chose_both((b, v, s))]
+            same = [s for s in both if _pair(by_key[(a, v, s)]) == _pair(by_key[(b, v, s)])]
+            per_v1[v] = {"agree": len(same), "n": len(both)}
         agree = sum(x["agree"] for x in per_v1.values())
         n = sum(x["n"] for x in per_v1.values())
         # Same upstream / downstream alone: where the methods differ, in which task.
-        up = sum(1 for v in v1s for s in seeds if (a, v, s) in by_key and (b, v, s) in by_key
-                 and by_key[(a, v, s)]["upstream"] == by_key[(b, v, s)]["upstream"])
-        down = sum(1 for v in v1s for s in seeds if (a, v, s) in by_key and (b, v, s) in by_key
+        ran = [(v, s) for v in v1s for s in seeds if (a, v, s) in by_key and (b, v, s) in by_key]
+        up = sum(1 for v, s in ran if by_key[(a, v, s)]["upstream"] == by_key[(b, v, s)]["upstream"])
+        down = sum(1 for v, s in ran if chose_both((a, v, s)) and chose_both((b, v, s))
                    and by_key[(a, v, s)]["downstream"] == by_key[(b, v, s)]["downstream"])
         out["agreement"][f"{a}|{b}"] = {"agree": agree, "n": n, "fraction": agree / n if n else None,
-                                        "same_upstream": up, "same_downstream": down, "by_v1": per_v1}
+                                        "same_upstream": up, "n_upstream": len(ran), "same_downstream": down,
+                                        "by_v1": per_v1}
 
     out["pairs"] = {}
     for m in methods:
@@ -192,21 +200,26 @@ def summarize(
                     table[name][v] = paired_difference([x for x, _ in pairs], [y for _, y in pairs])
             out["paired"][f"{m}-{reference}"] = table
 
-    # The v1 trend (Fig. 6): the largest v1 minus the smallest, paired by seed, per method.
-    out["v1_trend"] = {}
-    if len(v1s) >= 2:
+    # The v1 trend (Fig. 6): the largest v1 minus the smallest, paired by seed, per method; and,
+    # when the scan reaches an end (v1 = 0 or 1: one task without a loss of its own), the same
+    # between the smallest and largest v1 strictly inside (0, 1), where both tasks have a loss.
+    def trend(lo: float, hi: float) -> dict[str, Any]:
         from hepms.study.compare import paired_difference
 
-        lo, hi = v1s[0], v1s[-1]
+        table: dict[str, Any] = {}
         for m in methods:
-            out["v1_trend"][m] = {}
+            table[m] = {}
             for name in metrics:
                 pairs = [(by_key[(m, hi, s)].get(name), by_key[(m, lo, s)].get(name)) for s in seeds
                          if (m, hi, s) in by_key and (m, lo, s) in by_key]
                 pairs = [(x, y) for x, y in pairs
                          if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
-                out["v1_trend"][m][name] = {"v1": [lo, hi], **paired_difference([x for x, _ in pairs],
-                                                                                  [y for _, y in pairs])}
+                table[m][name] = {"v1": [lo, hi], **paired_difference([x for x, _ in pairs], [y for _, y in pairs])}
+        return table
+
+    out["v1_trend"] = trend(v1s[0], v1s[-1]) if len(v1s) >= 2 else {}
+    inner = [v for v in v1s if 0.0 < v < 1.0]
+    out["v1_trend_inner"] = trend(inner[0], inner[-1]) if len(inner) >= 2 and inner != v1s else {}
 
     out["alpha"] = _alpha_summary(records)
     out["pair_scores"] = _pair_scores(records)
@@ -217,15 +230,23 @@ def summarize(
     return out
 
 
+def phase_epochs(history: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Epochs per training phase (``{"pretrain/upstream/mlp": 12, "grid/mlp|lstm": 7, ...}``) of a
+    selection's per-epoch ``history``: what the summary needs of it, and what a selection record
+    keeps instead of the history."""
+    return dict(Counter(str(h.get("phase", "")) for h in history))
+
+
 def _epochs_run(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """How many epochs each training phase ran (from the records' per-epoch ``history``), per kind
+    """How many epochs each training phase ran (from the records' per-epoch ``history``, or their
+    ``epochs`` per phase: :func:`phase_epochs`), per kind
     of phase: ``{"n", "mean", "max", "at_max"}``; ``at_max`` counts the phases that ran the most
     epochs seen (the configured cap, when any phase reached it). Pre-training is shared by the
     selections of a seed, so each seed's pre-training counts once."""
     runs: dict[tuple, int] = {}
     for rec in records:
         row = rec.get("row", {})
-        counts = Counter(str(h.get("phase", "")) for h in rec.get("history") or [])
+        counts = rec["epochs"] if isinstance(rec.get("epochs"), dict) else phase_epochs(rec.get("history") or [])
         for tag, n in counts.items():
             if tag.startswith("pretrain/"):  # the same phase in every record of the seed
                 key: tuple = ("pretrain", row.get("seed"), tag)
@@ -339,7 +360,7 @@ def summary_markdown(summary: Mapping[str, Any], context: str = "") -> str:
     for key, a in summary["agreement"].items():
         per = ", ".join(f"{_fmt_v1(v)}: {x['agree']}/{x['n']}" for v, x in a["by_v1"].items())
         lines.append(f"| {key.replace('|', ' vs ')} | {a['agree']}/{a['n']} | {_num(a['fraction'], 2)} | "
-                     f"{a['same_upstream']}/{a['n']} | {a['same_downstream']}/{a['n']} | {per} |")
+                     f"{a['same_upstream']}/{a.get('n_upstream', a['n'])} | {a['same_downstream']}/{a['n']} | {per} |")
 
     lines += ["", "## Selected pairs (Fig. 5): count per method and v1", ""]
     for m in methods:
@@ -370,16 +391,18 @@ def summary_markdown(summary: Mapping[str, Any], context: str = "") -> str:
                 cells = [_paired_cell(table[k].get(v) or {}) for k in metrics]
                 lines.append(f"| {key} | {_fmt_v1(v)} | " + " | ".join(cells) + " |")
 
-    if summary.get("v1_trend"):
-        lo, hi = v1s[0], v1s[-1]
-        lines += ["", f"## The v1 trend: metric at v1 = {_fmt_v1(hi)} minus at v1 = {_fmt_v1(lo)}, paired by seed", "",
-                  "| method | " + " | ".join(names.get(k, k) for k in metrics) + " |",
-                  "|---|" + "---|" * len(metrics)]
-        for m, table in summary["v1_trend"].items():
-            lines.append(f"| {m} | " + " | ".join(_paired_cell(table[k]) for k in metrics) + " |")
+    for name, note in (("v1_trend", ""), ("v1_trend_inner", " (inside the scan: both tasks have a loss)")):
+        if summary.get(name):
+            lo, hi = next(iter(next(iter(summary[name].values())).values()))["v1"]
+            lines += ["", f"## The v1 trend{note}: metric at v1 = {_fmt_v1(hi)} minus at v1 = {_fmt_v1(lo)}, "
+                      "paired by seed", "",
+                      "| method | " + " | ".join(names.get(k, k) for k in metrics) + " |",
+                      "|---|" + "---|" * len(metrics)]
+            for m, table in summary[name].items():
+                lines.append(f"| {m} | " + " | ".join(_paired_cell(table[k]) for k in metrics) + " |")
 
     if summary.get("epochs"):
-        lines += ["", "## Epochs run per training phase (from the records' histories)", "",
+        lines += ["", "## Epochs run per training phase (from the records)", "",
                   "| phase | phases | mean epochs | most epochs | phases with the most |", "|---|---|---|---|---|"]
         for kind, e in summary["epochs"].items():
             lines.append(f"| {kind} | {e['n']} | {e['mean']:.1f} | {e['max']} | {e['at_max']} |")
