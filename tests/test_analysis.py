@@ -13,6 +13,7 @@ import pytest
 
 from hepms.config import ConfigError, load_config, settings_hash, validate
 from hepms.study.plan import expand_studies, unique_runs
+from hepms.study.records import record_of
 from hepms.study.scan import collect_results, run_scan, trial_folder
 from hepms.study.tables import fmt_mean_std, summarise
 
@@ -606,6 +607,10 @@ def test_trial_records_make_a_fresh_scan_train_nothing(sample: Path, tmp_path: P
     record = json.loads(files[0].read_text())
     assert record["format"] == "hepms.trial/1" and record["hepms_version"] and record["machine"]["cpu"]
     assert record["hepms_commit"] is None or len(record["hepms_commit"]) == 40  # a git checkout here, None in a wheel
+    # The commit the trial started with (in its result.json), not the one when the record is written.
+    result = json.loads(next((tmp_path / "machine_a" / "trials").glob("*/trial_*/result.json")).read_text())
+    assert "hepms_commit" in result
+    assert record_of({**result, "hepms_commit": "0" * 40}, record["run_key"])["hepms_commit"] == "0" * 40
     assert {"seed", "metrics", "epochs_trained", "seconds", "data_fingerprint", "run_key", "settings"} <= set(record)
     assert str(sample) not in files[0].read_text() and str(tmp_path) not in files[0].read_text()  # no paths
     assert record["run_key"] == settings_hash(record["settings"])

@@ -51,8 +51,9 @@ def record_of(result: Mapping[str, Any], run_key: str) -> dict[str, Any]:
     record.update({k: result[k] for k in _KEPT if k in result})
     record["hepms_version"] = (result.get("versions") or {}).get("hepms")
     # The version string alone does not tell two development states apart (a study can grow over
-    # code changes that move results by float rounding); the commit does, where there is one.
-    record["hepms_commit"] = git_commit()
+    # code changes that move results by float rounding); the commit does, where there is one. It
+    # is the one the trial started with (results older than that field: the commit now).
+    record["hepms_commit"] = result["hepms_commit"] if "hepms_commit" in result else git_commit()
     # What the seconds were measured on (not part of any identity).
     record["machine"] = {"cpu": cpu_model()}
     return record

@@ -384,8 +384,12 @@ def run_trial(
     Returns:
         The result written to ``folder/result.json``.
     """
+    from hepms._machine import git_commit
+
     folder = Path(folder)
     started = time.perf_counter()
+    # The tree this trial trains with, read now: a long scan may outlive its checkout's HEAD.
+    commit = git_commit()
     trainer, history, resumed = fit_trial(cfg, data, folder, seed, progress)
     predictions = _predict(trainer, data)
     result_metrics = evaluation_metrics(cfg, predictions)
@@ -412,6 +416,7 @@ def run_trial(
         "threads": torch.get_num_threads(),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
+        "hepms_commit": commit,
     }
     if extra:
         result.update(extra)
