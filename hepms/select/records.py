@@ -18,12 +18,12 @@ are logged and left alone. The same idea as the trial records of ``hepms scan``
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from hepms.config_engine import settings_hash
+from hepms.study.records import read_json_records
 
 if TYPE_CHECKING:
     from hepms.select.config import SelectionConfig
@@ -99,19 +99,10 @@ def load_selection_records(
     unreadable or inconsistent ones as warnings, records of other settings, other data or
     selections outside this study's lists as information."""
     out: dict[SelectionKey, dict[str, Any]] = {}
-    if root is None or fingerprint is None or not Path(root).is_dir():
+    if fingerprint is None:
         return out
     wanted = {selection_key(config, m, v, s): (m, float(v), int(s)) for m, v, s in planned}
-    for path in sorted(Path(root).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            log.warning("ignoring selection record %s: unreadable (%s)", path, error)
-            continue
-        problem = _problem(record)
-        if problem:
-            log.warning("ignoring selection record %s: %s", path, problem)
-            continue
+    for path, record in read_json_records(root, "*.json", "selection record", _problem):
         if record["data_fingerprint"] != fingerprint:
             log.info("ignoring selection record %s: data fingerprint %s, this study's data %s",
                      path.name, record["data_fingerprint"], fingerprint)

@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from hepms.config import settings_hash
 from hepms.study.plan import PlannedRun, ensure_inside
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RECORD_FORMAT", "RecordKey", "records_dir", "record_of", "record_path", "load_records", "write_record"]
+__all__ = ["RECORD_FORMAT", "RecordKey", "records_dir", "record_of", "record_path", "load_records", "write_record",
+           "read_json_records"]
 
 RECORD_FORMAT = "hepms.trial/1"
 
@@ -64,8 +65,8 @@ def record_path(root: Path, run: PlannedRun, seed: int, fingerprint: str) -> Pat
     return ensure_inside(root, Path(root) / run.folder / f"seed{int(seed)}-{fingerprint[:8]}.json")
 
 
-def _valid(record: Any, path: Path) -> Optional[str]:
-    """Why ``record`` (read from ``path``) is not a usable record, or None."""
+def _valid(record: Any) -> Optional[str]:
+    """Why ``record`` is not a usable trial record, or None."""
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         return f"not a {RECORD_FORMAT} record"
     for key, kind in (("run_key", str), ("data_fingerprint", str), ("metrics", dict), ("settings", dict)):
@@ -78,22 +79,31 @@ def _valid(record: Any, path: Path) -> Optional[str]:
     return None
 
 
+def read_json_records(root: Optional[Path], pattern: str, what: str,
+                      problem_of: Callable[[Any], Optional[str]]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """``(path, record)`` for every JSON file matching ``pattern`` under ``root`` (sorted) that
+    reads and for which ``problem_of(record)`` is None; the others are logged as warnings (``what``
+    names the kind of record) and skipped. Nothing when ``root`` is None or not a folder."""
+    if root is None or not Path(root).is_dir():
+        return
+    for path in sorted(Path(root).glob(pattern)):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            log.warning("ignoring %s %s: unreadable (%s)", what, path, error)
+            continue
+        problem = problem_of(record)
+        if problem:
+            log.warning("ignoring %s %s: %s", what, path, problem)
+            continue
+        yield path, record
+
+
 def load_records(root: Optional[Path]) -> dict[RecordKey, dict[str, Any]]:
     """Every valid record under ``root`` by ``(run key, seed, data fingerprint)``; unreadable or
     inconsistent files are logged and left out (their trials count as not done)."""
     out: dict[RecordKey, dict[str, Any]] = {}
-    if root is None or not Path(root).is_dir():
-        return out
-    for path in sorted(Path(root).glob("*/*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            log.warning("ignoring trial record %s: unreadable (%s)", path, error)
-            continue
-        problem = _valid(record, path)
-        if problem:
-            log.warning("ignoring trial record %s: %s", path, problem)
-            continue
+    for path, record in read_json_records(root, "*/*.json", "trial record", _valid):
         record["_record"] = str(path)
         out.setdefault((record["run_key"], record["seed"], record["data_fingerprint"]), record)
     return out
