@@ -49,13 +49,14 @@ if "--source" in sys.argv:  # before anything imports hepms
 import argparse
 import functools
 import json
-import os
 import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from checkout_atomic import write_text_atomic  # this checkout's, not --source's
 
 PHASES = ("shuffle", "batching", "upstream cache", "forward", "loss", "balancer", "backward",
           "optimizer", "validation", "best state", "checkpoint", "logs", "other")
@@ -323,9 +324,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(json.dumps(payload["machine"]), "load", payload["load_average_end"])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.json).with_name(f".{Path(args.json).name}.partial-{os.getpid()}")
-        tmp.write_text(json.dumps(payload, indent=1) + "\n")
-        os.replace(tmp, args.json)
+        write_text_atomic(args.json, json.dumps(payload, indent=1) + "\n")
     report([payload])
 
 
