@@ -203,11 +203,11 @@ def test_scan_runs_skips_redoes_and_resumes(sample: Path, tmp_path: Path, monkey
     assert "| fixed | " in (run_dir / "tables" / "balance.md").read_text()
 
     # Crash in the middle of the next trial (trial 0 of the direct k=1 run).
-    original = Trainer._run_epoch
-    monkeypatch.setattr(Trainer, "_run_epoch", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    original = Trainer.forward_batch  # the public step hook: the trial dies in its first step
+    monkeypatch.setattr(Trainer, "forward_batch", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
     with pytest.raises(RuntimeError, match="killed"):
         run_scan(cfg, plots=False)
-    monkeypatch.setattr(Trainer, "_run_epoch", original)
+    monkeypatch.setattr(Trainer, "forward_batch", original)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["invocations"][-1]["status"] == "interrupted"
     crashed = [f for f in (run_dir / "trials").glob("*/trial_000") if not (f / "result.json").exists()]
