@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from checkout_atomic import save_atomically, write_text_atomic  # this checkout's, not --source's
 
 
 def _setup(args):
@@ -131,7 +132,7 @@ def main() -> None:
         summary.update(gradients_bit_identical=same, gradients_max_relative_diff=worst,
                        params_after_20_steps_bit_identical=same_params)
         if args.json:
-            Path(args.json).write_text(json.dumps(summary, indent=1))
+            write_text_atomic(args.json, json.dumps(summary, indent=1))
         return
     torch.set_num_threads(1)
     hepms, model, trainer, phase, batches = _setup(args)
@@ -157,7 +158,7 @@ def main() -> None:
                 sum(losses.values()).backward()
                 opt.step()
             record["params_after_20_steps"] = {n: p.detach().clone() for n, p in model.named_parameters()}
-        torch.save(record, args.numbers)
+        save_atomically(args.numbers, lambda tmp: torch.save(record, tmp))
         print("wrote", args.numbers, "hepms from", Path(hepms.__file__).parent)
         return
     if args.micro:
@@ -205,9 +206,7 @@ def _write(args, hepms, result: dict) -> None:
                          "extension": hepms.extension_available(), "loadavg_end": os.getloadavg()}
     print(json.dumps({k: v for k, v in result.items() if k != "profile"}))
     if args.json:
-        tmp = args.json + ".tmp"
-        Path(tmp).write_text(json.dumps(result, indent=1))
-        os.replace(tmp, args.json)
+        write_text_atomic(args.json, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,13 @@ count as "validation"):
   logs        ``Trainer._write_logs``: metrics.csv / metrics.json
   other       the rest of the epoch: the Python loop, bookkeeping, step weights, logging
 
+The pieces of a training step go through public API (``Trainer.forward_batch``,
+``Trainer.batch_losses``, ``Balancer.combine``, torch's ``backward`` and ``Optimizer.step``). The
+epochs, the validation, the checkpoints, the logs and the upstream cache are internal to
+``Trainer.fit`` and have no public hook (a profiler is no reason to make them API), so their
+private methods are wrapped by name: a trainer that renames one fails here with an
+AttributeError naming it (a tree without ``_upstream_cache`` is measured without that piece).
+
 Runs: ``simultaneous`` (the (w1, w2) = (1, 1) row) and ``step_by_step`` (both phases), each for
 ``--epochs`` epochs per phase from the same seed. The per-epoch losses and validation AUCs are
 written to the JSON, so runs of two hepms versions can be compared for identical results.
@@ -49,13 +56,14 @@ if "--source" in sys.argv:  # before anything imports hepms
 import argparse
 import functools
 import json
-import os
 import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from checkout_atomic import write_text_atomic  # this checkout's, not --source's
 
 PHASES = ("shuffle", "batching", "upstream cache", "forward", "loss", "balancer", "backward",
           "optimizer", "validation", "best state", "checkpoint", "logs", "other")
@@ -323,9 +331,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(json.dumps(payload["machine"]), "load", payload["load_average_end"])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.json).with_name(f".{Path(args.json).name}.partial-{os.getpid()}")
-        tmp.write_text(json.dumps(payload, indent=1) + "\n")
-        os.replace(tmp, args.json)
+        write_text_atomic(args.json, json.dumps(payload, indent=1) + "\n")
     report([payload])
 
 

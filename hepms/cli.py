@@ -368,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_scan.add_argument("--dask", metavar="SCHEDULER|local:N",
                         help="run the trials as dask.distributed tasks: the address of a running scheduler "
                         "(e.g. a dask-jobqueue cluster's scheduler_address; the run directory must be on a "
-                        "file system the workers share) or local:N for N single-threaded local worker processes")
+                        "file system the workers share) or local:N for N single-threaded local worker processes "
+                        "(without distributed's 5-minute worker-ttl, so a paused or sleeping machine does not "
+                        "restart a running trial; a scheduler address keeps its own dask configuration)")
     p_scan.set_defaults(func=scan)
 
     p_cfg = sub.add_parser("config", help="print the resolved configuration, or every key (--keys)")

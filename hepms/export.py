@@ -16,7 +16,8 @@ hepms version) as a JSON string, so an export file is all a consumer needs:
   ``metadata_props``; invalid offsets (or ``jet_features`` rows that are not one per jet) give
   NaN outputs and ``inputs_valid = False`` there;
 * :func:`load_export` loads a TorchScript or ``torch.export`` file and returns a ready model in eval
-  mode; :func:`model_metadata` reads the metadata of any of them (ONNX files too).
+  mode (a ``.pt2`` program behind input checks that name the input whose shape or dtype does not
+  fit); :func:`model_metadata` reads the metadata of any of them (ONNX files too).
 
 Every entry point (``forward``, ``upstream``, ``downstream``) checks its offsets, whatever the
 segment ops' validation switches say, and raises ``ValueError`` for offsets that do not start at 0,
@@ -210,12 +211,7 @@ class InferenceModel(nn.Module):
             ValueError: ``constituent_offsets`` are not CSR offsets of the ``constituents`` rows,
                 or ``jet_features`` has not one row per jet.
         """
-        if jet_features.shape[0] != constituent_offsets.shape[0] - 1:
-            raise ValueError(
-                "jet_features has {} rows but constituent_offsets describes {} jets".format(
-                    jet_features.shape[0], constituent_offsets.shape[0] - 1
-                )
-            )
+        _check_jet_rows(jet_features, constituent_offsets)
         constituent_offsets = torch.ops.hepms.check_offsets(
             constituent_offsets.long(), constituents.shape[0], "constituent_offsets"
         )
@@ -253,6 +249,19 @@ class InferenceModel(nn.Module):
         )
         event_logit = self.downstream(jet_features, jet_offsets, intermediate)
         return tau_logit, intermediate, event_logit, momentum
+
+
+def _check_jet_rows(jet_features: Tensor, constituent_offsets: Tensor) -> None:
+    """``ValueError`` unless ``jet_features`` has one row per jet of ``constituent_offsets``: the
+    check of :meth:`InferenceModel.upstream` (TorchScript compiles it too) and of the loaded
+    ``.pt2`` program (:class:`_ProgramModel`), where the program's own guard would raise an
+    ``AssertionError`` about symbolic sizes."""
+    if jet_features.shape[0] != constituent_offsets.shape[0] - 1:
+        raise ValueError(
+            "jet_features has {} rows but constituent_offsets describes {} jets".format(
+                jet_features.shape[0], constituent_offsets.shape[0] - 1
+            )
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,7 +507,8 @@ def load_export(path: PathLike, map_location: Union[str, torch.device] = "cpu") 
 
     ``path`` may be a TorchScript export (:func:`export_torchscript`: returns the
     ``ScriptModule``) or a ``torch.export`` program (:func:`export_program`: returns its module,
-    ``forward`` only). Every returned model has a ``metadata_json`` attribute (see
+    ``forward`` only, behind hepms' input checks, which name an input whose rows, width or dtype
+    do not fit before the program runs). Every returned model has a ``metadata_json`` attribute (see
     :func:`model_metadata`). Trained models (model files, run and trial directories, checkpoints)
     are read by :func:`hepms.model_file.load_model`.
 
@@ -564,12 +574,78 @@ def _load_export(path: Path, kind: str, map_location: Union[str, torch.device]) 
             "directory (hepms.model_file.load_model(run).inference_model())"
         )
     if kind == "program":
-        # GraphModules take plain attributes: give it the same handle as the other model kinds.
-        # (Exported programs are traced in inference mode and refuse .eval().)
-        module.metadata_json = text
-    else:
-        module.eval()
+        return _ProgramModel(module, text)
+    module.eval()
     return module
+
+
+class _ProgramModel(nn.Module):
+    """The module of a ``torch.export`` program (:func:`export_program`) behind hepms' input
+    checks, as :func:`load_export` returns it.
+
+    The program guards its input shapes itself, but a failed guard is an ``AssertionError``
+    about symbolic sizes (``Guard failed: jet_features.size()[0] == -1 +
+    constituent_offsets.size()[0]``), and other dtypes fail deep inside. Here every input is
+    checked before the program runs, with the exceptions of the eager :class:`InferenceModel`
+    (``ValueError`` for a shape or row count that does not fit, ``TypeError`` for a dtype), each
+    naming the input and its shape; integer offsets of any width are accepted (as int64), as in
+    the other model kinds. The offsets' content (start at 0, never decrease, end at the number of
+    rows) is checked inside the program by ``hepms::check_offsets`` (``ValueError``).
+    """
+
+    def __init__(self, program: nn.Module, metadata_json: str) -> None:
+        super().__init__()
+        self.program = program
+        self.metadata_json = metadata_json
+        features = json.loads(metadata_json)["features"]
+        self._widths = {"constituents": len(features["constituent_features"]),
+                        "jet_features": len(features["jet_features"])}
+        self.training = False  # traced in inference mode (the program refuses train() / eval())
+
+    def train(self, mode: bool = True) -> "_ProgramModel":
+        if mode:
+            raise NotImplementedError("a torch.export program runs in inference mode only")
+        return self
+
+    def forward(
+        self,
+        constituents: Tensor,
+        constituent_offsets: Tensor,
+        jet_offsets: Tensor,
+        jet_features: Tensor,
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`InferenceModel.forward` (positional or keyword arguments).
+
+        Raises:
+            TypeError: an input that is not a tensor, features that are not float32, offsets
+                that are not integers.
+            ValueError: features that are not ``[rows, width]`` of the metadata's feature
+                lists, offsets that are not 1-D, ``jet_features`` without one row per jet of
+                ``constituent_offsets``, or offsets that are not CSR offsets of their rows.
+        """
+        inputs = {"constituents": constituents, "constituent_offsets": constituent_offsets,
+                  "jet_offsets": jet_offsets, "jet_features": jet_features}
+        for name, value in inputs.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            shape = tuple(value.shape)
+            if name in self._widths:
+                width = self._widths[name]
+                if value.dim() != 2 or value.shape[1] != width:
+                    raise ValueError(f"{name} must be [rows, {width}] (the model's {name} "
+                                     f"columns, metadata 'features'), got shape {shape}")
+                if value.dtype != torch.float32:
+                    raise TypeError(f"{name} must be float32 (the program's dtype), got "
+                                    f"{value.dtype} (shape {shape})")
+            else:
+                if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+                    raise TypeError(f"{name} must be integer CSR offsets, got {value.dtype} "
+                                    f"(shape {shape})")
+                if value.dim() != 1 or value.shape[0] < 1:
+                    raise ValueError(f"{name} must be 1-D [count + 1] CSR offsets, got shape {shape}")
+        _check_jet_rows(jet_features, constituent_offsets)
+        return self.program(constituents, constituent_offsets.long(), jet_offsets.long(),
+                            jet_features)
 
 
 def model_metadata(model_or_path: Union[nn.Module, PathLike]) -> dict:

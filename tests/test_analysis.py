@@ -203,11 +203,11 @@ def test_scan_runs_skips_redoes_and_resumes(sample: Path, tmp_path: Path, monkey
     assert "| fixed | " in (run_dir / "tables" / "balance.md").read_text()
 
     # Crash in the middle of the next trial (trial 0 of the direct k=1 run).
-    original = Trainer._run_epoch
-    monkeypatch.setattr(Trainer, "_run_epoch", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    original = Trainer.forward_batch  # the public step hook: the trial dies in its first step
+    monkeypatch.setattr(Trainer, "forward_batch", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
     with pytest.raises(RuntimeError, match="killed"):
         run_scan(cfg, plots=False)
-    monkeypatch.setattr(Trainer, "_run_epoch", original)
+    monkeypatch.setattr(Trainer, "forward_batch", original)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["invocations"][-1]["status"] == "interrupted"
     crashed = [f for f in (run_dir / "trials").glob("*/trial_000") if not (f / "result.json").exists()]
@@ -579,20 +579,30 @@ def test_dask_local_cluster_scan_matches_the_serial_scan(sample: Path, tmp_path:
         run_scan(cfg, dask="local:zero")
 
 
-def test_local_cluster_workers_keep_glibc_default_memory_trimming(monkeypatch):
+def test_local_cluster_workers_keep_glibc_default_memory_trimming_and_have_no_ttl(monkeypatch):
     # distributed's default MALLOC_TRIM_THRESHOLD_=65536 makes glibc map and unmap every large
     # temporary of a training step (page faults: a trial in a worker took twice its CPU time).
     pytest.importorskip("distributed")
+    import dask
+
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # a user's own setting is kept
     from hepms.study.scan import dask_client
 
+    ttl = dask.config.get("distributed.scheduler.worker-ttl")
+    assert ttl  # distributed's default ("5 minutes"): what the local cluster must not use
     client, cluster = dask_client("local:1")
     try:
         values = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        # No worker time-to-live: a paused worker (SIGSTOP, a sleeping laptop) is not restarted
+        # with its trial. The scheduler runs in this process; no TTL check is even scheduled.
+        assert cluster.scheduler.worker_ttl is None
+        assert "worker-ttl" not in cluster.scheduler.periodic_callbacks
     finally:
         client.close()
         cluster.close()
     assert values and all(v is None for v in values.values()), values
+    # Only the cluster hepms started: the process's dask configuration is as it was.
+    assert dask.config.get("distributed.scheduler.worker-ttl") == ttl
 
 
 def test_trial_records_make_a_fresh_scan_train_nothing(sample: Path, tmp_path: Path,

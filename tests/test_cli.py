@@ -110,21 +110,20 @@ def test_interrupted_training_resumes_to_the_same_weights(
     assert main(["train", str(reference), *settings]) == 0
 
     config = write_config(tmp_path / "cfg.yaml", sample, tmp_path / "run")
-    original = Trainer._run_epoch
-    calls = {"n": 0}
+    original = Trainer.forward_batch
 
     def crash_in_second_epoch(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
+        # the public step hook: the first batch after one finished epoch (history row) is killed
+        if len(self.history.epochs) == 1:
             raise KeyboardInterrupt("simulated kill")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_run_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(Trainer, "forward_batch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         main(["train", str(config), *settings])
     assert (tmp_path / "run" / "train" / "checkpoint.pt").is_file()
     assert not (tmp_path / "run" / "model.pt").exists()
-    monkeypatch.setattr(Trainer, "_run_epoch", original)
+    monkeypatch.setattr(Trainer, "forward_batch", original)
 
     assert main(["train", str(config), *settings]) == 0
     summary = json.loads((tmp_path / "run" / "train" / "summary.json").read_text())

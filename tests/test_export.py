@@ -171,15 +171,23 @@ def _bad_inputs(data) -> dict[str, tuple[torch.Tensor, ...]]:
     }
 
 
-def test_torch_exports_raise_for_invalid_offsets(data, exported, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def program(exported, tmp_path_factory):
+    """The torch.export (.pt2) file of the ``exported`` model, loaded by hepms.export.load_export."""
+    from hepms.export import export_program, load_export
+
+    return load_export(export_program(exported[0], tmp_path_factory.mktemp("pt2") / "m.pt2"))
+
+
+def test_torch_exports_raise_for_invalid_offsets(data, exported, program, tmp_path: Path) -> None:
     """TorchScript and torch.export files check their offsets (whatever the validation switch
     says: the entry points always check) instead of returning finite garbage."""
     import hepms
-    from hepms.export import export_program, export_torchscript, load_export
+    from hepms.export import export_torchscript, load_export
 
     model = exported[0]
     loaded = {"torchscript": load_export(export_torchscript(model, tmp_path / "m.pt")),
-              "export": load_export(export_program(model, tmp_path / "m.pt2"))}
+              "export": program}
     with torch.no_grad(), hepms.validation(False):
         good = _inputs(data[:6])
         for kind, module in loaded.items():
@@ -199,6 +207,57 @@ def test_torch_exports_raise_for_invalid_offsets(data, exported, tmp_path: Path)
             model(x, co, jo, jf[:2])
         with pytest.raises(torch.jit.Error, match="jet_features has 2 rows"):
             loaded["torchscript"](x, co, jo, jf[:2])
+
+
+def test_pt2_program_names_the_input_that_does_not_fit(data, exported, program) -> None:
+    """The loaded .pt2 program checks its inputs before it runs: rows, widths and dtypes that do
+    not fit raise ValueError / TypeError naming the input and its shape (the program's own shape
+    guards raise a bare AssertionError about symbolic sizes), as the eager model does; int32
+    offsets and keyword arguments work as in the other model kinds."""
+    from hepms.export import model_metadata
+
+    model = exported[0]
+    x, co, jo, jf = _inputs(data[:6])
+    jets, rows = len(co) - 1, len(x)
+    with torch.no_grad():
+        expected = model(x, co, jo, jf)
+        for same in (program(x, co.int(), jo.int(), jf),
+                     program(jet_features=jf, jet_offsets=jo, constituent_offsets=co,
+                             constituents=x)):
+            for a, b in zip(same, expected):
+                assert torch.equal(a, b)
+        # jet_features rows that are not one per jet: the eager model's message
+        for features in (jf[:-1], torch.cat([jf, jf[:2]])):
+            message = f"jet_features has {len(features)} rows but constituent_offsets describes {jets} jets"
+            with pytest.raises(ValueError, match=message):
+                model(x, co, jo, features)
+            with pytest.raises(ValueError, match=message):
+                program(x, co, jo, features)
+        # constituent rows that are not the last constituent offset
+        with pytest.raises(ValueError, match=rf"constituent_offsets: offsets\[-1\] must equal the "
+                                             rf"number of rows of values \({rows + 1}\), got {rows}"):
+            program(torch.cat([x, x[:1]]), co, jo, jf)
+        # widths and dimensions
+        f_c, f_j = x.shape[1], jf.shape[1]
+        with pytest.raises(ValueError, match=rf"constituents must be \[rows, {f_c}\].*got shape "
+                                             rf"\({rows}, {f_c - 1}\)"):
+            program(x[:, 1:], co, jo, jf)
+        with pytest.raises(ValueError, match=rf"jet_features must be \[rows, {f_j}\].*got shape "
+                                             rf"\({jets}, {f_j + 1}\)"):
+            program(x, co, jo, torch.cat([jf, jf[:, :1]], dim=1))
+        with pytest.raises(ValueError, match=rf"constituents must be .*got shape \({rows},\)"):
+            program(x[:, 0], co, jo, jf)
+        with pytest.raises(ValueError, match=r"jet_offsets must be 1-D .*got shape \(1, "):
+            program(x, co, jo[None], jf)
+        # dtypes
+        with pytest.raises(TypeError, match=r"jet_features must be float32 .*got torch.float64"):
+            program(x, co, jo, jf.double())
+        with pytest.raises(TypeError, match=r"constituent_offsets must be integer .*torch.float32"):
+            program(x, co.float(), jo, jf)
+        with pytest.raises(TypeError, match=r"jet_offsets must be a torch.Tensor, got list"):
+            program(x, co, jo.tolist(), jf)
+    assert program.eval() is program and not program.training
+    assert model_metadata(program) == model.metadata
 
 
 def test_metadata_props_and_runs_without_hepms(exported, data, tmp_path: Path) -> None:

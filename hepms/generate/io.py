@@ -138,6 +138,7 @@ class EventsWriter:
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
         # hidden and without the .root suffix: a leftover from a killed run does not look like data
+        # (not hepms.atomic.save_atomically: the file is written chunk by chunk across calls)
         self.partial_path = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
         self.entries = 0
         self._file: Any = None

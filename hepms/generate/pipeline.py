@@ -410,6 +410,7 @@ def _swap_in(staging: Path, out_dir: Path, files: list[str], manifest: dict[str,
         if name not in files and "/" not in name and (out_dir / name).is_file():
             (out_dir / name).unlink()
     for k, name in enumerate(files):
+        # a rename of a finished file, not a write: nothing for hepms.atomic.save_atomically to do
         os.replace(staging / name, out_dir / name)
         _pause_point(f"swap-file-{k + 1}")
     write_json_atomic(out_dir / MANIFEST_NAME, manifest)

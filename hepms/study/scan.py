@@ -317,8 +317,9 @@ def collect_results(
 
 def dask_client(spec: str) -> tuple[Any, Any]:
     """``(client, cluster)`` for ``--dask``: ``local:N`` starts a ``LocalCluster`` of N worker
-    processes with one thread each (``cluster`` is then closed by the caller); anything else is
-    the address of a running scheduler (``cluster`` is None).
+    processes with one thread each and no worker time-to-live (a paused worker is not restarted;
+    ``cluster`` is then closed by the caller); anything else is the address of a running
+    scheduler, used with its own configuration (``cluster`` is None).
 
     Raises:
         ConfigError: a malformed ``local:N``, or dask.distributed is not installed.
@@ -339,9 +340,15 @@ def dask_client(spec: str) -> tuple[Any, Any]:
         # training step (~1 MB) is mapped, page-faulted and unmapped again; on the study's full
         # preset that more than doubled the CPU time of a trial in a worker
         # (benchmarks/train.md, "Study throughput"). None unsets it (distributed's convention).
+        # No worker TTL (distributed.scheduler.worker-ttl, 5 minutes by default): a worker that
+        # misses heartbeats that long (a paused process, a laptop asleep) would be restarted and
+        # its trial's progress since the last checkpoint lost; a local worker that really dies is
+        # seen by its nanny. The scheduler reads the setting when it starts (here, in-process);
+        # a given scheduler address keeps its own configuration.
         import dask
 
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                              "distributed.scheduler.worker-ttl": None}):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=":0")
         client = Client(cluster)
