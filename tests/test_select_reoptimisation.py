@@ -132,8 +132,11 @@ def test_study_writes_its_outputs_and_a_seed_reproduces(prepared, tmp_path):
     one = run_reoptimisation_study(_config(seeds=[1]), tmp_path / "grow", prepared=prepared, progress=False)
     assert one["reused_seeds"] == []
     same(one["rows"], [r for r in both["rows"] if r["seed"] == 1])
-    # ...and the study grows: asked for seeds 0 and 1 there, it runs seed 0 only.
-    grown = run_reoptimisation_study(_config(seeds=[0, 1]), tmp_path / "grow", prepared=prepared, progress=False)
+    # ...and the study grows: asked for seeds 0 and 1 there, it runs seed 0 only (study.records, the
+    # selection study's record folder, is no setting of this study).
+    grown_config = _config(seeds=[0, 1])
+    grown_config.records = str(tmp_path / "selection_records")
+    grown = run_reoptimisation_study(grown_config, tmp_path / "grow", prepared=prepared, progress=False)
     assert grown["reused_seeds"] == [1]
     same(grown["rows"], both["rows"])
     # Other settings: nothing reused.

@@ -251,8 +251,10 @@ def _splits_digest(prepared: SelectionData) -> str:
 
 def _study_hash(config: SelectionConfig) -> str:
     """Hash of everything that defines one seed's rows: the configuration without the seed list,
-    the figures switch and the file name (a seed's rows do not depend on the other seeds)."""
-    defining = {k: v for k, v in config.to_dict().items() if k not in ("seeds", "plots", "source")}
+    the figures switch, the file name (a seed's rows do not depend on the other seeds) and
+    ``records``, the selection study's record folder, which this study neither reads nor writes
+    (leaving it out also keeps the hash of results made before that key existed)."""
+    defining = {k: v for k, v in config.to_dict().items() if k not in ("seeds", "plots", "source", "records")}
     return settings_hash({"study": "reoptimisation", "config": defining})
 
 
