@@ -61,7 +61,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hepms.export import InferenceModel, file_kind, load_export, model_metadata, quiet_jit
+from hepms.export import (
+    InferenceModel,
+    file_kind,
+    load_export,
+    load_export_bytes,
+    model_metadata,
+    quiet_jit,
+)
 from hepms.features import FeatureSpec, FeatureTensors, check_inputs, feature_tensors
 from hepms.jagged import from_jagged, take_segments
 from hepms.model_file import TrainedModel, load_model
@@ -130,13 +137,8 @@ def _in_dask_worker() -> bool:
 
 
 def _deserialize(kind: str, payload: bytes, device: str) -> nn.Module:
-    buffer = io.BytesIO(payload)
-    if kind == "torchscript":
-        with quiet_jit():
-            model = torch.jit.load(buffer, map_location=device)
-        return model.eval()
-    program = torch.export.load(buffer)
-    return program.module().to(device)
+    # The same loader as files: metadata checked, .pt2 programs behind hepms' input checks.
+    return load_export_bytes(payload, kind, map_location=device)
 
 
 def loaded_models() -> list[tuple[str, str]]:

@@ -82,6 +82,7 @@ __all__ = [
     "export_onnx",
     "offsets_valid",
     "load_export",
+    "load_export_bytes",
     "file_kind",
     "model_metadata",
     "quiet_jit",
@@ -550,13 +551,36 @@ def file_kind(path: Path) -> str:
     raise ValueError(f"{path}: unrecognised PyTorch archive (entries: {names[:5]} ...)")
 
 
-def _load_export(path: Path, kind: str, map_location: Union[str, torch.device]) -> nn.Module:
+def load_export_bytes(
+    payload: bytes, kind: str, map_location: Union[str, torch.device] = "cpu"
+) -> nn.Module:
+    """:func:`load_export` from the bytes of an export file (``kind``: ``torchscript`` or
+    ``program``, as :func:`file_kind` gives it), with the same metadata and input checks.
+
+    For models shipped as bytes, e.g. to dask workers (:mod:`hepms.coffea`).
+
+    Raises:
+        ValueError: an unknown ``kind``, or no hepms metadata.
+    """
+    if kind not in ("torchscript", "program"):
+        raise ValueError(f"kind must be 'torchscript' or 'program', got {kind!r}")
+    return _load_export(io.BytesIO(payload), kind, map_location, name="the export bytes")
+
+
+def _load_export(
+    source: Union[Path, io.BytesIO],
+    kind: str,
+    map_location: Union[str, torch.device],
+    name: Optional[str] = None,
+) -> nn.Module:
+    path = name or source  # what error messages call the export
+    file = source if isinstance(source, io.BytesIO) else str(source)
     extra = {METADATA_FILE: ""}
     if kind == "torchscript":
         with quiet_jit():
-            module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+            module = torch.jit.load(file, map_location=map_location, _extra_files=extra)
     else:
-        program = torch.export.load(str(path), extra_files=extra)
+        program = torch.export.load(file, extra_files=extra)
         module = program.module()
         module.to(map_location)  # the program holds the weights as parameters and buffers
     text = extra[METADATA_FILE]

@@ -260,6 +260,36 @@ def test_pt2_program_names_the_input_that_does_not_fit(data, exported, program) 
     assert model_metadata(program) == model.metadata
 
 
+def test_export_bytes_load_as_the_file_does(data, exported, tmp_path: Path) -> None:
+    """Exports shipped as bytes (to dask workers, hepms.coffea) load with the file's metadata
+    and input checks: a .pt2 program's row mismatch names the input (not the program's
+    AssertionError); bytes that are not a hepms export raise ValueError."""
+    from hepms.export import (export_program, export_torchscript, file_kind, load_export_bytes,
+                              model_metadata)
+
+    model = exported[0]
+    x, co, jo, jf = _inputs(data[:6])
+    jets = len(co) - 1
+    with torch.no_grad():
+        expected = model(x, co, jo, jf)
+        for path in (export_torchscript(model, tmp_path / "m.pt"),
+                     export_program(model, tmp_path / "m.pt2")):
+            loaded = load_export_bytes(path.read_bytes(), file_kind(path))
+            assert model_metadata(loaded) == model.metadata, path.name
+            assert not loaded.training, path.name
+            for a, b in zip(loaded(x, co, jo, jf), expected):
+                assert torch.equal(a, b), path.name
+        with pytest.raises(ValueError, match=f"jet_features has {jets - 1} rows but "
+                                             f"constituent_offsets describes {jets} jets"):
+            loaded(x, co, jo, jf[:-1])  # the .pt2 program
+        with pytest.raises(ValueError, match="kind must be"):
+            load_export_bytes(path.read_bytes(), "checkpoint")
+        plain = tmp_path / "plain.pt"
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(plain))
+        with pytest.raises(ValueError, match="the export bytes has no .* metadata"):
+            load_export_bytes(plain.read_bytes(), "torchscript")
+
+
 def test_metadata_props_and_runs_without_hepms(exported, data, tmp_path: Path) -> None:
     model, path, _ = exported
     proto = onnx.load(str(path))
