@@ -72,6 +72,7 @@ from hepms.atomic import save_atomically
 from hepms.data import Standardizer
 from hepms.features import FeatureSpec
 from hepms.nn.models import MultiStep
+from hepms.ops import is_integer_dtype
 
 log = logging.getLogger(__name__)
 
@@ -662,7 +663,7 @@ class _ProgramModel(nn.Module):
                     raise TypeError(f"{name} must be float32 (the program's dtype), got "
                                     f"{value.dtype} (shape {shape})")
             else:
-                if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+                if not is_integer_dtype(value.dtype):
                     raise TypeError(f"{name} must be integer CSR offsets, got {value.dtype} "
                                     f"(shape {shape})")
                 if value.dim() != 1 or value.shape[0] < 1:

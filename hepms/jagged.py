@@ -738,7 +738,7 @@ def _write_column(out: Tensor, column: _Column, fill: float) -> None:
 def _check_cast(source: Tensor, dtype: torch.dtype, name: Optional[str]) -> None:
     """Refuse a cast to an integer ``dtype`` that would change values silently: NaN or infinity
     (they become INT64_MIN), or numbers outside ``dtype``'s range (they wrap)."""
-    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool or source.dtype == dtype:
+    if not ops.is_integer_dtype(dtype) or source.dtype == dtype:
         return
     if source.numel() == 0:
         return

@@ -75,9 +75,16 @@ __all__ = [
     "extension_available",
     "cpu_capability",
     "set_cpu_capability",
+    "is_integer_dtype",
 ]
 
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def is_integer_dtype(dtype: torch.dtype) -> bool:
+    """True for torch's integer dtypes (any width, signed or not); False for floating point,
+    complex and bool. Offsets and counts must have one of them."""
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
 def _load_extension() -> bool:
@@ -598,7 +605,7 @@ def offsets_from_counts(counts: Any, device: Union[str, torch.device, None] = No
         if array.size == 0:
             array = array.astype(np.int64)  # np.asarray([]) is float64: no sets is not a dtype error
         tensor = torch.tensor(array)
-    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+    if not is_integer_dtype(tensor.dtype):
         raise TypeError(f"offsets_from_counts: counts must be integers, got {tensor.dtype}")
     if tensor.dim() != 1:
         raise ValueError(f"offsets_from_counts: counts must be 1-D [B], got shape {tuple(tensor.shape)}")
@@ -653,7 +660,7 @@ def _check_arguments(
         raise ValueError(
             f"{name}: values must be 1-D [N] or 2-D [N, F], got shape {tuple(values.shape)}"
         )
-    if offsets.dtype.is_floating_point or offsets.dtype.is_complex or offsets.dtype == torch.bool:
+    if not is_integer_dtype(offsets.dtype):
         raise TypeError(f"{name}: offsets must be an integer tensor, got {offsets.dtype}")
     if offsets.dim() != 1:
         raise ValueError(f"{name}: offsets must be 1-D [B + 1], got shape {tuple(offsets.shape)}")

@@ -767,6 +767,22 @@ def test_counts_instead_of_offsets_get_a_hint():
         hepms.segment_sum(values, torch.tensor([1, 5]))
 
 
+def test_is_integer_dtype_and_the_offsets_dtype_errors():
+    from hepms.ops import is_integer_dtype
+
+    for dtype in (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64):
+        assert is_integer_dtype(dtype), dtype
+    for dtype in (torch.bool, torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                  torch.complex64):
+        assert not is_integer_dtype(dtype), dtype
+        with pytest.raises(TypeError, match="offsets must be an integer tensor"):
+            hepms.segment_sum(torch.randn(3, 2), torch.tensor([0, 1, 3]).to(dtype))
+        with pytest.raises(TypeError, match="counts must be integers"):
+            hepms.offsets_from_counts(torch.tensor([1, 2]).to(dtype))
+    offsets = torch.tensor([0, 1, 3], dtype=torch.int32)
+    assert hepms.segment_sum(torch.ones(3, 2), offsets).tolist() == [[1, 1], [2, 2]]
+
+
 def test_offsets_from_counts():
     import awkward as ak
     import numpy as np

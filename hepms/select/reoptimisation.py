@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from hepms.atomic import write_text_atomic
-from hepms.config import settings_hash
+from hepms.config_engine import settings_hash
 from hepms.select.config import SelectionConfig
 from hepms.select.data import SelectionData
 from hepms.select.space import Chain, SearchSpace

@@ -37,7 +37,7 @@ from hepms.select import select
 from hepms.select.config import SelectionConfig
 from hepms.select.data import SelectionData, prepare_selection_data
 from hepms.atomic import write_text_atomic
-from hepms.config import settings_hash
+from hepms.config_engine import settings_hash
 from hepms.model_file import save_model
 from hepms.select.space import CHAIN_BUILDER, SearchSpace, chain_config
 from hepms.select.training import evaluate_chain, json_ready, pretrain

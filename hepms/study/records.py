@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from hepms.config import settings_hash
+from hepms.config_engine import settings_hash
 from hepms.study.plan import PlannedRun, ensure_inside
 
 log = logging.getLogger(__name__)
