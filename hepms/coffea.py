@@ -62,6 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from hepms.export import (
+    METADATA_FILE,
     InferenceModel,
     file_kind,
     load_export,
@@ -400,8 +401,8 @@ def _normalize_model(model: ModelSource) -> tuple[str, bytes, dict]:
     if isinstance(model, torch.jit.ScriptModule):
         metadata = model_metadata(model)  # raises for modules that are not hepms exports
         buffer = io.BytesIO()
-        with quiet_jit():
-            torch.jit.save(model, buffer)
+        with quiet_jit():  # with the metadata entry, as export_torchscript writes it
+            torch.jit.save(model, buffer, _extra_files={METADATA_FILE: model.metadata_json})
         return "torchscript", buffer.getvalue(), metadata
     raise TypeError(
         f"cannot use a {type(model).__name__} as a hepms model: give a model file or run/trial "
