@@ -343,14 +343,31 @@ def test_run_script_publishes_tables_and_key_figures(sample: Path, tmp_path: Pat
     run_dir = tmp_path / "scan"
     cfg = small_scan(sample, run_dir, trials=1)
     run_scan(cfg)
-    copied = analysis.publish(run_dir, tmp_path / "results")
+    copied, kept = analysis.publish(run_dir, tmp_path / "results")
     names = {p.name for p in copied}
     assert {"balance.md", "balance.json", "tables.json", "manifest.json", "config.yaml", "latent_space.png",
-            "captions.json"} <= names
-    captions = json.loads((tmp_path / "results" / "figures" / "captions.json").read_text())["captions"]
+            "captions.json"} <= names and kept == []
+    captions_file = tmp_path / "results" / "figures" / "captions.json"
+    captions = json.loads(captions_file.read_text())["captions"]
     assert "uw [bce], trial 0, seed 1000, k = 2" in captions["latent_space.png"]
     assert all(p.stat().st_size > 0 for p in copied)
     assert not any(p.suffix == ".pdf" for p in copied)
+
+    # Published from a machine without the trials' run outputs (a fresh clone with the committed
+    # records): the figures it cannot draw are kept with their captions, not deleted.
+    latent = (tmp_path / "results" / "figures" / "latent_space.png").read_bytes()
+    (run_dir / "figures" / "latent_space.png").unlink()
+    published = tmp_path / "results" / "manifest.json"
+    manifest = json.loads(published.read_text())
+    own = [item["id"] for item in manifest["invocations"]]
+    manifest["invocations"].insert(0, {"id": "elsewhere-1", "host": "another machine"})
+    published.write_text(json.dumps(manifest))
+    copied, kept = analysis.publish(run_dir, tmp_path / "results")
+    # ... and the manifest keeps the earlier machines' invocations.
+    assert [item["id"] for item in json.loads(published.read_text())["invocations"]] == ["elsewhere-1"] + own
+    assert [p.name for p in kept] == ["latent_space.png"] and "latent_space.png" not in {p.name for p in copied}
+    assert (tmp_path / "results" / "figures" / "latent_space.png").read_bytes() == latent
+    assert json.loads(captions_file.read_text())["captions"] == captions
 
     # `hepms evaluate` / `hepms plot` on a scan's run directory rebuild its tables / figures.
     from hepms.cli import main

@@ -42,8 +42,16 @@ KEY_FIGURES = (
 )
 
 
-def publish(run_dir: Path, target: Path) -> list[Path]:
-    """Copy tables, key PNG figures, config.yaml and manifest.json of ``run_dir`` to ``target``."""
+def publish(run_dir: Path, target: Path) -> tuple[list[Path], list[Path]]:
+    """Copy tables, key PNG figures, config.yaml and manifest.json of ``run_dir`` to ``target``.
+
+    Returns ``(copied, kept)``. Tables are rebuilt from the trial records, which every machine
+    has; most single-run and weight figures need the trials' run outputs (predictions, per-epoch
+    weights) in ``run_dir``, which stay on the machine that trained them. A key figure that
+    ``run_dir`` lacks but ``target`` already holds is therefore kept, with its caption (which
+    names the configuration and trials it shows), instead of being deleted by a publication from
+    a machine that could not redraw it: ``kept`` lists those.
+    """
     copied: list[Path] = []
     if (target / "tables").exists():
         shutil.rmtree(target / "tables")  # tables of an older run must not linger
@@ -53,8 +61,14 @@ def publish(run_dir: Path, target: Path) -> list[Path]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
             copied.append(dest)
+    old_captions = _captions(target / "figures" / "captions.json")
+    kept: dict[str, tuple[bytes, Optional[str]]] = {}
+    for stem in KEY_FIGURES:
+        name = f"{stem}.png"
+        if not (run_dir / "figures" / name).is_file() and (target / "figures" / name).is_file():
+            kept[name] = ((target / "figures" / name).read_bytes(), old_captions.get(name))
     if (target / "figures").exists():
-        shutil.rmtree(target / "figures")
+        shutil.rmtree(target / "figures")  # figures no longer made must not linger
     for stem in KEY_FIGURES:
         source = run_dir / "figures" / f"{stem}.png"
         if source.is_file():
@@ -62,21 +76,54 @@ def publish(run_dir: Path, target: Path) -> list[Path]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
             copied.append(dest)
+    for name, (data, _) in kept.items():
+        (target / "figures").mkdir(parents=True, exist_ok=True)
+        (target / "figures" / name).write_bytes(data)
     captions = run_dir / "figures" / "captions.json"
-    if captions.is_file() and (target / "figures").is_dir():
+    if (captions.is_file() or kept) and (target / "figures").is_dir():
         # What each published figure shows (configuration, trials, bands), next to the PNGs.
-        payload = json.loads(captions.read_text())
-        payload["captions"] = {k: v for k, v in payload.get("captions", {}).items()
-                               if (target / "figures" / k).is_file()}
+        payload = (json.loads(captions.read_text()) if captions.is_file()
+                   else {"format": "hepms.captions/1", "captions": {}})
+        fresh = payload.get("captions", {})
+        payload["captions"] = {k: v for k, v in fresh.items() if (target / "figures" / k).is_file()}
+        payload["captions"].update({k: c for k, (_, c) in kept.items() if c is not None})
         dest = target / "figures" / "captions.json"
         dest.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
         copied.append(dest)
+    earlier = _invocations(target / "manifest.json")
     for name in ("config.yaml", "manifest.json"):
         if (run_dir / name).is_file():
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy2(run_dir / name, target / name)
             copied.append(target / name)
-    return copied
+    if earlier and (run_dir / "manifest.json").is_file():
+        # The published manifest keeps the invocations of earlier machines (a fresh clone's
+        # run directory knows only its own), oldest first.
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        own = manifest.get("invocations", [])
+        ids = {item.get("id") for item in own}
+        manifest["invocations"] = [item for item in earlier if item.get("id") not in ids] + own
+        (target / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return copied, [target / "figures" / name for name in kept]
+
+
+def _invocations(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    try:
+        items = json.loads(path.read_text()).get("invocations", [])
+    except (ValueError, AttributeError):
+        return []
+    return [item for item in items if isinstance(item, dict)]
+
+
+def _captions(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()).get("captions", {}))
+    except (ValueError, AttributeError):
+        return {}  # an unreadable captions file: the kept figures go without captions
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -130,8 +177,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"(of {out['total']}); {out['finished_trials']} finished in total")
     if not args.no_publish:
         target = args.results or HERE / "results" / args.preset
-        copied = publish(run_dir, target)
+        copied, kept = publish(run_dir, target)
         print(f"published {len(copied)} files to {target}")
+        if kept:
+            print(f"kept {len(kept)} earlier figures that need run outputs this machine does not "
+                  f"have (their captions say which trials they show): "
+                  f"{', '.join(p.name for p in kept)}")
     for name in ("loss_balancing", "k_scan", "monitor_ablation", "comparisons"):
         table = run_dir / "tables" / f"{name}.md"
         if table.is_file():
