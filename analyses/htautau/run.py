@@ -18,7 +18,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from hepms.console import add_verbosity_arguments, setup_logging, show_progress
 
@@ -61,69 +61,64 @@ def publish(run_dir: Path, target: Path) -> tuple[list[Path], list[Path]]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
             copied.append(dest)
-    old_captions = _captions(target / "figures" / "captions.json")
-    kept: dict[str, tuple[bytes, Optional[str]]] = {}
-    for stem in KEY_FIGURES:
-        name = f"{stem}.png"
-        if not (run_dir / "figures" / name).is_file() and (target / "figures" / name).is_file():
-            kept[name] = ((target / "figures" / name).read_bytes(), old_captions.get(name))
-    if (target / "figures").exists():
-        shutil.rmtree(target / "figures")  # figures no longer made must not linger
+    figures = target / "figures"
+    old_captions = _json_field(figures / "captions.json", "captions", {})
+    kept = [f"{stem}.png" for stem in KEY_FIGURES
+            if not (run_dir / "figures" / f"{stem}.png").is_file() and (figures / f"{stem}.png").is_file()]
+    if figures.exists() and not kept:
+        shutil.rmtree(figures)  # figures no longer made must not linger
+    for path in figures.iterdir() if kept else ():
+        if path.name not in kept:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     for stem in KEY_FIGURES:
         source = run_dir / "figures" / f"{stem}.png"
         if source.is_file():
-            dest = target / "figures" / source.name
+            dest = figures / source.name
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
             copied.append(dest)
-    for name, (data, _) in kept.items():
-        (target / "figures").mkdir(parents=True, exist_ok=True)
-        (target / "figures" / name).write_bytes(data)
     captions = run_dir / "figures" / "captions.json"
-    if (captions.is_file() or kept) and (target / "figures").is_dir():
+    if (captions.is_file() or kept) and figures.is_dir():
         # What each published figure shows (configuration, trials, bands), next to the PNGs.
         payload = (json.loads(captions.read_text()) if captions.is_file()
                    else {"format": "hepms.captions/1", "captions": {}})
-        fresh = payload.get("captions", {})
-        payload["captions"] = {k: v for k, v in fresh.items() if (target / "figures" / k).is_file()}
-        payload["captions"].update({k: c for k, (_, c) in kept.items() if c is not None})
-        dest = target / "figures" / "captions.json"
+        payload["captions"] = {k: v for k, v in payload.get("captions", {}).items()
+                               if (figures / k).is_file()}
+        payload["captions"].update({k: old_captions[k] for k in kept if k in old_captions})
+        dest = figures / "captions.json"
         dest.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
         copied.append(dest)
-    earlier = _invocations(target / "manifest.json")
+    earlier = _json_field(target / "manifest.json", "invocations", [])
     for name in ("config.yaml", "manifest.json"):
-        if (run_dir / name).is_file():
-            target.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / name).is_file():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        if name == "manifest.json" and earlier:
+            # The published manifest keeps the invocations of earlier machines (a fresh clone's
+            # run directory knows only its own), oldest first.
+            manifest = json.loads((run_dir / name).read_text())
+            own = manifest.get("invocations", [])
+            ids = {item.get("id") for item in own}
+            manifest["invocations"] = [item for item in earlier
+                                       if isinstance(item, dict) and item.get("id") not in ids] + own
+            (target / name).write_text(json.dumps(manifest, indent=1) + "\n")
+        else:
             shutil.copy2(run_dir / name, target / name)
-            copied.append(target / name)
-    if earlier and (run_dir / "manifest.json").is_file():
-        # The published manifest keeps the invocations of earlier machines (a fresh clone's
-        # run directory knows only its own), oldest first.
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-        own = manifest.get("invocations", [])
-        ids = {item.get("id") for item in own}
-        manifest["invocations"] = [item for item in earlier if item.get("id") not in ids] + own
-        (target / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return copied, [target / "figures" / name for name in kept]
+        copied.append(target / name)
+    return copied, [figures / name for name in kept]
 
 
-def _invocations(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
+def _json_field(path: Path, key: str, default: Any) -> Any:
+    """``key`` of the JSON object in ``path``; ``default`` when the file is missing or unreadable
+    (an earlier publication's captions or manifest: losing them must not stop a publication)."""
     try:
-        items = json.loads(path.read_text()).get("invocations", [])
-    except (ValueError, AttributeError):
-        return []
-    return [item for item in items if isinstance(item, dict)]
-
-
-def _captions(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    try:
-        return dict(json.loads(path.read_text()).get("captions", {}))
-    except (ValueError, AttributeError):
-        return {}  # an unreadable captions file: the kept figures go without captions
+        value = json.loads(path.read_text()).get(key, default)
+    except (OSError, ValueError, AttributeError):
+        return default
+    return value if isinstance(value, type(default)) else default
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
